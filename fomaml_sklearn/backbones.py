@@ -1,0 +1,234 @@
+"""Feature extractors ("bodies") used by the meta-learner.
+
+A backbone maps a batch of inputs to a batch of feature vectors. The task
+head (one row of weights per class) is *not* part of the backbone: the
+learner builds it per task, so one meta-learned network serves tasks with any
+number of classes.
+
+BatchNorm in few-shot learning needs care: with plain ``nn.BatchNorm`` the
+prediction for one query sample depends on the other samples in the batch.
+:class:`SupportBatchNorm` normalises with the statistics of the last batch it
+saw in training mode (the support set) when it is in evaluation mode, so
+predictions are per-sample functions of the support set.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = [
+    "SupportBatchNorm",
+    "MLPBackbone",
+    "Conv4Backbone",
+    "build_backbone",
+    "convert_batchnorm",
+]
+
+
+class SupportBatchNorm(nn.Module):
+    """Batch normalisation that remembers the support-set statistics.
+
+    In training mode it normalises with the statistics of the current batch
+    (the gradient flows through them, as in MAML) and stores a detached copy.
+    In evaluation mode it normalises with the stored copy, so a query sample's
+    output does not depend on the other query samples.
+
+    Parameters
+    ----------
+    num_features : int
+        Number of channels (dimension 1 of the input).
+    eps : float, default=1e-5
+        Added to the variance for numerical stability.
+    """
+
+    def __init__(self, num_features, eps=1e-5):
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("support_mean", torch.zeros(num_features))
+        self.register_buffer("support_var", torch.ones(num_features))
+
+    def forward(self, x):
+        dims = [0] + list(range(2, x.dim()))
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        if self.training:
+            xf = x.float()
+            var, mean = torch.var_mean(xf, dim=dims, correction=0)
+            with torch.no_grad():
+                self.support_mean.copy_(mean)
+                self.support_var.copy_(var)
+        else:
+            mean, var = self.support_mean, self.support_var
+        scale = self.weight * torch.rsqrt(var + self.eps)
+        shift = self.bias - mean * scale
+        return x * scale.view(shape).to(x.dtype) + shift.view(shape).to(x.dtype)
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}"
+
+
+class MLPBackbone(nn.Module):
+    """Fully connected feature extractor.
+
+    Each hidden layer is ``Linear -> SupportBatchNorm -> ReLU``.
+
+    Parameters
+    ----------
+    n_features : int
+        Number of input features.
+    hidden_layer_sizes : tuple of int, default=(64, 64)
+        Width of each hidden layer; the last one is the feature dimension.
+    """
+
+    def __init__(self, n_features, hidden_layer_sizes=(64, 64)):
+        super().__init__()
+        layers = []
+        width = n_features
+        for size in hidden_layer_sizes:
+            layers += [nn.Linear(width, size), SupportBatchNorm(size), nn.ReLU()]
+            width = size
+        self.layers = nn.Sequential(*layers)
+        self.out_features = width
+
+    def forward(self, x):
+        return self.layers(x.reshape(x.shape[0], -1))
+
+
+class Conv4Backbone(nn.Module):
+    """The four-block convolutional network of the MAML paper.
+
+    Four blocks of ``[conv 3x3 (n_filters), BatchNorm, ReLU, 2x2 max-pool]``
+    (Finn et al., 2017; Vinyals et al., 2016), followed by flattening. For
+    images smaller than 16x16 the pooling stops once the map is 1x1.
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        ``(channels, height, width)`` of one input image. Flat rows are
+        reshaped to it, so the network works inside scikit-learn pipelines.
+    n_filters : int, default=64
+        Number of filters of every convolution.
+    """
+
+    def __init__(self, input_shape, n_filters=64):
+        super().__init__()
+        self.input_shape = tuple(int(s) for s in input_shape)
+        channels, height, width = self.input_shape
+        blocks = []
+        for _ in range(4):
+            blocks += [
+                nn.Conv2d(channels, n_filters, 3, padding=1),
+                SupportBatchNorm(n_filters),
+                nn.ReLU(),
+            ]
+            if height >= 2 and width >= 2:  # small images: stop pooling at 1x1
+                blocks.append(nn.MaxPool2d(2))
+                height, width = height // 2, width // 2
+            channels = n_filters
+        self.blocks = nn.Sequential(*blocks)
+        self.out_features = n_filters * height * width
+
+    def forward(self, x):
+        x = x.reshape((x.shape[0],) + self.input_shape)
+        return self.blocks(x).flatten(1)
+
+
+def convert_batchnorm(module):
+    """Replace ``nn.BatchNorm1d/2d/3d`` layers by :class:`SupportBatchNorm`.
+
+    Affine parameters are copied. The module is changed in place and returned.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network to convert.
+
+    Returns
+    -------
+    module : torch.nn.Module
+        The same object, converted.
+    """
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            new = SupportBatchNorm(child.num_features, eps=child.eps)
+            if child.affine:
+                with torch.no_grad():
+                    new.weight.copy_(child.weight)
+                    new.bias.copy_(child.bias)
+            setattr(module, name, new)
+        else:
+            convert_batchnorm(child)
+    return module
+
+
+def _image_shape(n_features, input_shape):
+    if input_shape is not None:
+        shape = tuple(int(s) for s in input_shape)
+        if len(shape) == 2:
+            shape = (1,) + shape
+        if len(shape) != 3 or math.prod(shape) != n_features:
+            raise ValueError(
+                f"input_shape={input_shape!r} does not fit the data: it must be "
+                f"(channels, height, width) with channels*height*width equal to "
+                f"the number of features, {n_features}."
+            )
+        return shape
+    side = math.isqrt(n_features)
+    if side * side != n_features:
+        raise ValueError(
+            f"module='conv4' needs images, but the data has {n_features} features, "
+            "which is not a square single-channel image; pass "
+            "input_shape=(channels, height, width)."
+        )
+    return (1, side, side)
+
+
+def build_backbone(module, n_features, *, input_shape=None,
+                   hidden_layer_sizes=(64, 64), n_filters=64, module_params=None):
+    """Build the feature extractor named by ``module``.
+
+    Parameters
+    ----------
+    module : {"mlp", "conv4"}, torch.nn.Module class or instance
+        What to build. A class is instantiated with ``module_params``; an
+        instance is deep-copied (never trained in place). Standard BatchNorm
+        layers of user modules are converted to :class:`SupportBatchNorm`.
+    n_features : int
+        Number of input features (flattened).
+    input_shape : tuple of int or None
+        Image shape ``(C, H, W)`` for convolutional backbones.
+    hidden_layer_sizes : tuple of int
+        Hidden widths of the MLP.
+    n_filters : int
+        Filters of the Conv-4 network.
+    module_params : dict or None
+        Keyword arguments for a user module class.
+
+    Returns
+    -------
+    backbone : torch.nn.Module
+        The feature extractor; ``backbone(x)`` returns a 2-D tensor.
+    """
+    import copy
+
+    if isinstance(module, str):
+        name = module.lower()
+        if name == "mlp":
+            return MLPBackbone(n_features, tuple(hidden_layer_sizes))
+        if name in ("conv4", "conv-4"):
+            return Conv4Backbone(_image_shape(n_features, input_shape), n_filters)
+        raise ValueError(
+            f"module={module!r} is not a known backbone; use 'mlp', 'conv4', a "
+            "torch.nn.Module subclass or a torch.nn.Module instance."
+        )
+    if isinstance(module, nn.Module):
+        return convert_batchnorm(copy.deepcopy(module))
+    if isinstance(module, type) and issubclass(module, nn.Module):
+        return convert_batchnorm(module(**(module_params or {})))
+    raise TypeError(
+        f"module must be 'mlp', 'conv4', a torch.nn.Module subclass or instance; "
+        f"got {module!r} of type {type(module).__name__}."
+    )

@@ -1,0 +1,174 @@
+"""N-way K-shot episode sampling.
+
+An episode (a task) draws ``n_ways`` classes, then ``k_shot`` support and
+``n_query`` query examples of each, without replacement, and relabels the
+chosen classes ``0 .. n_ways-1`` in random order. All randomness comes from an
+explicit :class:`numpy.random.Generator`; nothing here touches global RNGs.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["EpisodeShape", "EpisodeBatch", "resolve_episode_shape", "EpisodeSampler"]
+
+
+@dataclass(frozen=True)
+class EpisodeShape:
+    """The shape of an episode: classes, support and query examples per class."""
+
+    n_ways: int
+    k_shot: int
+    n_query: int
+
+    @property
+    def n_support(self):
+        return self.n_ways * self.k_shot
+
+    @property
+    def n_queries(self):
+        return self.n_ways * self.n_query
+
+
+@dataclass
+class EpisodeBatch:
+    """Indices and relabelled targets of a batch of episodes.
+
+    Attributes
+    ----------
+    support_idx : ndarray of shape (n_tasks, n_ways * k_shot)
+        Row indices of the support examples, grouped by new label.
+    support_y : ndarray of shape (n_ways * k_shot,)
+        New labels of the support examples (the same in every task).
+    query_idx : ndarray of shape (n_tasks, n_ways * n_query)
+        Row indices of the query examples.
+    query_y : ndarray of shape (n_ways * n_query,)
+        New labels of the query examples.
+    classes : ndarray of shape (n_tasks, n_ways)
+        The original class codes; ``classes[t, j]`` became label ``j``.
+    """
+
+    support_idx: np.ndarray
+    support_y: np.ndarray
+    query_idx: np.ndarray
+    query_y: np.ndarray
+    classes: np.ndarray
+
+    def __len__(self):
+        return len(self.support_idx)
+
+
+def resolve_episode_shape(class_counts, n_ways, k_shot, n_query, class_names=None):
+    """Shrink the requested episode shape to what the data allows.
+
+    Parameters
+    ----------
+    class_counts : array-like of int
+        Number of examples of each class.
+    n_ways, k_shot, n_query : int
+        The requested shape.
+    class_names : array-like or None
+        Names of the classes, used in messages.
+
+    Returns
+    -------
+    shape : EpisodeShape
+        ``n_ways`` is at most the number of classes; ``k_shot + n_query`` is at
+        most the size of the smallest class, shrinking the queries first and
+        keeping at least one support and one query example.
+    message : str or None
+        What was shrunk and why, or None when the request fits.
+
+    Raises
+    ------
+    ValueError
+        With fewer than two classes, or a class with fewer than two examples.
+    """
+    counts = np.asarray(class_counts)
+    names = np.arange(len(counts)) if class_names is None else np.asarray(class_names)
+    if len(counts) < 2:
+        raise ValueError(
+            f"Episodes need at least 2 classes, but the data has {len(counts)} "
+            "class; pass labelled examples of 2 or more classes."
+        )
+    if counts.min() < 2:
+        small = names[counts < 2]
+        listed = ", ".join(repr(c.item() if hasattr(c, "item") else c) for c in small[:5])
+        raise ValueError(
+            f"Every class needs at least 2 examples (1 support + 1 query), but "
+            f"class {listed} has only {int(counts.min())} example"
+            f"{'' if counts.min() == 1 else 's'}; add examples or drop the class."
+        )
+    smallest = int(counts.min())
+    ways = min(int(n_ways), len(counts))
+    shots = max(1, min(int(k_shot), smallest - 1))
+    queries = max(1, min(int(n_query), smallest - shots))
+    shape = EpisodeShape(ways, shots, queries)
+    if (ways, shots, queries) == (n_ways, k_shot, n_query):
+        return shape, None
+    name = names[int(np.argmin(counts))]
+    name = name.item() if hasattr(name, "item") else name
+    message = (
+        f"The data allows smaller episodes than requested: using n_ways={ways}, "
+        f"k_shot={shots}, n_query={queries} instead of n_ways={n_ways}, "
+        f"k_shot={k_shot}, n_query={n_query} ({len(counts)} classes; the "
+        f"smallest, {name!r}, has {smallest} examples)."
+    )
+    return shape, message
+
+
+class EpisodeSampler:
+    """Draw batches of episodes from integer-coded labels.
+
+    Parameters
+    ----------
+    y : array-like of int of shape (n_samples,)
+        Class codes ``0 .. n_classes-1``.
+    shape : EpisodeShape
+        Episode shape; it must fit the data (see :func:`resolve_episode_shape`).
+    rng : numpy.random.Generator
+        The source of randomness.
+    """
+
+    def __init__(self, y, shape, rng):
+        y = np.asarray(y)
+        self.shape = shape
+        self.rng = rng
+        counts = np.bincount(y)
+        self.n_classes = len(counts)
+        if shape.n_ways > self.n_classes or (shape.k_shot + shape.n_query) > counts.min():
+            raise ValueError(f"Episode shape {shape} does not fit class sizes {counts}.")
+        # Padded matrix of the indices of each class: members[c, :counts[c]].
+        order = np.argsort(y, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        cols = np.arange(counts.max())
+        valid = cols[None, :] < counts[:, None]
+        self._members = np.where(valid, order[np.minimum(starts[:, None] + cols, len(y) - 1)], -1)
+        self._valid = valid
+
+    def sample(self, n_tasks=1):
+        """Draw ``n_tasks`` episodes.
+
+        Returns
+        -------
+        batch : EpisodeBatch
+        """
+        ways, shots, queries = self.shape.n_ways, self.shape.k_shot, self.shape.n_query
+        rng = self.rng
+        # Random classes per task, in random order (the order is the relabelling).
+        classes = np.argsort(rng.random((n_tasks, self.n_classes)), axis=1)[:, :ways]
+        # Random examples per chosen class, without replacement.
+        keys = rng.random((n_tasks, ways, self._members.shape[1]))
+        keys[~self._valid[classes]] = 2.0
+        pick = np.argsort(keys, axis=2)[:, :, : shots + queries]
+        idx = np.take_along_axis(self._members[classes], pick, axis=2)
+        support_idx = idx[:, :, :shots].reshape(n_tasks, ways * shots)
+        query_idx = idx[:, :, shots:].reshape(n_tasks, ways * queries)
+        labels = np.arange(ways)
+        return EpisodeBatch(
+            support_idx=support_idx,
+            support_y=np.repeat(labels, shots),
+            query_idx=query_idx,
+            query_y=np.repeat(labels, queries),
+            classes=classes,
+        )

@@ -1,0 +1,95 @@
+"""Episodic few-shot evaluation: adapt on each episode's support set, score
+its queries, summarise as a mean with a 95% confidence interval."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .episodes import EpisodeShape
+
+__all__ = ["FewShotResult", "confidence_interval", "episodic_accuracies"]
+
+
+@dataclass(frozen=True)
+class FewShotResult:
+    """Few-shot accuracy over a set of episodes.
+
+    Attributes
+    ----------
+    mean : float
+        Mean query accuracy over the episodes.
+    ci95 : float
+        Half-width of the 95% confidence interval of the mean
+        (``1.96 * std / sqrt(n_episodes)``, as in the MAML papers).
+    accuracies : ndarray of shape (n_episodes,)
+        Query accuracy of each episode.
+    shape : EpisodeShape
+        The episode shape used (after shrinking to what the data allows).
+    """
+
+    mean: float
+    ci95: float
+    accuracies: np.ndarray
+    shape: EpisodeShape
+
+    def __str__(self):
+        s = self.shape
+        return (
+            f"{100 * self.mean:.2f} +- {100 * self.ci95:.2f}% "
+            f"({s.n_ways}-way {s.k_shot}-shot, {len(self.accuracies)} episodes)"
+        )
+
+
+def confidence_interval(accuracies):
+    """Mean and 95% confidence half-width of per-episode accuracies.
+
+    Parameters
+    ----------
+    accuracies : array-like of float
+
+    Returns
+    -------
+    mean, half_width : float
+    """
+    acc = np.asarray(accuracies, dtype=float)
+    if len(acc) < 2:
+        return float(acc.mean()), float("nan")
+    return float(acc.mean()), float(1.96 * acc.std(ddof=1) / np.sqrt(len(acc)))
+
+
+def episodic_accuracies(runner, X, episodes, inner_lr, n_steps, transductive=False):
+    """Query accuracy of each episode after adapting on its support set.
+
+    Parameters
+    ----------
+    runner : TaskRunner
+        Adapts from the meta-parameters on a scratch network.
+    X : torch.Tensor
+        All examples, on the runner's device.
+    episodes : EpisodeBatch
+        The episodes (indices into ``X``).
+    inner_lr : float
+        Inner SGD rate.
+    n_steps : int
+        Inner SGD steps.
+    transductive : bool, default=False
+        Normalise queries with their own batch statistics.
+
+    Returns
+    -------
+    accuracies : ndarray of shape (n_episodes,)
+    """
+    device = X.device
+    y_s = torch.as_tensor(episodes.support_y, device=device)
+    y_q = torch.as_tensor(episodes.query_y, device=device)
+    n_classes = episodes.classes.shape[1]
+    sup = torch.as_tensor(episodes.support_idx, device=device)
+    qry = torch.as_tensor(episodes.query_idx, device=device)
+    accuracies = np.empty(len(episodes))
+    for t in range(len(episodes)):
+        weight, bias = runner.adapt(X[sup[t]], y_s, n_classes, inner_lr, n_steps)
+        with torch.no_grad():
+            logits = runner.query_logits(X[qry[t]], weight, bias, transductive)
+        accuracies[t] = (logits.argmax(1) == y_q).float().mean().item()
+    return accuracies
