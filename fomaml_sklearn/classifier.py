@@ -469,14 +469,18 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
             )
         X, _ = self._validate_X(X, reset=False)
         model = self.task_model_
-        if self.transductive:
-            model = copy.deepcopy(model).train()
         device = next(model.parameters()).device
+        # On CPU, predict in float64: float32 kernels round differently for
+        # different batch sizes, and a sample's probabilities should not
+        # depend on its batch even in the last digits.
+        dtype = torch.float64 if device.type == "cpu" else torch.float32
+        if self.transductive or dtype != torch.float32:
+            model = copy.deepcopy(model).to(dtype).train(self.transductive)
         chunks = []
         with torch.inference_mode():
             for start in range(0, len(X), _PREDICT_CHUNK):
                 xb = torch.as_tensor(X[start:start + _PREDICT_CHUNK], device=device)
-                chunks.append(model(xb).float().cpu())
+                chunks.append(model(xb.to(dtype)).double().cpu())
         return torch.cat(chunks) if chunks else torch.empty(0, len(self.classes_))
 
     def predict_proba(self, X):
@@ -492,8 +496,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         proba : ndarray of shape (n_samples, n_classes)
             Probabilities, columns in the order of ``classes_``.
         """
-        logits = self._task_logits(X).double()
-        return torch.softmax(logits, dim=1).numpy()
+        return torch.softmax(self._task_logits(X), dim=1).numpy()
 
     def predict(self, X):
         """Predict labels among the classes of the current task.
@@ -508,7 +511,8 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         y_pred : ndarray of shape (n_samples,)
             Labels from ``classes_``.
         """
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[proba.argmax(axis=1)]
 
     # ------------------------------------------------------------------- score
     def evaluate(self, X, y, *, n_ways=None, k_shot=None, n_query=None,

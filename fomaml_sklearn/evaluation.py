@@ -93,3 +93,59 @@ def episodic_accuracies(runner, X, episodes, inner_lr, n_steps, transductive=Fal
             logits = runner.query_logits(X[qry[t]], weight, bias, transductive)
         accuracies[t] = (logits.argmax(1) == y_q).float().mean().item()
     return accuracies
+
+
+def sample_episodes(y, shape, n_episodes, random_state):
+    """Draw ``n_episodes`` episodes from labels ``y`` with a seeded generator.
+
+    The same ``(y, shape, n_episodes, random_state)`` always gives the same
+    episodes, so different methods can be compared on identical tasks.
+
+    Parameters
+    ----------
+    y : array-like of shape (n_samples,)
+        Labels of any type.
+    shape : EpisodeShape
+        Episode shape (it must fit the data).
+    n_episodes : int
+        Number of episodes.
+    random_state : int
+        Seed.
+
+    Returns
+    -------
+    episodes : EpisodeBatch
+    """
+    from .episodes import EpisodeSampler
+
+    _, codes = np.unique(np.asarray(y), return_inverse=True)
+    sampler = EpisodeSampler(codes, shape, np.random.default_rng(random_state))
+    return sampler.sample(n_episodes)
+
+
+def baseline_accuracies(estimator, X, episodes):
+    """Query accuracy per episode of a scikit-learn classifier fit on each support set.
+
+    Parameters
+    ----------
+    estimator : scikit-learn classifier
+        Cloned and fit on every episode's support set (e.g. 1-nearest
+        neighbour or logistic regression on pixels).
+    X : array-like of shape (n_samples, n_features)
+        All examples.
+    episodes : EpisodeBatch
+        The episodes (indices into ``X``).
+
+    Returns
+    -------
+    accuracies : ndarray of shape (n_episodes,)
+    """
+    from sklearn.base import clone
+
+    X = np.asarray(X).reshape(len(X), -1)
+    accuracies = np.empty(len(episodes))
+    for t in range(len(episodes)):
+        model = clone(estimator).fit(X[episodes.support_idx[t]], episodes.support_y)
+        pred = model.predict(X[episodes.query_idx[t]])
+        accuracies[t] = np.mean(pred == episodes.query_y)
+    return accuracies

@@ -131,7 +131,10 @@ class TaskModel(nn.Module):
     def __init__(self, backbone, weight, bias):
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Linear(weight.shape[1], weight.shape[0])
+        # skip_init: no random initialisation (it would draw from the global RNG).
+        self.head = torch.nn.utils.skip_init(
+            nn.Linear, weight.shape[1], weight.shape[0], device=weight.device
+        )
         with torch.no_grad():
             self.head.weight.copy_(weight)
             self.head.bias.copy_(bias)
@@ -153,10 +156,13 @@ class TaskRunner:
     autocast_dtype : torch.dtype or None
         Run forward passes under ``torch.autocast`` with this dtype; parameters
         and the SGD updates stay float32.
+    loss_fn : callable, default=torch.nn.functional.cross_entropy
+        ``loss_fn(outputs, targets)``, a scalar mean over the examples.
     """
 
-    def __init__(self, meta_model, autocast_dtype=None):
+    def __init__(self, meta_model, autocast_dtype=None, loss_fn=F.cross_entropy):
         self.meta_model = meta_model
+        self.loss_fn = loss_fn
         self.scratch = copy.deepcopy(meta_model.backbone)
         self.scratch.requires_grad_(True)
         self._params = list(self.scratch.parameters())
@@ -211,7 +217,7 @@ class TaskRunner:
                 if not grad_enabled:
                     break
                 logits = F.linear(feats.float(), weight, bias)
-                loss = F.cross_entropy(logits, y_support)
+                loss = self.loss_fn(logits, y_support)
             leaves = self._params + [weight, bias]
             grads = torch.autograd.grad(loss, leaves)
             with torch.no_grad():
@@ -240,14 +246,16 @@ class TaskRunner:
             Gradient of the task head, one row per class.
         loss : torch.Tensor
             The query loss (a detached scalar).
-        n_correct : torch.Tensor
-            Number of correctly classified queries.
+        n_correct : torch.Tensor or None
+            Number of correctly classified queries (None for float targets).
         """
         weight, bias = self.adapt(x_support, y_support, n_classes, inner_lr, n_steps)
         logits = self.query_logits(x_query, weight, bias, transductive)
-        loss = F.cross_entropy(logits, y_query)
+        loss = self.loss_fn(logits, y_query)
         grads = torch.autograd.grad(loss, self._params + [weight, bias])
-        n_correct = (logits.detach().argmax(1) == y_query).sum()
+        n_correct = None
+        if not y_query.is_floating_point():
+            n_correct = (logits.detach().argmax(1) == y_query).sum()
         return list(grads[:-2]), grads[-2], grads[-1], loss.detach(), n_correct
 
     def task_model(self, weight, bias):
@@ -284,7 +292,7 @@ def fomaml_meta_gradient(runner, tasks, n_classes, inner_lr, n_steps, transducti
     loss : float
         Mean query loss after adaptation.
     accuracy : float
-        Mean query accuracy after adaptation.
+        Mean query accuracy after adaptation (nan for float targets).
     """
     meta = runner.meta_model
     body_grads = [torch.zeros_like(p) for p in meta.backbone.parameters()]
@@ -301,13 +309,14 @@ def fomaml_meta_gradient(runner, tasks, n_classes, inner_lr, n_steps, transducti
         g_body, g_w, g_b, loss, n_correct = runner.task_gradient(
             x_s, y_s, x_q, y_q, n_classes, inner_lr, n_steps, transductive
         )
-        torch._foreach_add_(body_grads, g_body)
+        if body_grads:
+            torch._foreach_add_(body_grads, g_body)
         if head:
             # Each task row started as a copy of a meta row: sum the row grads.
             weight_grad.index_add_(0, rows, g_w)
             bias_grad.index_add_(0, rows, g_b)
         total_loss += loss
-        total_correct += n_correct
+        total_correct = total_correct + (n_correct if n_correct is not None else float("nan"))
         total_queries += len(y_q)
         n_tasks += 1
     if n_tasks == 0:

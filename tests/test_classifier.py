@@ -1,0 +1,331 @@
+"""FOMAMLClassifier: the scikit-learn contract, adaptation, errors, persistence."""
+
+import copy
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.datasets import load_digits
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV, GroupKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from skorch.callbacks import Callback
+
+from fomaml_sklearn import FOMAMLClassifier, FewShotResult
+
+FAST = dict(max_epochs=2, meta_batches_per_epoch=10, n_eval_episodes=10, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return X.astype(np.float32), y
+
+
+@pytest.fixture(scope="module")
+def fitted(digits):
+    X, y = digits
+    base = y < 6
+    return FOMAMLClassifier(n_ways=3, k_shot=1, n_query=5, random_state=0, **FAST).fit(
+        X[base], y[base]
+    )
+
+
+def _support(X, y, classes, shots=1):
+    idx = np.concatenate([np.flatnonzero(y == c)[:shots] for c in classes])
+    return X[idx], y[idx]
+
+
+def _state(est):
+    return {k: v.clone() for k, v in est.meta_model_.state_dict().items()}
+
+
+def test_issue_example_runs_end_to_end(digits):
+    X, y = digits
+    base, novel = y < 6, y >= 6
+    clf = FOMAMLClassifier(module="mlp", n_ways=3, k_shot=1, n_query=10, random_state=0, **FAST)
+    assert clf.fit(X[base], y[base]) is clf
+    score = clf.score(X[novel], y[novel])
+    assert 0.0 <= score <= 1.0
+    Xs, ys = _support(X, y, [6, 7, 8, 9])
+    assert clf.adapt(Xs, ys) is clf
+    pred = clf.predict(X[novel][:50])
+    proba = clf.predict_proba(X[novel][:50])
+    assert set(pred) <= {6, 7, 8, 9}
+    assert proba.shape == (50, 4)
+    np.testing.assert_allclose(proba.sum(1), 1.0)
+    np.testing.assert_array_equal(clf.classes_[proba.argmax(1)], pred)
+
+    search = GridSearchCV(
+        clf, {"inner_lr": [0.1, 0.4], "n_inner_steps": [1, 3]}, cv=GroupKFold(3)
+    ).fit(X, y, groups=y)
+    assert set(search.cv_results_["params"][0]) == {"inner_lr", "n_inner_steps"}
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+    scores = cross_val_score(
+        make_pipeline(StandardScaler(), clf), X, y, cv=GroupKFold(3), groups=y
+    )
+    assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))
+
+
+def test_fit_sets_fitted_attributes_and_classes(fitted, digits):
+    X, y = digits
+    np.testing.assert_array_equal(fitted.classes_, np.arange(6))
+    assert fitted.n_features_in_ == 64
+    assert fitted.episode_shape_.n_ways == 3
+    assert len(fitted.history_) == FAST["max_epochs"]
+    assert {"train_loss", "train_query_acc", "dur"} <= set(fitted.history_[-1])
+    assert set(fitted.predict(X[:30])) <= set(range(6))
+
+
+def test_string_labels_and_4d_images(digits):
+    X, y = digits
+    names = np.array(["zero", "one", "two", "three", "four", "five"])
+    keep = y < 6
+    images = X[keep].reshape(-1, 1, 8, 8)
+    clf = FOMAMLClassifier("conv4", n_filters=8, n_ways=3, random_state=0, **FAST)
+    clf.fit(images, names[y[keep]])
+    assert clf.input_shape_ == (1, 8, 8)
+    assert set(clf.predict(images[:20])) <= set(names)
+    np.testing.assert_array_equal(clf.classes_, np.sort(names))
+    # Rows work as well as images once fitted (what pipelines pass).
+    np.testing.assert_array_equal(clf.predict(images[:20]), clf.predict(X[keep][:20]))
+
+
+def test_adapt_replaces_task_and_keeps_meta_parameters(fitted, digits):
+    X, y = digits
+    clf = copy.deepcopy(fitted)
+    before = _state(clf)
+    Xs, ys = _support(X, y, [7, 9])
+    clf.adapt(Xs, ys)
+    np.testing.assert_array_equal(clf.classes_, [7, 9])
+    assert set(clf.predict(X[:40])) <= {7, 9}
+    Xs, ys = _support(X, y, [6, 7, 8, 9, 0], shots=2)
+    clf.adapt(Xs, ys)
+    np.testing.assert_array_equal(clf.classes_, [0, 6, 7, 8, 9])
+    assert clf.predict_proba(X[:5]).shape == (5, 5)
+    for k, v in _state(clf).items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+def test_adapt_learns_the_support_set(fitted, digits):
+    X, y = digits
+    clf = copy.deepcopy(fitted)
+    Xs, ys = _support(X, y, [6, 7, 8, 9], shots=3)
+    clf.adapt(Xs, ys)
+    assert np.mean(clf.predict(Xs) == ys) >= 0.9
+
+
+def test_predict_does_not_change_state_and_is_per_sample(digits):
+    X, y = digits
+    keep = y < 6
+    clf = FOMAMLClassifier("conv4", n_filters=8, n_ways=3, random_state=0, **FAST)
+    clf.fit(X[keep], y[keep])
+    before = copy.deepcopy(clf.task_model_.state_dict())
+    full = clf.predict_proba(X[:40])
+    singles = np.vstack([clf.predict_proba(X[i:i + 1]) for i in range(40)])
+    np.testing.assert_allclose(singles, full, rtol=1e-9, atol=1e-12)
+    for k, v in clf.task_model_.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+def test_transductive_uses_query_batch_statistics(digits):
+    X, y = digits
+    keep = y < 6
+    clf = FOMAMLClassifier("conv4", n_filters=8, n_ways=3, random_state=0,
+                           transductive=True, **FAST).fit(X[keep], y[keep])
+    full = clf.predict_proba(X[:40])
+    half = clf.predict_proba(X[:20])
+    assert not np.allclose(full[:20], half)
+
+
+def test_reproducible_and_global_rng_untouched(digits):
+    X, y = digits
+    keep = y < 6
+    torch.manual_seed(123)
+    np.random.seed(123)
+    torch_state, np_state = torch.get_rng_state(), np.random.get_state()
+    a = FOMAMLClassifier(n_ways=3, random_state=7, **FAST).fit(X[keep], y[keep])
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert np.array_equal(np.random.get_state()[1], np_state[1])
+    b = FOMAMLClassifier(n_ways=3, random_state=7, **FAST).fit(X[keep], y[keep])
+    c = FOMAMLClassifier(n_ways=3, random_state=8, **FAST).fit(X[keep], y[keep])
+    for k, v in _state(a).items():
+        torch.testing.assert_close(v, _state(b)[k], rtol=0, atol=0)
+    assert any(not torch.equal(v, _state(c)[k]) for k, v in _state(a).items())
+    assert a.score(X[~keep], y[~keep]) == b.score(X[~keep], y[~keep])
+    np.testing.assert_array_equal(a.history_[:, "train_loss"], b.history_[:, "train_loss"])
+
+
+def test_user_module_instance_is_copied_and_class_gets_params(digits):
+    X, y = digits
+    keep = y < 4
+    body = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU())
+    before = copy.deepcopy(body.state_dict())
+    clf = FOMAMLClassifier(body, n_ways=2, random_state=0, **FAST).fit(X[keep], y[keep])
+    for k, v in body.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    assert clf.meta_model_.feature_dim == 16
+    clf = FOMAMLClassifier(torch.nn.Linear, module_params={"in_features": 64, "out_features": 5},
+                           n_ways=2, random_state=0, **FAST).fit(X[keep], y[keep])
+    assert clf.meta_model_.feature_dim == 5
+
+
+def test_clone_get_set_params(fitted):
+    params = fitted.get_params()
+    assert params["hidden_layer_sizes"] == (64, 64) and params["n_ways"] == 3
+    twin = clone(fitted)
+    assert not hasattr(twin, "meta_model_")
+    twin.set_params(hidden_layer_sizes=(32,), inner_lr=0.1)
+    assert twin.get_params()["hidden_layer_sizes"] == (32,)
+    assert fitted.hidden_layer_sizes == (64, 64)
+
+
+@pytest.mark.parametrize("adapted", [False, True])
+def test_pickle_round_trip(fitted, digits, adapted):
+    X, y = digits
+    clf = copy.deepcopy(fitted)
+    if adapted:
+        clf.adapt(*_support(X, y, [6, 8, 9]))
+    loaded = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(loaded.predict_proba(X[:50]), clf.predict_proba(X[:50]))
+    np.testing.assert_array_equal(loaded.classes_, clf.classes_)
+    assert loaded.score(X[y >= 6], y[y >= 6]) == clf.score(X[y >= 6], y[y >= 6])
+    loaded.adapt(*_support(X, y, [1, 2]))  # still adaptable
+
+
+def test_evaluate_returns_mean_ci_and_per_episode(fitted, digits):
+    X, y = digits
+    novel = y >= 6
+    result = fitted.evaluate(X[novel], y[novel], n_episodes=30)
+    assert isinstance(result, FewShotResult)
+    assert result.accuracies.shape == (30,)
+    assert result.mean == pytest.approx(result.accuracies.mean())
+    sem = result.accuracies.std(ddof=1) / np.sqrt(30)
+    assert result.ci95 == pytest.approx(1.96 * sem)
+    assert fitted.score(X[novel], y[novel]) == fitted.evaluate(X[novel], y[novel]).mean
+    other = fitted.evaluate(X[novel], y[novel], n_episodes=30, random_state=5)
+    assert not np.array_equal(other.accuracies, result.accuracies)
+    five = fitted.evaluate(X[novel], y[novel], n_ways=4, k_shot=2, n_query=3, n_episodes=5)
+    assert (five.shape.n_ways, five.shape.k_shot, five.shape.n_query) == (4, 2, 3)
+
+
+def test_small_data_shrinks_episodes_with_one_warning(digits):
+    X, y = digits
+    idx = np.concatenate([np.flatnonzero(y == c)[:4] for c in range(3)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clf = FOMAMLClassifier(n_ways=5, k_shot=2, n_query=15, random_state=0, **FAST)
+        clf.fit(X[idx], y[idx])
+    messages = [str(w.message) for w in caught if "smaller episodes" in str(w.message)]
+    assert len(messages) == 1
+    assert "n_ways=3, k_shot=2, n_query=2" in messages[0]
+    assert (clf.episode_shape_.n_ways, clf.episode_shape_.n_query) == (3, 2)
+
+
+def test_adapt_on_fit_false_asks_for_adapt(digits):
+    X, y = digits
+    clf = FOMAMLClassifier(n_ways=3, random_state=0, adapt_on_fit=False, **FAST)
+    clf.fit(X[y < 6], y[y < 6])
+    with pytest.raises(NotFittedError, match=r"adapt\(X_support, y_support\)"):
+        clf.predict(X[:3])
+    clf.adapt(*_support(X, y, [6, 7]))
+    assert set(clf.predict(X[:10])) <= {6, 7}
+
+
+class _CountEpochs(Callback):
+    def initialize(self):
+        self.epochs_ = 0
+        return self
+
+    def on_epoch_end(self, net, **kwargs):
+        self.epochs_ += 1
+
+
+def test_skorch_callbacks_are_used_but_not_modified(digits, capsys):
+    X, y = digits
+    counter = _CountEpochs()
+    clf = FOMAMLClassifier(n_ways=3, random_state=0, callbacks=[("count", counter)],
+                           verbose=1, **FAST).fit(X[y < 6], y[y < 6])
+    assert not hasattr(counter, "epochs_")
+    assert dict(clf.net_.callbacks_)["count"].epochs_ == FAST["max_epochs"]
+    out = capsys.readouterr().out
+    assert "train_loss" in out and "train_query_acc" in out
+
+
+# --------------------------------------------------------------------- errors
+def _assert_unchanged(clf, X, before_proba, before_classes):
+    np.testing.assert_array_equal(clf.predict_proba(X[:20]), before_proba)
+    np.testing.assert_array_equal(clf.classes_, before_classes)
+
+
+@pytest.mark.parametrize(
+    "make_bad, match",
+    [
+        (lambda X, y: (np.where(np.arange(X.size).reshape(X.shape) == 5, np.nan, X), y), "NaN"),
+        (lambda X, y: (np.where(np.arange(X.size).reshape(X.shape) == 5, np.inf, X), y),
+         "infinity"),
+        (lambda X, y: (X, y[:-1]), "inconsistent numbers of samples"),
+        (lambda X, y: (X[:, :10], y), "10 features, but FOMAMLClassifier is expecting 64"),
+        (lambda X, y: (X, np.full(len(y), 3)), "at least 2 classes"),
+    ],
+)
+def test_bad_support_set_is_rejected_and_state_kept(fitted, digits, make_bad, match):
+    X, y = digits
+    clf = copy.deepcopy(fitted)
+    proba, classes = clf.predict_proba(X[:20]), clf.classes_.copy()
+    Xs, ys = _support(X, y, [6, 7, 8], shots=2)
+    bad_X, bad_y = make_bad(Xs, ys)
+    with pytest.raises(ValueError, match=match):
+        clf.adapt(bad_X, bad_y)
+    _assert_unchanged(clf, X, proba, classes)
+
+
+def test_predict_rejects_bad_input(fitted, digits):
+    X, _ = digits
+    with pytest.raises(ValueError, match="expecting 64 features"):
+        fitted.predict(X[:5, :20])
+    bad = X[:5].copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        fitted.predict_proba(bad)
+
+
+def test_fit_errors_name_the_problem(fitted, digits):
+    X, y = digits
+    clf = copy.deepcopy(fitted)
+    proba, classes = clf.predict_proba(X[:20]), clf.classes_.copy()
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        clf.fit(X[y == 1], y[y == 1])
+    lonely = np.concatenate([np.flatnonzero(y == 1), np.flatnonzero(y == 2), [np.flatnonzero(y == 7)[0]]])
+    with pytest.raises(ValueError, match=r"class 7 has only 1 example"):
+        clf.fit(X[lonely], y[lonely])
+    with pytest.raises(ValueError, match="n_ways must be an integer >= 2; got 1"):
+        clone(clf).set_params(n_ways=1).fit(X, y)
+    with pytest.raises(ValueError, match="head='wide' is not supported"):
+        clone(clf).set_params(head="wide").fit(X, y)
+    with pytest.raises(ValueError, match="optimizer='adamm' is not known"):
+        clone(clf).set_params(optimizer="adamm").fit(X, y)
+    with pytest.raises(ValueError, match="module='resnet' is not a known backbone"):
+        clone(clf).set_params(module="resnet").fit(X, y)
+    with pytest.raises(ValueError, match="input_shape"):
+        clone(clf).set_params(module="conv4").fit(X[:, :60], y)
+    _assert_unchanged(clf, X, proba, classes)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_a_clear_error(digits):
+    X, y = digits
+    with pytest.raises(ValueError, match="CUDA is not available.*device='cpu'"):
+        FOMAMLClassifier(device="cuda", max_epochs=1).fit(X, y)
+
+
+def test_unfitted_adapt_and_evaluate_say_fit_first(digits):
+    X, y = digits
+    with pytest.raises(NotFittedError, match=r"call fit\(X, y\)"):
+        FOMAMLClassifier().adapt(X[:4], y[:4])
+    with pytest.raises(NotFittedError, match=r"call fit\(X, y\)"):
+        FOMAMLClassifier().evaluate(X[:4], y[:4])

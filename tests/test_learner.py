@@ -1,0 +1,163 @@
+"""The FOMAML update rule, checked against independent computations."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fomaml_sklearn.backbones import MLPBackbone, SupportBatchNorm
+from fomaml_sklearn.learner import MetaModel, TaskRunner, fomaml_meta_gradient
+
+
+def _tasks(n_tasks, n_ways, n_support, n_query, n_features, seed):
+    g = torch.Generator().manual_seed(seed)
+    tasks = []
+    for _ in range(n_tasks):
+        xs = torch.randn(n_ways * n_support, n_features, generator=g)
+        xq = torch.randn(n_ways * n_query, n_features, generator=g)
+        ys = torch.arange(n_ways).repeat_interleave(n_support)
+        yq = torch.arange(n_ways).repeat_interleave(n_query)
+        tasks.append((xs, ys, xq, yq))
+    return tasks
+
+
+def _reference_meta_gradient(meta, tasks, n_ways, alpha, steps, transductive=False):
+    """Copy the model per task, SGD on the support set with torch.optim.SGD,
+    gradient of the query loss at the adapted weights, averaged over tasks."""
+    total = {name: torch.zeros_like(p) for name, p in meta.named_parameters()}
+    for xs, ys, xq, yq in tasks:
+        body = copy.deepcopy(meta.backbone).train()
+        head = nn.Linear(meta.feature_dim, n_ways)
+        with torch.no_grad():
+            if meta.head == "prototype":
+                feats = body(xs)
+                protos = torch.stack([feats[ys == c].mean(0) for c in range(n_ways)])
+                head.weight.copy_(2 * protos)
+                head.bias.copy_(-(protos**2).sum(1))
+            else:
+                rows = torch.arange(n_ways) % meta.head_weight.shape[0]
+                head.weight.copy_(meta.head_weight[rows])
+                head.bias.copy_(meta.head_bias[rows])
+        opt = torch.optim.SGD(list(body.parameters()) + list(head.parameters()), lr=alpha)
+        for _ in range(steps):
+            opt.zero_grad()
+            F.cross_entropy(head(body(xs)), ys).backward()
+            opt.step()
+        with torch.no_grad():
+            body(xs)  # support statistics at the adapted weights
+        body.train(transductive)
+        opt.zero_grad()
+        F.cross_entropy(head(body(xq)), yq).backward()
+        for (name, _), p in zip(meta.backbone.named_parameters(), body.parameters()):
+            total["backbone." + name] += p.grad
+        if meta.head != "prototype":
+            rows = torch.arange(n_ways) % meta.head_weight.shape[0]
+            total["head_weight"].index_add_(0, rows, head.weight.grad)
+            total["head_bias"].index_add_(0, rows, head.bias.grad)
+    return {name: g / len(tasks) for name, g in total.items()}
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("head", ["fixed", "shared", "prototype"])
+@pytest.mark.parametrize("transductive", [False, True])
+def test_meta_gradient_matches_per_task_copies(steps, head, transductive):
+    torch.manual_seed(0)
+    n_ways = 4
+    meta = MetaModel(MLPBackbone(6, (8, 5)), 6, head=head, n_rows=3 if head == "fixed" else 1)
+    if head == "shared":  # make the shared row non-zero so its copies matter
+        with torch.no_grad():
+            meta.head_weight.normal_()
+            meta.head_bias.normal_()
+    tasks = _tasks(3, n_ways, 2, 3, 6, seed=1)
+    grads, loss, acc = fomaml_meta_gradient(
+        TaskRunner(meta), tasks, n_ways, 0.3, steps, transductive
+    )
+    expected = _reference_meta_gradient(meta, tasks, n_ways, 0.3, steps, transductive)
+    names = [name for name, _ in meta.named_parameters()]
+    assert len(grads) == len(names)
+    for name, g in zip(names, grads):
+        torch.testing.assert_close(g, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert all(g.abs().sum() > 0 for n, g in zip(names, grads) if n.startswith("backbone"))
+    assert 0.0 <= acc <= 1.0 and loss > 0
+
+
+def test_meta_gradient_leaves_meta_parameters_and_their_grads_untouched():
+    torch.manual_seed(0)
+    meta = MetaModel(MLPBackbone(5, (7,)), 5, head="fixed", n_rows=3)
+    before = copy.deepcopy(meta.state_dict())
+    fomaml_meta_gradient(TaskRunner(meta), _tasks(2, 3, 1, 2, 5, seed=0), 3, 0.5, 2)
+    for k, v in meta.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    assert all(p.grad is None for p in meta.parameters())
+
+
+def test_first_order_gradient_by_hand_linear_model_squared_loss():
+    """f(x) = w.x + b, L = mean (f(x) - t)^2: FOMAML's gradient in closed form."""
+    rng = np.random.default_rng(0)
+    d, alpha, steps = 3, 0.1, 2
+    w0, b0 = rng.normal(size=d), 0.5
+    xs, ts = rng.normal(size=(4, d)), rng.normal(size=4)
+    xq, tq = rng.normal(size=(5, d)), rng.normal(size=5)
+
+    w, b = w0.copy(), b0
+    for _ in range(steps):  # SGD on the support loss, by hand
+        r = xs @ w + b - ts
+        w, b = w - alpha * 2 * xs.T @ r / len(r), b - alpha * 2 * r.mean()
+    r = xq @ w + b - tq
+    expected_w, expected_b = 2 * xq.T @ r / len(r), 2 * r.mean()
+
+    body = nn.Identity()
+    body.out_features = d
+    meta = MetaModel(body, d, head="fixed", n_rows=1)
+    with torch.no_grad():
+        meta.head_weight.copy_(torch.tensor(w0[None], dtype=torch.float32))
+        meta.head_bias.fill_(b0)
+
+    def squared(out, target):
+        return ((out[:, 0] - target) ** 2).mean()
+
+    runner = TaskRunner(meta, loss_fn=squared)
+    t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    grads, loss, _ = fomaml_meta_gradient(runner, [(t(xs), t(ts), t(xq), t(tq))], 1, alpha, steps)
+    by_name = dict(zip([n for n, _ in meta.named_parameters()], grads))
+    np.testing.assert_allclose(by_name["head_weight"].numpy()[0], expected_w, rtol=1e-5)
+    np.testing.assert_allclose(by_name["head_bias"].numpy()[0], expected_b, rtol=1e-5)
+    np.testing.assert_allclose(loss, (r**2).mean(), rtol=1e-5)
+
+
+def test_shared_head_row_gradient_vanishes_under_cross_entropy():
+    """Softmax is invariant to adding one vector to every row, so the shared
+    row's meta-gradient (the sum over its copies) is zero."""
+    torch.manual_seed(0)
+    meta = MetaModel(MLPBackbone(6, (8,)), 6, head="shared")
+    grads, _, _ = fomaml_meta_gradient(TaskRunner(meta), _tasks(2, 4, 2, 3, 6, seed=3), 4, 0.4, 2)
+    by_name = dict(zip([n for n, _ in meta.named_parameters()], grads))
+    for name in ("head_weight", "head_bias"):
+        torch.testing.assert_close(by_name[name], torch.zeros_like(by_name[name]), atol=1e-6, rtol=0)
+    assert by_name["backbone.layers.0.weight"].abs().sum() > 0
+
+
+def test_support_batchnorm_uses_support_statistics_in_eval():
+    torch.manual_seed(0)
+    bn = SupportBatchNorm(3)
+    support = torch.randn(10, 3) * 4 + 2
+    bn.train()
+    out_train = bn(support)
+    bn.eval()
+    torch.testing.assert_close(bn(support), out_train)
+    single = bn(support[:1])
+    torch.testing.assert_close(single, out_train[:1])  # no dependence on the batch
+
+
+def test_adapt_with_zero_steps_returns_initial_head_and_theta():
+    torch.manual_seed(0)
+    meta = MetaModel(MLPBackbone(4, (5,)), 4, head="fixed", n_rows=2)
+    runner = TaskRunner(meta)
+    xs, ys = torch.randn(4, 4), torch.tensor([0, 0, 1, 1])
+    w, b = runner.adapt(xs, ys, 2, 0.5, 0)
+    torch.testing.assert_close(w, meta.head_weight.detach())
+    for p, q in zip(runner.scratch.parameters(), meta.backbone.parameters()):
+        torch.testing.assert_close(p, q)
