@@ -16,6 +16,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 __all__ = [
     "SupportBatchNorm",
@@ -52,19 +53,19 @@ class SupportBatchNorm(nn.Module):
         self.register_buffer("support_var", torch.ones(num_features))
 
     def forward(self, x):
-        dims = [0] + list(range(2, x.dim()))
-        shape = [1, -1] + [1] * (x.dim() - 2)
         if self.training:
-            xf = x.float()
-            var, mean = torch.var_mean(xf, dim=dims, correction=0)
+            # One fused kernel that also returns the batch statistics.
+            out, mean, rstd = torch.native_batch_norm(
+                x, self.weight, self.bias, None, None, True, 0.0, self.eps
+            )
             with torch.no_grad():
                 self.support_mean.copy_(mean)
-                self.support_var.copy_(var)
-        else:
-            mean, var = self.support_mean, self.support_var
-        scale = self.weight * torch.rsqrt(var + self.eps)
-        shift = self.bias - mean * scale
-        return x * scale.view(shape).to(x.dtype) + shift.view(shape).to(x.dtype)
+                self.support_var.copy_(rstd.pow(-2) - self.eps)
+            return out
+        return F.batch_norm(
+            x, self.support_mean, self.support_var, self.weight, self.bias,
+            False, 0.0, self.eps,
+        )
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}"
@@ -119,20 +120,23 @@ class Conv4Backbone(nn.Module):
         channels, height, width = self.input_shape
         blocks = []
         for _ in range(4):
-            blocks += [
-                nn.Conv2d(channels, n_filters, 3, padding=1),
-                SupportBatchNorm(n_filters),
-                nn.ReLU(),
-            ]
+            blocks += [nn.Conv2d(channels, n_filters, 3, padding=1), SupportBatchNorm(n_filters)]
+            # Max-pooling before the ReLU computes the same function (ReLU is
+            # monotone) with the ReLU on 4x fewer values.
             if height >= 2 and width >= 2:  # small images: stop pooling at 1x1
                 blocks.append(nn.MaxPool2d(2))
                 height, width = height // 2, width // 2
+            blocks.append(nn.ReLU())
             channels = n_filters
         self.blocks = nn.Sequential(*blocks)
         self.out_features = n_filters * height * width
+        # channels_last runs the convolutions faster on CPU (oneDNN), most of
+        # all with bfloat16; weights and inputs use it consistently.
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x):
         x = x.reshape((x.shape[0],) + self.input_shape)
+        x = x.contiguous(memory_format=torch.channels_last)
         return self.blocks(x).flatten(1)
 
 

@@ -47,6 +47,40 @@ def _resolve_device(device):
     return dev
 
 
+_PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _cpu_has_fast_bf16():
+    """True where the CPU runs bfloat16 natively (AMX or AVX512-BF16)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def _resolve_precision(precision, device):
+    """Return the precision name and the autocast dtype (None for float32)."""
+    if precision == "auto":
+        if device.type == "cuda":
+            fast = torch.cuda.is_bf16_supported()
+        else:
+            fast = _cpu_has_fast_bf16()
+        precision = "bfloat16" if fast else "float32"
+    if precision not in _PRECISIONS:
+        raise ValueError(
+            f"precision={precision!r} is not supported; use 'auto', 'float32', "
+            "'bfloat16' or 'float16' (GPU only)."
+        )
+    if precision == "float16" and device.type != "cuda":
+        raise ValueError(
+            "precision='float16' runs only on a GPU; on the CPU use 'bfloat16' "
+            "or 'auto'."
+        )
+    return precision, _PRECISIONS[precision]
+
+
 def _flatten_images(X):
     """Flatten (n, C, H, W)-like arrays to rows; return them and the image shape."""
     ndim = getattr(X, "ndim", None)
@@ -106,13 +140,14 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         taken from 4-D ``X``, or a square single-channel image for rows.
     module_params : dict or None, default=None
         Keyword arguments for a ``module`` given as a class.
-    head : {"shared", "prototype", "fixed"}, default="shared"
-        Initialisation of the task head, which has one row per class.
-        ``"shared"``: one meta-learned row copied for every class (any number
-        of classes). ``"prototype"``: rows from the support-class mean
-        embeddings (Proto-MAML). ``"fixed"``: the classic ``n_ways``-row head
-        of the MAML paper (class ``j`` of a task starts from row
-        ``j % n_ways``).
+    head : {"prototype", "shared", "fixed"}, default="prototype"
+        Initialisation of the task head, which has one row per class, so a
+        task may have any number of classes. ``"prototype"``: rows from the
+        support-class mean embeddings (Proto-MAML; the most accurate in our
+        measurements). ``"shared"``: one meta-learned row copied for every
+        class (under cross-entropy this is a zero-initialised head).
+        ``"fixed"``: the classic ``n_ways``-row head of the MAML paper (class
+        ``j`` of a task starts from row ``j % n_ways``).
     n_ways : int, default=5
         Classes per meta-training episode.
     k_shot : int, default=1
@@ -144,6 +179,11 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         If True, BatchNorm normalises queries with their own batch statistics,
         as in the MAML paper's experiments; predictions then depend on the
         other samples of the batch. If False, the support statistics are used.
+    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        Precision of the forward passes (``torch.autocast``); parameters and
+        SGD updates stay float32. ``"auto"`` takes bfloat16 where the hardware
+        runs it fast (CPUs with AMX or AVX512-BF16, bf16-capable GPUs) and
+        float32 elsewhere; ``precision_`` says which was used.
     adapt_on_fit : bool, default=True
         Adapt to all classes of ``y`` at the end of ``fit``. Set to False when
         meta-training on many classes only to call ``adapt`` later.
@@ -180,6 +220,8 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         The network adapted to the current task, used by ``predict``.
     device_ : torch.device
         The device used.
+    precision_ : str
+        The precision used (``"auto"`` resolved).
 
     See Also
     --------
@@ -215,7 +257,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         n_filters=64,
         input_shape=None,
         module_params=None,
-        head="shared",
+        head="prototype",
         n_ways=5,
         k_shot=1,
         n_query=15,
@@ -230,6 +272,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         meta_batches_per_epoch=100,
         n_eval_episodes=100,
         transductive=False,
+        precision="auto",
         adapt_on_fit=True,
         device="auto",
         callbacks=None,
@@ -256,6 +299,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         self.meta_batches_per_epoch = meta_batches_per_epoch
         self.n_eval_episodes = n_eval_episodes
         self.transductive = transductive
+        self.precision = precision
         self.adapt_on_fit = adapt_on_fit
         self.device = device
         self.callbacks = callbacks
@@ -354,6 +398,10 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         if message is not None:
             warnings.warn(message, UserWarning, stacklevel=2)
         device = _resolve_device(self.device)
+        precision, autocast_dtype = _resolve_precision(self.precision, device)
+        if self.verbose:
+            print(f"Meta-training on {device} in {precision} precision, episodes "
+                  f"{shape.n_ways}-way {shape.k_shot}-shot with {shape.n_query} queries.")
         input_shape = self.input_shape if self.input_shape is not None else image_shape
         rng = check_random_state(self.random_state)
         torch_seed, episode_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
@@ -395,6 +443,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
                 inner_lr=self.inner_lr,
                 n_inner_steps=self.n_inner_steps,
                 transductive=self.transductive,
+                autocast_dtype=autocast_dtype,
                 **{f"optimizer__{k}": v for k, v in (self.optimizer_params or {}).items()},
             )
             net.fit(X_t, codes)
@@ -404,6 +453,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         self.meta_model_ = net.module_
         self.episode_shape_ = shape
         self.device_ = device
+        self.precision_ = precision
         self.input_shape_ = input_shape
         if self.adapt_on_fit:
             self._adapt_codes(X_t, codes, classes)
@@ -413,8 +463,11 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     # ------------------------------------------------------------------- adapt
+    def _runner(self):
+        return TaskRunner(self.meta_model_, _PRECISIONS[self.precision_])
+
     def _adapt_codes(self, X_t, codes, classes):
-        runner = TaskRunner(self.meta_model_)
+        runner = self._runner()
         y_t = torch.as_tensor(codes, device=X_t.device)
         weight, bias = runner.adapt(
             X_t, y_t, len(classes), self.inner_lr, self.n_inner_steps_test
@@ -563,7 +616,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
             random_state = self.random_state if isinstance(self.random_state, numbers.Integral) else 0
         sampler = EpisodeSampler(codes, shape, np.random.default_rng(random_state))
         episodes = sampler.sample(n_episodes)
-        runner = TaskRunner(self.meta_model_)
+        runner = self._runner()
         accuracies = episodic_accuracies(
             runner, self._to_tensor(X, self.device_), episodes,
             self.inner_lr, self.n_inner_steps_test, self.transductive,

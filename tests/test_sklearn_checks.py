@@ -16,7 +16,7 @@ def _expected_failed_checks(estimator):
 
 
 @parametrize_with_checks(
-    [FOMAMLClassifier(**FAST), FOMAMLClassifier(head="prototype", **FAST)],
+    [FOMAMLClassifier(**FAST), FOMAMLClassifier(head="shared", precision="float32", **FAST)],
     expected_failed_checks=_expected_failed_checks,
 )
 def test_sklearn_compatible_estimator(estimator, check):

@@ -1,0 +1,36 @@
+"""skorch callbacks specific to meta-training (skorch's own ones work too)."""
+
+import time
+
+from skorch.callbacks import Callback
+
+__all__ = ["TimeLimit"]
+
+
+class TimeLimit(Callback):
+    """Stop meta-training at the end of the first epoch past a time budget.
+
+    Parameters
+    ----------
+    minutes : float
+        Wall-clock budget of the whole ``fit``.
+    sink : callable, default=print
+        Where the stopping message goes (printed only when the net is verbose).
+    """
+
+    def __init__(self, minutes, sink=print):
+        self.minutes = minutes
+        self.sink = sink
+
+    def on_train_begin(self, net, **kwargs):
+        self.start_ = time.perf_counter()
+
+    def on_epoch_end(self, net, **kwargs):
+        elapsed = time.perf_counter() - self.start_
+        if elapsed >= 60.0 * self.minutes:
+            if net.verbose:
+                self.sink(
+                    f"Stopping after {len(net.history)} epochs: the time limit of "
+                    f"{self.minutes:g} min is reached ({elapsed / 60:.1f} min)."
+                )
+            raise KeyboardInterrupt
