@@ -156,8 +156,11 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         Query examples per class.
     meta_batch_size : int, default=4
         Tasks per outer (meta) step.
-    inner_lr : float, default=0.4
-        Inner-loop SGD rate (alpha).
+    inner_lr : float or "auto", default="auto"
+        Inner-loop SGD rate (alpha). ``"auto"``: 0.05 with the prototype head
+        (which starts close to a good classifier; 0.4 lost about 20 points of
+        5-way 1-shot accuracy on Omniglot in our runs) and 0.4, the MAML
+        paper's Omniglot value, with the ``"shared"`` and ``"fixed"`` heads.
     n_inner_steps : int, default=1
         Inner SGD steps during meta-training.
     n_inner_steps_test : int, default=3
@@ -222,6 +225,8 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         The device used.
     precision_ : str
         The precision used (``"auto"`` resolved).
+    inner_lr_ : float
+        The inner-loop rate used (``"auto"`` resolved).
 
     See Also
     --------
@@ -262,7 +267,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         k_shot=1,
         n_query=15,
         meta_batch_size=4,
-        inner_lr=0.4,
+        inner_lr="auto",
         n_inner_steps=1,
         n_inner_steps_test=3,
         optimizer="adam",
@@ -318,7 +323,8 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         _check_int("meta_batches_per_epoch", self.meta_batches_per_epoch, 1)
         _check_int("n_eval_episodes", self.n_eval_episodes, 1)
         _check_int("n_filters", self.n_filters, 1)
-        _check_float("inner_lr", self.inner_lr, 0.0, strict=False)
+        if not (isinstance(self.inner_lr, str) and self.inner_lr == "auto"):
+            _check_float("inner_lr", self.inner_lr, 0.0, strict=False)
         _check_float("lr", self.lr, 0.0, strict=False)
         sizes = self.hidden_layer_sizes
         if (
@@ -440,7 +446,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
                 callbacks=callbacks,
                 verbose=self.verbose,
                 device=device,
-                inner_lr=self.inner_lr,
+                inner_lr=self._resolved_inner_lr(),
                 n_inner_steps=self.n_inner_steps,
                 transductive=self.transductive,
                 autocast_dtype=autocast_dtype,
@@ -454,6 +460,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         self.episode_shape_ = shape
         self.device_ = device
         self.precision_ = precision
+        self.inner_lr_ = self._resolved_inner_lr()
         self.input_shape_ = input_shape
         if self.adapt_on_fit:
             self._adapt_codes(X_t, codes, classes)
@@ -463,6 +470,11 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     # ------------------------------------------------------------------- adapt
+    def _resolved_inner_lr(self):
+        if isinstance(self.inner_lr, str):
+            return 0.05 if self.head == "prototype" else 0.4
+        return float(self.inner_lr)
+
     def _runner(self):
         return TaskRunner(self.meta_model_, _PRECISIONS[self.precision_])
 
@@ -470,7 +482,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         runner = self._runner()
         y_t = torch.as_tensor(codes, device=X_t.device)
         weight, bias = runner.adapt(
-            X_t, y_t, len(classes), self.inner_lr, self.n_inner_steps_test
+            X_t, y_t, len(classes), self.inner_lr_, self.n_inner_steps_test
         )
         self.task_model_ = runner.task_model(weight, bias)
         self.classes_ = classes
@@ -619,7 +631,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         runner = self._runner()
         accuracies = episodic_accuracies(
             runner, self._to_tensor(X, self.device_), episodes,
-            self.inner_lr, self.n_inner_steps_test, self.transductive,
+            self.inner_lr_, self.n_inner_steps_test, self.transductive,
         )
         mean, ci95 = confidence_interval(accuracies)
         return FewShotResult(mean=mean, ci95=ci95, accuracies=accuracies, shape=shape)

@@ -1,0 +1,58 @@
+"""Meta-training helps where there are enough classes to learn from.
+
+Each test compares, on the same evaluation episodes of classes unseen in
+``fit``: the meta-trained network, the same network adapted from its random
+initialisation (``max_epochs=0``), and 1-nearest-neighbour on the raw
+features.
+"""
+
+import numpy as np
+import pytest
+from sklearn.neighbors import KNeighborsClassifier
+
+from fomaml_sklearn import FOMAMLClassifier
+from fomaml_sklearn.evaluation import baseline_accuracies, sample_episodes
+
+from conftest import make_subspace_classes
+
+
+def _compare(make, X, y, train, n_episodes, seed):
+    meta = make(seed).fit(X[train], y[train])
+    scratch = make(seed).set_params(max_epochs=0).fit(X[train], y[train])
+    test = ~train
+    result = meta.evaluate(X[test], y[test], n_episodes=n_episodes, random_state=seed)
+    random_init = scratch.evaluate(X[test], y[test], n_episodes=n_episodes, random_state=seed)
+    episodes = sample_episodes(y[test], result.shape, n_episodes, seed)
+    knn = baseline_accuracies(KNeighborsClassifier(1), X[test], episodes).mean()
+    return result.mean, random_init.mean, knn
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_meta_training_beats_random_init_and_1nn_on_subspace_classes(seed):
+    X, y = make_subspace_classes(noise=1.0, random_state=seed)
+    train = y < 40  # 40 classes to meta-train on, 20 unseen ones to test on
+
+    def make(s):
+        return FOMAMLClassifier(n_ways=5, k_shot=1, n_query=5, max_epochs=6,
+                                meta_batches_per_epoch=100, device="cpu",
+                                adapt_on_fit=False, random_state=s)
+
+    meta, random_init, knn = _compare(make, X, y, train, 100, seed)
+    assert meta > knn + 0.2, (meta, knn)
+    assert meta > random_init + 0.3, (meta, random_init)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_meta_training_beats_baselines_on_an_omniglot_slice(omniglot_slice, seed):
+    X, y = omniglot_slice  # 80 characters x 20 drawers, 28x28
+    train = y < 60
+
+    def make(s):
+        return FOMAMLClassifier("conv4", n_filters=32, n_ways=5, k_shot=1, n_query=5,
+                                meta_batch_size=4, max_epochs=5, meta_batches_per_epoch=50,
+                                device="cpu", adapt_on_fit=False, random_state=s)
+
+    meta, random_init, knn = _compare(make, X, y, train, 200, seed)
+    # Measured: about 0.75 vs 0.46 (1-NN) and 0.50 (random init).
+    assert meta > knn + 0.15, (meta, knn)
+    assert meta > random_init + 0.15, (meta, random_init)
