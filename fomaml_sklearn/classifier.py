@@ -15,8 +15,13 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._training import EpisodeLoader, MetaTrainingNet
 from .backbones import build_backbone
-from .episodes import EpisodeSampler, resolve_episode_shape
-from .evaluation import FewShotResult, confidence_interval, episodic_accuracies
+from .episodes import resolve_episode_shape
+from .evaluation import (
+    FewShotResult,
+    confidence_interval,
+    episodic_accuracies,
+    sample_episodes,
+)
 from .learner import HEADS, MetaModel, TaskRunner
 
 __all__ = ["FOMAMLClassifier"]
@@ -626,8 +631,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
             warnings.warn(message, UserWarning, stacklevel=2)
         if random_state is None:
             random_state = self.random_state if isinstance(self.random_state, numbers.Integral) else 0
-        sampler = EpisodeSampler(codes, shape, np.random.default_rng(random_state))
-        episodes = sampler.sample(n_episodes)
+        episodes = sample_episodes(codes, shape, n_episodes, random_state)
         runner = self._runner()
         accuracies = episodic_accuracies(
             runner, self._to_tensor(X, self.device_), episodes,
