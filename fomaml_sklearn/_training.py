@@ -5,8 +5,8 @@ log, device handling); this module changes two override points:
 
 - :meth:`MetaTrainingNet.get_iterator` yields meta-batches of episodes drawn
   from the training data instead of mini-batches of samples;
-- :meth:`MetaTrainingNet.train_step_single` computes the FOMAML
-  meta-gradient of a meta-batch and leaves it in ``.grad`` for skorch's
+- :meth:`MetaTrainingNet.train_step_single` computes the meta-gradient
+  (FOMAML, MAML, Reptile or ANIL) of a meta-batch and leaves it in ``.grad`` for skorch's
   optimizer step.
 
 The net is private: :class:`fomaml_sklearn.FOMAMLClassifier` builds it in
@@ -18,7 +18,7 @@ from skorch import NeuralNet
 from skorch.callbacks import PassthroughScoring
 
 from .episodes import EpisodeSampler
-from .learner import TaskRunner, fomaml_meta_gradient
+from .learner import TaskRunner, meta_gradient
 
 __all__ = ["MetaBatch", "EpisodeLoader", "MetaTrainingNet"]
 
@@ -95,17 +95,20 @@ class MetaTrainingNet(NeuralNet):
         Inner SGD steps per task.
     transductive : bool
         Normalise the queries with their own batch statistics.
+    algorithm : str
+        The update rule, a key of :data:`fomaml_sklearn.learner.ALGORITHMS`.
     autocast_dtype : torch.dtype or None
         Mixed precision for the forward passes.
     """
 
     def __init__(self, module, *args, inner_lr=0.4, n_inner_steps=1,
-                 transductive=False, autocast_dtype=None, **kwargs):
+                 transductive=False, autocast_dtype=None, algorithm="fomaml", **kwargs):
         super().__init__(module, *args, **kwargs)
         self.inner_lr = inner_lr
         self.n_inner_steps = n_inner_steps
         self.transductive = transductive
         self.autocast_dtype = autocast_dtype
+        self.algorithm = algorithm
 
     @property
     def _default_callbacks(self):
@@ -124,9 +127,9 @@ class MetaTrainingNet(NeuralNet):
 
     def train_step_single(self, batch, **fit_params):
         self._set_training(True)
-        grads, loss, accuracy = fomaml_meta_gradient(
+        grads, loss, accuracy = meta_gradient(
             self.runner_, batch, batch.n_classes, self.inner_lr,
-            self.n_inner_steps, self.transductive,
+            self.n_inner_steps, self.transductive, self.algorithm,
         )
         for param, grad in zip(self.module_.parameters(), grads):
             param.grad = grad

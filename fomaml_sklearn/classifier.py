@@ -22,7 +22,7 @@ from .evaluation import (
     episodic_accuracies,
     sample_episodes,
 )
-from .learner import HEADS, MetaModel, TaskRunner
+from .learner import ALGORITHMS, HEAD_ONLY_ALGORITHMS, HEADS, MetaModel, TaskRunner
 
 __all__ = ["FOMAMLClassifier"]
 
@@ -145,6 +145,14 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         taken from 4-D ``X``, or a square single-channel image for rows.
     module_params : dict or None, default=None
         Keyword arguments for a ``module`` given as a class.
+    algorithm : {"fomaml", "maml", "reptile", "anil", "fo-anil"}, default="fomaml"
+        The meta-learning rule. ``"fomaml"``: the query gradient at the
+        adapted parameters. ``"maml"``: the exact second-order meta-gradient,
+        differentiating through the inner steps (about 2-3x the cost).
+        ``"reptile"``: the direction ``theta - phi`` after ``n_inner_steps``
+        steps on all of a task's examples, fed to the meta-optimizer.
+        ``"anil"`` / ``"fo-anil"``: only the head adapts in the inner loop
+        (also in ``adapt``), second or first order; the body is meta-learned.
     head : {"prototype", "shared", "fixed"}, default="prototype"
         Initialisation of the task head, which has one row per class, so a
         task may have any number of classes. ``"prototype"``: rows from the
@@ -267,6 +275,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         n_filters=64,
         input_shape=None,
         module_params=None,
+        algorithm="fomaml",
         head="prototype",
         n_ways=5,
         k_shot=1,
@@ -294,6 +303,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         self.n_filters = n_filters
         self.input_shape = input_shape
         self.module_params = module_params
+        self.algorithm = algorithm
         self.head = head
         self.n_ways = n_ways
         self.k_shot = k_shot
@@ -341,6 +351,11 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
                 "hidden_layer_sizes must be a non-empty tuple of positive integers, "
                 f"e.g. (64, 64); got {sizes!r}."
             )
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(
+                f"algorithm={self.algorithm!r} is not supported; use one of "
+                f"{sorted(ALGORITHMS)}."
+            )
         if self.head not in HEADS:
             raise ValueError(f"head={self.head!r} is not supported; use one of {HEADS}.")
         return self._optimizer_class()
@@ -366,7 +381,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         X = validate_data(self, X, reset=reset, dtype=np.float32)
         return X, image_shape
 
-    def _validate_Xy(self, X, y, reset, what="fit"):
+    def _validate_Xy(self, X, y, reset):
         X, image_shape = _flatten_images(X)
         X, y = validate_data(self, X, y, reset=reset, dtype=np.float32)
         check_classification_targets(y)
@@ -455,6 +470,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
                 n_inner_steps=self.n_inner_steps,
                 transductive=self.transductive,
                 autocast_dtype=autocast_dtype,
+                algorithm=self.algorithm,
                 **{f"optimizer__{k}": v for k, v in (self.optimizer_params or {}).items()},
             )
             net.fit(X_t, codes)
@@ -475,6 +491,9 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     # ------------------------------------------------------------------- adapt
+    def _adapt_body(self):
+        return self.algorithm not in HEAD_ONLY_ALGORITHMS
+
     def _resolved_inner_lr(self):
         if isinstance(self.inner_lr, str):
             return 0.05 if self.head == "prototype" else 0.4
@@ -487,7 +506,8 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         runner = self._runner()
         y_t = torch.as_tensor(codes, device=X_t.device)
         weight, bias = runner.adapt(
-            X_t, y_t, len(classes), self.inner_lr_, self.n_inner_steps_test
+            X_t, y_t, len(classes), self.inner_lr_, self.n_inner_steps_test,
+            adapt_body=self._adapt_body(),
         )
         self.task_model_ = runner.task_model(weight, bias)
         self.classes_ = classes
@@ -630,12 +650,14 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         if message is not None:
             warnings.warn(message, UserWarning, stacklevel=2)
         if random_state is None:
-            random_state = self.random_state if isinstance(self.random_state, numbers.Integral) else 0
+            seed = self.random_state
+            random_state = seed if isinstance(seed, numbers.Integral) else 0
         episodes = sample_episodes(codes, shape, n_episodes, random_state)
         runner = self._runner()
         accuracies = episodic_accuracies(
             runner, self._to_tensor(X, self.device_), episodes,
             self.inner_lr_, self.n_inner_steps_test, self.transductive,
+            adapt_body=self._adapt_body(),
         )
         mean, ci95 = confidence_interval(accuracies)
         return FewShotResult(mean=mean, ci95=ci95, accuracies=accuracies, shape=shape)

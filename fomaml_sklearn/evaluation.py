@@ -58,7 +58,8 @@ def confidence_interval(accuracies):
     return float(acc.mean()), float(1.96 * acc.std(ddof=1) / np.sqrt(len(acc)))
 
 
-def episodic_accuracies(runner, X, episodes, inner_lr, n_steps, transductive=False):
+def episodic_accuracies(runner, X, episodes, inner_lr, n_steps, transductive=False,
+                        adapt_body=True):
     """Query accuracy of each episode after adapting on its support set.
 
     Parameters
@@ -75,6 +76,8 @@ def episodic_accuracies(runner, X, episodes, inner_lr, n_steps, transductive=Fal
         Inner SGD steps.
     transductive : bool, default=False
         Normalise queries with their own batch statistics.
+    adapt_body : bool, default=True
+        If False, adapt only the head (ANIL).
 
     Returns
     -------
@@ -88,7 +91,7 @@ def episodic_accuracies(runner, X, episodes, inner_lr, n_steps, transductive=Fal
     qry = torch.as_tensor(episodes.query_idx, device=device)
     accuracies = np.empty(len(episodes))
     for t in range(len(episodes)):
-        weight, bias = runner.adapt(X[sup[t]], y_s, n_classes, inner_lr, n_steps)
+        weight, bias = runner.adapt(X[sup[t]], y_s, n_classes, inner_lr, n_steps, adapt_body)
         with torch.no_grad():
             logits = runner.query_logits(X[qry[t]], weight, bias, transductive)
         accuracies[t] = (logits.argmax(1) == y_q).float().mean().item()

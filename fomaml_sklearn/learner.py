@@ -31,7 +31,15 @@ from torch.nn import functional as F
 
 from .backbones import SupportBatchNorm
 
-__all__ = ["HEADS", "MetaModel", "TaskModel", "TaskRunner", "fomaml_meta_gradient"]
+__all__ = [
+    "ALGORITHMS",
+    "HEADS",
+    "MetaModel",
+    "TaskModel",
+    "TaskRunner",
+    "meta_gradient",
+    "fomaml_meta_gradient",
+]
 
 HEADS = ("shared", "fixed", "prototype")
 
@@ -193,11 +201,24 @@ class TaskRunner:
             for b, mb in zip(self._buffers, self._meta_buffers):
                 b.copy_(mb)
 
-    def adapt(self, x_support, y_support, n_classes, inner_lr, n_steps):
+    def adapt(self, x_support, y_support, n_classes, inner_lr, n_steps, adapt_body=True):
         """Adapt from ``theta`` on a support set; return the task head.
 
         The scratch backbone holds the adapted body afterwards, and its
         BatchNorm layers hold the support statistics at the adapted weights.
+
+        Parameters
+        ----------
+        x_support, y_support : torch.Tensor
+            The support set, labels coded ``0 .. n_classes-1``.
+        n_classes : int
+            Number of classes of the task.
+        inner_lr : float
+            SGD rate.
+        n_steps : int
+            SGD steps (0: the initial head, the body at theta).
+        adapt_body : bool, default=True
+            If False, only the head is trained (ANIL); the body stays at theta.
 
         Returns
         -------
@@ -206,6 +227,16 @@ class TaskRunner:
         """
         self.reset()
         self.scratch.train()
+        if not adapt_body:
+            with torch.no_grad(), self._autocast():
+                feats = self.scratch(x_support).float()
+            weight, bias = self.meta_model.initial_head(feats, y_support, n_classes)
+            for _ in range(n_steps):
+                loss = self.loss_fn(F.linear(feats, weight, bias), y_support)
+                grads = torch.autograd.grad(loss, [weight, bias])
+                with torch.no_grad():
+                    torch._foreach_add_([weight, bias], grads, alpha=-inner_lr)
+            return weight, bias
         weight = bias = None
         for step in range(max(n_steps, 1)):
             grad_enabled = n_steps > 0
@@ -234,30 +265,6 @@ class TaskRunner:
         logits, _ = self._logits(x, weight, bias)
         return logits
 
-    def task_gradient(self, x_support, y_support, x_query, y_query, n_classes,
-                      inner_lr, n_steps, transductive=False):
-        """FOMAML gradient of one task: ``grad L_query(phi)``.
-
-        Returns
-        -------
-        body_grads : list of torch.Tensor
-            Gradient for each backbone parameter (order of ``parameters()``).
-        weight_grad, bias_grad : torch.Tensor
-            Gradient of the task head, one row per class.
-        loss : torch.Tensor
-            The query loss (a detached scalar).
-        n_correct : torch.Tensor or None
-            Number of correctly classified queries (None for float targets).
-        """
-        weight, bias = self.adapt(x_support, y_support, n_classes, inner_lr, n_steps)
-        logits = self.query_logits(x_query, weight, bias, transductive)
-        loss = self.loss_fn(logits, y_query)
-        grads = torch.autograd.grad(loss, self._params + [weight, bias])
-        n_correct = None
-        if not y_query.is_floating_point():
-            n_correct = (logits.detach().argmax(1) == y_query).sum()
-        return list(grads[:-2]), grads[-2], grads[-1], loss.detach(), n_correct
-
     def task_model(self, weight, bias):
         """Freeze the current adaptation into a stand-alone :class:`TaskModel`."""
         body = copy.deepcopy(self.scratch).eval()
@@ -265,8 +272,180 @@ class TaskRunner:
         return TaskModel(body, weight.detach(), bias.detach()).eval()
 
 
-def fomaml_meta_gradient(runner, tasks, n_classes, inner_lr, n_steps, transductive=False):
-    """Average FOMAML meta-gradient over a batch of tasks.
+class _TaskResult:
+    """Gradient contributions of one task, keyed by meta-parameter."""
+
+    __slots__ = ("grads", "loss", "n_correct")
+
+    def __init__(self, grads, loss, n_correct):
+        self.grads, self.loss, self.n_correct = grads, loss, n_correct
+
+
+def _n_correct(logits, y):
+    if y.is_floating_point():
+        return None
+    return (logits.detach().argmax(1) == y).sum()
+
+
+def _head_rows_grads(meta, n_classes, grad_weight, grad_bias, grads):
+    """Add task-head gradients to the meta-head rows they were copied from."""
+    if meta.head == "prototype":
+        return grads
+    rows = meta.head_rows(n_classes)
+    grads[meta.head_weight] = torch.zeros_like(meta.head_weight).index_add_(0, rows, grad_weight)
+    grads[meta.head_bias] = torch.zeros_like(meta.head_bias).index_add_(0, rows, grad_bias)
+    return grads
+
+
+def _fomaml_task(runner, x_s, y_s, x_q, y_q, n_classes, inner_lr, n_steps, transductive):
+    """FOMAML: ``grad L_query(phi)``, phi = k SGD steps on the support loss."""
+    weight, bias = runner.adapt(x_s, y_s, n_classes, inner_lr, n_steps)
+    logits = runner.query_logits(x_q, weight, bias, transductive)
+    loss = runner.loss_fn(logits, y_q)
+    params = runner._params
+    g = torch.autograd.grad(loss, params + [weight, bias])
+    grads = dict(zip(runner._meta_params, g[:-2]))
+    grads = _head_rows_grads(runner.meta_model, n_classes, g[-2], g[-1], grads)
+    return _TaskResult(grads, loss.detach(), _n_correct(logits, y_q))
+
+
+def _reptile_task(runner, x_s, y_s, x_q, y_q, n_classes, inner_lr, n_steps, transductive):
+    """Reptile: ``theta - phi`` after k full-batch SGD steps on all the task's
+    examples (support and query); the meta-optimizer takes it as a gradient."""
+    x_all, y_all = torch.cat([x_s, x_q]), torch.cat([y_s, y_q])
+    meta = runner.meta_model
+    weight, bias = runner.adapt(x_all, y_all, n_classes, inner_lr, n_steps)
+    with torch.no_grad():
+        grads = {m: m - p for m, p in zip(runner._meta_params, runner._params)}
+        if meta.head != "prototype":
+            rows = meta.head_rows(n_classes)
+            grads = _head_rows_grads(
+                meta, n_classes, meta.head_weight[rows] - weight, meta.head_bias[rows] - bias,
+                grads,
+            )
+        logits = runner.query_logits(x_q, weight, bias, transductive)
+        loss = runner.loss_fn(logits, y_q)
+    return _TaskResult(grads, loss, _n_correct(logits, y_q))
+
+
+def _functional_body(runner, transductive_query=False):
+    """Forward of the meta backbone with explicit parameters (for second order)."""
+    body = runner.meta_model.backbone
+    names = [n for n, _ in body.named_parameters()]
+    buffers = {n: b.clone() for n, b in body.named_buffers()}
+
+    def forward(params, x, train):
+        body.train(train)
+        with runner._autocast():
+            out = torch.func.functional_call(body, {**dict(zip(names, params)), **buffers}, (x,))
+        return out.float()
+
+    return forward
+
+
+def _initial_head_with_graph(meta, feats, y_s, n_classes):
+    """Task head at theta, differentiable with respect to theta."""
+    if meta.head == "prototype":
+        protos = torch.zeros(n_classes, feats.shape[1], device=feats.device, dtype=feats.dtype)
+        protos = protos.index_add(0, y_s, feats)
+        counts = torch.bincount(y_s, minlength=n_classes).clamp_min(1).to(feats.dtype)
+        protos = protos / counts[:, None]
+        return 2 * protos, -(protos**2).sum(1)
+    rows = meta.head_rows(n_classes)
+    return meta.head_weight[rows], meta.head_bias[rows]
+
+
+def _maml_task(runner, x_s, y_s, x_q, y_q, n_classes, inner_lr, n_steps, transductive):
+    """Second-order MAML: ``U'(theta)^T grad L_query(phi)``, by differentiating
+    through the inner SGD steps (``create_graph=True``).
+
+    BatchNorm statistics recorded on the support set and used for the
+    queries are treated as constants.
+    """
+    meta = runner.meta_model
+    forward = _functional_body(runner)
+    theta = list(meta.backbone.parameters())
+    feats = forward(theta, x_s, True)
+    weight, bias = _initial_head_with_graph(meta, feats, y_s, n_classes)
+    params = theta + [weight, bias]
+    for step in range(n_steps):
+        if step > 0:
+            feats = forward(params[:-2], x_s, True)
+        loss = runner.loss_fn(F.linear(feats, params[-2], params[-1]), y_s)
+        g = torch.autograd.grad(loss, params, create_graph=True)
+        params = [p - inner_lr * gi for p, gi in zip(params, g)]
+    if runner.has_support_norm and n_steps > 0:
+        with torch.no_grad():
+            forward([p.detach() for p in params[:-2]], x_s, True)
+    logits = F.linear(forward(params[:-2], x_q, transductive), params[-2], params[-1])
+    loss = runner.loss_fn(logits, y_q)
+    meta_params = list(meta.parameters())
+    g = torch.autograd.grad(loss, meta_params, allow_unused=True)
+    grads = {p: (torch.zeros_like(p) if gi is None else gi) for p, gi in zip(meta_params, g)}
+    meta.backbone.train()
+    return _TaskResult(grads, loss.detach(), _n_correct(logits, y_q))
+
+
+def _anil_task(runner, x_s, y_s, x_q, y_q, n_classes, inner_lr, n_steps, transductive,
+               second_order):
+    """ANIL (Raghu et al., 2020): only the head adapts in the inner loop; the
+    body is meta-learned through the query loss. Second order differentiates
+    through the head's SGD steps (cheap: the support features are computed once)."""
+    meta = runner.meta_model
+    body = meta.backbone
+    body.train()
+    with runner._autocast():
+        feats_s = body(x_s).float()
+    weight, bias = _initial_head_with_graph(meta, feats_s, y_s, n_classes)
+    if not second_order:
+        feats_s = feats_s.detach()
+        weight = weight.detach().requires_grad_(True)
+        bias = bias.detach().requires_grad_(True)
+    head = [weight, bias]
+    for _ in range(n_steps):
+        loss = runner.loss_fn(F.linear(feats_s, *head), y_s)
+        g = torch.autograd.grad(loss, head, create_graph=second_order)
+        head = [p - inner_lr * gi for p, gi in zip(head, g)]
+    body.train(transductive)
+    with runner._autocast():
+        feats_q = body(x_q).float()
+    body.train()
+    logits = F.linear(feats_q, *head)
+    loss = runner.loss_fn(logits, y_q)
+    meta_params = list(meta.parameters())
+    if second_order:
+        g = torch.autograd.grad(loss, meta_params, allow_unused=True)
+        grads = {p: (torch.zeros_like(p) if gi is None else gi) for p, gi in zip(meta_params, g)}
+    else:
+        body_params = list(body.parameters())
+        g = torch.autograd.grad(loss, body_params + head)
+        grads = _head_rows_grads(meta, n_classes, g[-2], g[-1], dict(zip(body_params, g[:-2])))
+    return _TaskResult(grads, loss.detach(), _n_correct(logits, y_q))
+
+
+def _fo_anil_task(*args):
+    return _anil_task(*args, second_order=False)
+
+
+def _so_anil_task(*args):
+    return _anil_task(*args, second_order=True)
+
+
+ALGORITHMS = {
+    "fomaml": _fomaml_task,
+    "maml": _maml_task,
+    "reptile": _reptile_task,
+    "anil": _so_anil_task,
+    "fo-anil": _fo_anil_task,
+}
+"""Per-task update rules. ``anil``/``fo-anil`` adapt only the head, also at test time."""
+
+HEAD_ONLY_ALGORITHMS = ("anil", "fo-anil")
+
+
+def meta_gradient(runner, tasks, n_classes, inner_lr, n_steps, transductive=False,
+                  algorithm="fomaml"):
+    """Average meta-gradient over a batch of tasks, for any algorithm.
 
     Parameters
     ----------
@@ -283,6 +462,8 @@ def fomaml_meta_gradient(runner, tasks, n_classes, inner_lr, n_steps, transducti
     transductive : bool, default=False
         Normalise queries with their own batch statistics (MAML paper) instead
         of the support statistics.
+    algorithm : {"fomaml", "maml", "reptile", "anil", "fo-anil"}, default="fomaml"
+        The update rule (see :data:`ALGORITHMS`).
 
     Returns
     -------
@@ -294,36 +475,27 @@ def fomaml_meta_gradient(runner, tasks, n_classes, inner_lr, n_steps, transducti
     accuracy : float
         Mean query accuracy after adaptation (nan for float targets).
     """
-    meta = runner.meta_model
-    body_grads = [torch.zeros_like(p) for p in meta.backbone.parameters()]
-    head = meta.head != "prototype"
-    if head:
-        weight_grad = torch.zeros_like(meta.head_weight)
-        bias_grad = torch.zeros_like(meta.head_bias)
-        rows = meta.head_rows(n_classes)
-    total_loss = 0.0
-    total_correct = 0
-    total_queries = 0
-    n_tasks = 0
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm={algorithm!r} is not one of {sorted(ALGORITHMS)}.")
+    task_fn = ALGORITHMS[algorithm]
+    meta_params = list(runner.meta_model.parameters())
+    total = {p: torch.zeros_like(p) for p in meta_params}
+    total_loss, total_correct, total_queries, n_tasks = 0.0, 0, 0, 0
     for x_s, y_s, x_q, y_q in tasks:
-        g_body, g_w, g_b, loss, n_correct = runner.task_gradient(
-            x_s, y_s, x_q, y_q, n_classes, inner_lr, n_steps, transductive
-        )
-        if body_grads:
-            torch._foreach_add_(body_grads, g_body)
-        if head:
-            # Each task row started as a copy of a meta row: sum the row grads.
-            weight_grad.index_add_(0, rows, g_w)
-            bias_grad.index_add_(0, rows, g_b)
-        total_loss += loss
-        total_correct = total_correct + (n_correct if n_correct is not None else float("nan"))
+        result = task_fn(runner, x_s, y_s, x_q, y_q, n_classes, inner_lr, n_steps, transductive)
+        for p, g in result.grads.items():
+            total[p] += g
+        total_loss += result.loss
+        n_correct = result.n_correct
+        total_correct = total_correct + (float("nan") if n_correct is None else n_correct)
         total_queries += len(y_q)
         n_tasks += 1
     if n_tasks == 0:
-        raise ValueError("fomaml_meta_gradient needs at least one task.")
-    by_param = dict(zip(meta.backbone.parameters(), body_grads))
-    if head:
-        by_param[meta.head_weight] = weight_grad
-        by_param[meta.head_bias] = bias_grad
-    grads = [by_param[p] / n_tasks for p in meta.parameters()]
+        raise ValueError("meta_gradient needs at least one task.")
+    grads = [total[p] / n_tasks for p in meta_params]
     return grads, float(total_loss) / n_tasks, float(total_correct) / total_queries
+
+
+def fomaml_meta_gradient(runner, tasks, n_classes, inner_lr, n_steps, transductive=False):
+    """FOMAML meta-gradient: :func:`meta_gradient` with ``algorithm="fomaml"``."""
+    return meta_gradient(runner, tasks, n_classes, inner_lr, n_steps, transductive, "fomaml")

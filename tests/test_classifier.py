@@ -300,7 +300,9 @@ def test_fit_errors_name_the_problem(fitted, digits):
     proba, classes = clf.predict_proba(X[:20]), clf.classes_.copy()
     with pytest.raises(ValueError, match="at least 2 classes"):
         clf.fit(X[y == 1], y[y == 1])
-    lonely = np.concatenate([np.flatnonzero(y == 1), np.flatnonzero(y == 2), [np.flatnonzero(y == 7)[0]]])
+    lonely = np.concatenate(
+        [np.flatnonzero(y == 1), np.flatnonzero(y == 2), [np.flatnonzero(y == 7)[0]]]
+    )
     with pytest.raises(ValueError, match=r"class 7 has only 1 example"):
         clf.fit(X[lonely], y[lonely])
     with pytest.raises(ValueError, match="n_ways must be an integer >= 2; got 1"):

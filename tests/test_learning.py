@@ -6,7 +6,6 @@ initialisation (``max_epochs=0``), and 1-nearest-neighbour on the raw
 features.
 """
 
-import numpy as np
 import pytest
 from sklearn.neighbors import KNeighborsClassifier
 
