@@ -38,17 +38,45 @@ from fomaml_sklearn.evaluation import (
 )
 
 
-def load_omniglot(args):
-    from fomaml_sklearn.datasets import fetch_omniglot, omniglot_split, rotate_classes
+def _omniglot_npz(data_home):
+    """Read ``<data_home>/omniglot/images_{background,evaluation}.npz`` (the
+    cache format of the shared copy) without the fetcher: X (n, 1, 28, 28)
+    with ink = 1, y character labels 0..1622."""
+    from pathlib import Path
 
-    X, y = fetch_omniglot(
-        data_home=args.data_home, subset="all", image_size=28,
-        download_if_missing=not args.offline, return_X_y=True,
-    )
-    train, _, test = omniglot_split(y, protocol="maml", n_train=1200, n_val=0,
-                                    random_state=args.seed)
-    X_train, y_train = rotate_classes(X[train], y[train])
-    return X_train, y_train, X[test], y[test]
+    import torch.nn.functional as F
+    from sklearn.datasets import get_data_home
+
+    home = Path(data_home or os.environ.get("FOMAML_SKLEARN_DATA") or get_data_home())
+    images = []
+    for name in ("images_background", "images_evaluation"):
+        path = home / "omniglot" / f"{name}.npz"
+        if not path.exists():
+            raise SystemExit(f"error: {path} not found; pass --data-home DIR where "
+                             "DIR/omniglot/ holds the Omniglot npz files")
+        with np.load(path) as data:
+            images.append(data["images"])
+    images = np.concatenate(images)
+    ink = torch.from_numpy(~images).float().reshape(-1, 1, 105, 105)
+    X = F.interpolate(ink, size=(28, 28), mode="area").numpy()
+    return X, np.repeat(np.arange(len(images)), images.shape[1])
+
+
+def load_omniglot(args):
+    """MAML split: 1200 characters (x4 rotations) to meta-train, 423 to test."""
+    try:
+        from fomaml_sklearn.datasets import fetch_omniglot
+    except ImportError:  # the data-home reader until the fetcher lands
+        X, y = _omniglot_npz(args.data_home)
+    else:
+        X, y = fetch_omniglot(data_home=args.data_home, subset="all", image_size=28,
+                              download_if_missing=not args.offline, return_X_y=True)
+    chars = np.random.default_rng(args.seed).permutation(np.unique(y))
+    train = np.isin(y, chars[:1200])
+    X_tr = torch.from_numpy(X[train])
+    X_train = torch.cat([torch.rot90(X_tr, k, dims=(2, 3)) for k in range(4)]).numpy()
+    y_train = np.concatenate([y[train] * 4 + k for k in range(4)])
+    return X_train, y_train, X[~train], y[~train]
 
 
 def load_digits_split():

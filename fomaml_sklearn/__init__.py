@@ -2,7 +2,16 @@
 
 from .classifier import FOMAMLClassifier
 from .evaluation import FewShotResult
+from .model_selection import ClassKFold, ClassShuffleSplit, adapt, few_shot_scorer
 
 __version__ = "0.1.0"
 
-__all__ = ["FOMAMLClassifier", "FewShotResult", "__version__"]
+__all__ = [
+    "FOMAMLClassifier",
+    "FewShotResult",
+    "ClassKFold",
+    "ClassShuffleSplit",
+    "adapt",
+    "few_shot_scorer",
+    "__version__",
+]
