@@ -15,7 +15,7 @@ Examples
 --------
 python benchmarks/few_shot.py                                # Omniglot, 5 min
 python benchmarks/few_shot.py --data-home ../shared/data --offline --minutes 10
-python benchmarks/few_shot.py --dataset digits
+python benchmarks/few_shot.py --dataset digits                # 30 s, offline
 """
 
 import argparse
@@ -28,6 +28,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
+from _data import omniglot_arrays
 from fomaml_sklearn import FOMAMLClassifier
 from fomaml_sklearn.callbacks import TimeLimit
 from fomaml_sklearn.episodes import EpisodeShape
@@ -38,39 +39,9 @@ from fomaml_sklearn.evaluation import (
 )
 
 
-def _omniglot_npz(data_home):
-    """Read ``<data_home>/omniglot/images_{background,evaluation}.npz`` (the
-    cache format of the shared copy) without the fetcher: X (n, 1, 28, 28)
-    with ink = 1, y character labels 0..1622."""
-    from pathlib import Path
-
-    import torch.nn.functional as F
-    from sklearn.datasets import get_data_home
-
-    home = Path(data_home or os.environ.get("FOMAML_SKLEARN_DATA") or get_data_home())
-    images = []
-    for name in ("images_background", "images_evaluation"):
-        path = home / "omniglot" / f"{name}.npz"
-        if not path.exists():
-            raise SystemExit(f"error: {path} not found; pass --data-home DIR where "
-                             "DIR/omniglot/ holds the Omniglot npz files")
-        with np.load(path) as data:
-            images.append(data["images"])
-    images = np.concatenate(images)
-    ink = torch.from_numpy(~images).float().reshape(-1, 1, 105, 105)
-    X = F.interpolate(ink, size=(28, 28), mode="area").numpy()
-    return X, np.repeat(np.arange(len(images)), images.shape[1])
-
-
 def load_omniglot(args):
     """MAML split: 1200 characters (x4 rotations) to meta-train, 423 to test."""
-    try:
-        from fomaml_sklearn.datasets import fetch_omniglot
-    except ImportError:  # the data-home reader until the fetcher lands
-        X, y = _omniglot_npz(args.data_home)
-    else:
-        X, y = fetch_omniglot(data_home=args.data_home, subset="all", image_size=28,
-                              download_if_missing=not args.offline, return_X_y=True)
+    X, y = omniglot_arrays(args.data_home, offline=args.offline)
     chars = np.random.default_rng(args.seed).permutation(np.unique(y))
     train = np.isin(y, chars[:1200])
     X_tr = torch.from_numpy(X[train])
@@ -102,8 +73,8 @@ def main(argv=None):
                              "or scikit-learn's data home)")
     parser.add_argument("--offline", action="store_true",
                         help="never download; fail with a clear message if the data is absent")
-    parser.add_argument("--minutes", type=float, default=5.0,
-                        help="meta-training time budget (default: 5)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="meta-training time budget (default: 5; digits: 0.5)")
     parser.add_argument("--ways", type=int, default=None, help="N (default: 5, digits: 3)")
     parser.add_argument("--shots", type=int, default=1, help="K (default: 1)")
     parser.add_argument("--queries", type=int, default=5,
@@ -117,6 +88,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.minutes is None:
+        args.minutes = 5.0 if args.dataset == "omniglot" else 0.5
 
     start = time.perf_counter()
     if args.dataset == "omniglot":

@@ -25,10 +25,9 @@ from conftest import make_subspace_classes  # noqa: E402
 
 
 def omniglot_slice(data_home):
-    from fomaml_sklearn.datasets import fetch_omniglot
+    from _data import omniglot_arrays
 
-    X, y = fetch_omniglot(data_home=data_home, subset="background", image_size=28,
-                          download_if_missing=False, return_X_y=True)
+    X, y = omniglot_arrays(data_home, offline=True, subset="background")
     keep = y < 100
     return X[keep], y[keep], y[keep] < 80
 
