@@ -569,7 +569,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         chunks = []
         with torch.inference_mode():
             for start in range(0, len(X), _PREDICT_CHUNK):
-                xb = torch.as_tensor(X[start:start + _PREDICT_CHUNK], device=device)
+                xb = torch.tensor(X[start:start + _PREDICT_CHUNK], device=device)
                 chunks.append(model(xb.to(dtype)).double().cpu())
         return torch.cat(chunks) if chunks else torch.empty(0, len(self.classes_))
 

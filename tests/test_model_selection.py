@@ -113,3 +113,21 @@ def test_adapt_rejects_what_cannot_adapt(data):
     X, y = data
     with pytest.raises(TypeError, match="not a few-shot estimator"):
         adapt(make_pipeline(StandardScaler()), X[:4], y[:4])
+
+
+def test_dataframes_and_categorical_labels(data):
+    pd = pytest.importorskip("pandas")
+    X, y = data
+    cols = [f"f{i}" for i in range(X.shape[1])]
+    frame = pd.DataFrame(X, columns=cols)
+    labels = pd.Series(pd.Categorical([f"c{v}" for v in y]))
+    base = y < 16
+    clf = FOMAMLClassifier(n_ways=4, **FAST).fit(frame[base], labels[base])
+    np.testing.assert_array_equal(clf.feature_names_in_, cols)
+    support = np.concatenate([np.flatnonzero(y == c)[:2] for c in (16, 17)])
+    clf.adapt(frame.iloc[support], labels.iloc[support])
+    assert set(clf.predict(frame.iloc[:10])) <= {"c16", "c17"}
+    with pytest.warns(UserWarning, match="feature names"):
+        clf.predict(frame.iloc[:3].rename(columns={"f0": "other"}).to_numpy())
+    with pytest.raises(ValueError, match="feature names"):
+        clf.predict(frame.iloc[:3].rename(columns={"f0": "other"}))
