@@ -32,6 +32,20 @@ def make_subspace_classes(n_classes=60, n_per_class=20, n_features=40, n_informa
     return X.reshape(-1, n_features).astype(np.float32), y
 
 
+def make_tasks(n_tasks, n_ways, n_support, n_query, n_features, seed):
+    """Random few-shot tasks ``(x_support, y_support, x_query, y_query)``."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    tasks = []
+    for _ in range(n_tasks):
+        xs = torch.randn(n_ways * n_support, n_features, generator=g)
+        xq = torch.randn(n_ways * n_query, n_features, generator=g)
+        tasks.append((xs, torch.arange(n_ways).repeat_interleave(n_support),
+                      xq, torch.arange(n_ways).repeat_interleave(n_query)))
+    return tasks
+
+
 @pytest.fixture(scope="session")
 def subspace_data():
     return make_subspace_classes()

@@ -12,18 +12,10 @@ from fomaml_sklearn import FOMAMLClassifier
 from fomaml_sklearn.backbones import MLPBackbone
 from fomaml_sklearn.learner import ALGORITHMS, MetaModel, TaskRunner, meta_gradient
 
-from conftest import make_subspace_classes
+from conftest import make_subspace_classes, make_tasks
 
 
-def _tasks(n_tasks, n_ways, n_support, n_query, n_features, seed):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n_tasks):
-        xs = torch.randn(n_ways * n_support, n_features, generator=g)
-        xq = torch.randn(n_ways * n_query, n_features, generator=g)
-        out.append((xs, torch.arange(n_ways).repeat_interleave(n_support),
-                    xq, torch.arange(n_ways).repeat_interleave(n_query)))
-    return out
+_tasks = make_tasks
 
 
 def _by_name(meta, grads):

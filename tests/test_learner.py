@@ -11,17 +11,10 @@ from torch.nn import functional as F
 from fomaml_sklearn.backbones import MLPBackbone, SupportBatchNorm
 from fomaml_sklearn.learner import MetaModel, TaskRunner, fomaml_meta_gradient
 
+from conftest import make_tasks
 
-def _tasks(n_tasks, n_ways, n_support, n_query, n_features, seed):
-    g = torch.Generator().manual_seed(seed)
-    tasks = []
-    for _ in range(n_tasks):
-        xs = torch.randn(n_ways * n_support, n_features, generator=g)
-        xq = torch.randn(n_ways * n_query, n_features, generator=g)
-        ys = torch.arange(n_ways).repeat_interleave(n_support)
-        yq = torch.arange(n_ways).repeat_interleave(n_query)
-        tasks.append((xs, ys, xq, yq))
-    return tasks
+
+_tasks = make_tasks
 
 
 def _reference_meta_gradient(meta, tasks, n_ways, alpha, steps, transductive=False):

@@ -50,7 +50,7 @@ def test_splitters_need_y(data):
 
 def test_pipeline_adapt_equals_adapting_the_final_step_by_hand(data):
     X, y = data
-    base, novel = y < 16, y >= 16
+    base = y < 16
     pipe = make_pipeline(StandardScaler(), PCA(10), FOMAMLClassifier(n_ways=4, **FAST))
     pipe.fit(X[base], y[base])
     support = np.concatenate([np.flatnonzero(y == c)[:2] for c in (16, 17, 18)])
