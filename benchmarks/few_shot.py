@@ -28,7 +28,6 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
-from _data import omniglot_arrays
 from fomaml_sklearn import FOMAMLClassifier
 from fomaml_sklearn.callbacks import TimeLimit
 from fomaml_sklearn.episodes import EpisodeShape
@@ -41,13 +40,14 @@ from fomaml_sklearn.evaluation import (
 
 def load_omniglot(args):
     """MAML split: 1200 characters (x4 rotations) to meta-train, 423 to test."""
-    X, y = omniglot_arrays(args.data_home, offline=args.offline)
-    chars = np.random.default_rng(args.seed).permutation(np.unique(y))
-    train = np.isin(y, chars[:1200])
-    X_tr = torch.from_numpy(X[train])
-    X_train = torch.cat([torch.rot90(X_tr, k, dims=(2, 3)) for k in range(4)]).numpy()
-    y_train = np.concatenate([y[train] * 4 + k for k in range(4)])
-    return X_train, y_train, X[~train], y[~train]
+    from fomaml_sklearn.datasets import fetch_omniglot, omniglot_split, rotate_classes
+
+    X, y = fetch_omniglot(data_home=args.data_home, subset="all", image_size=28,
+                          download_if_missing=not args.offline, return_X_y=True)
+    train, _, test = omniglot_split(y, protocol="maml", n_train=1200,
+                                    random_state=args.seed)
+    X_train, y_train = rotate_classes(X[train], y[train])
+    return X_train, y_train, X[test], y[test]
 
 
 def load_digits_split():
@@ -93,7 +93,10 @@ def main(argv=None):
 
     start = time.perf_counter()
     if args.dataset == "omniglot":
-        X_train, y_train, X_test, y_test = load_omniglot(args)
+        try:
+            X_train, y_train, X_test, y_test = load_omniglot(args)
+        except OSError as exc:
+            parser.exit(2, f"error: {exc}\n")
         module, ways = "conv4", args.ways or 5
     else:
         X_train, y_train, X_test, y_test = load_digits_split()

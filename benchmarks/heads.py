@@ -25,9 +25,10 @@ from conftest import make_subspace_classes  # noqa: E402
 
 
 def omniglot_slice(data_home):
-    from _data import omniglot_arrays
+    from fomaml_sklearn.datasets import fetch_omniglot
 
-    X, y = omniglot_arrays(data_home, offline=True, subset="background")
+    X, y = fetch_omniglot(data_home, subset="background", download_if_missing=False,
+                          return_X_y=True)
     keep = y < 100
     return X[keep], y[keep], y[keep] < 80
 
