@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.utils import Bunch
 
-__all__ = ["get_data_home", "fetch_omniglot", "omniglot_split", "rotate_classes"]
+__all__ = ["get_data_home", "fetch_omniglot", "omniglot_split", "rotate_classes", "load_mnist"]
 
 OMNIGLOT_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
 OMNIGLOT_MD5 = {
@@ -293,3 +293,41 @@ def rotate_classes(X, y, rotations=(0, 90, 180, 270)):
     X_rot = np.concatenate([np.rot90(X, r // 90, axes=(2, 3)) for r in rotations])
     y_rot = np.concatenate([y * len(rotations) + k for k in range(len(rotations))])
     return np.ascontiguousarray(X_rot), y_rot
+
+
+def load_mnist(root, *, train=True, return_X_y=False):
+    """MNIST from a local folder, through ``torchvision.datasets.MNIST``.
+
+    Nothing is downloaded: ``root`` must hold ``MNIST/raw/`` with the
+    uncompressed IDX files (``train-images-idx3-ubyte``, ...), as
+    torchvision's own download leaves them.
+
+    Parameters
+    ----------
+    root : str or path-like
+        Folder containing ``MNIST/``.
+    train : bool, default=True
+        The 60,000 training images, else the 10,000 test images.
+    return_X_y : bool, default=False
+        Return ``(X, y)`` instead of a Bunch.
+
+    Returns
+    -------
+    data : Bunch or tuple
+        ``data``: float32 ``(n, 1, 28, 28)`` in [0, 1]; ``target``: int64 digits.
+    """
+    from torchvision.datasets import MNIST
+
+    try:
+        dataset = MNIST(root, train=train, download=False)
+    except RuntimeError as exc:
+        raise OSError(
+            f"MNIST not found under {Path(root) / 'MNIST' / 'raw'} ({exc}); put the IDX "
+            "files there (torchvision.datasets.MNIST(root, download=True) does it where "
+            "there is internet)."
+        ) from exc
+    X = (dataset.data.numpy().astype(np.float32) / 255.0)[:, None]
+    y = dataset.targets.numpy().astype(np.int64)
+    if return_X_y:
+        return X, y
+    return Bunch(data=X, images=X, target=y, DESCR="MNIST handwritten digits (LeCun et al.)")

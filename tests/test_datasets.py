@@ -166,3 +166,30 @@ def test_checksum_mismatch_is_detected(tmp_path, shared_home):
         (Path(shared_home) / "omniglot" / "SHA256SUMS").read_bytes())
     with pytest.raises(OSError, match="does not match its checksum"):
         fetch_omniglot(tmp_path, subset="evaluation", download_if_missing=False)
+
+
+def _write_idx(path, array):
+    """IDX format: magic (0, 0, dtype 0x08, ndim), big-endian sizes, bytes."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(s).to_bytes(4, "big") for s in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_load_mnist_reads_local_idx_files(tmp_path):
+    from fomaml_sklearn.datasets import load_mnist
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(7, 28, 28))
+    labels = np.array([3, 1, 4, 1, 5, 9, 2])
+    for prefix, n in (("train", 7), ("t10k", 3)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", images[:n])
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels[:n])
+    X, y = load_mnist(tmp_path, return_X_y=True)
+    assert X.shape == (7, 1, 28, 28) and X.dtype == np.float32
+    np.testing.assert_allclose(X[:, 0], images / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(y, labels)
+    assert load_mnist(tmp_path, train=False).data.shape == (3, 1, 28, 28)
+    with pytest.raises(OSError, match="MNIST not found"):
+        load_mnist(tmp_path / "elsewhere")
