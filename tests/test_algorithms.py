@@ -260,3 +260,19 @@ def test_algorithm_is_a_searchable_parameter():
     assert [p["algorithm"] for p in search.cv_results_["params"]] == sorted(ALGORITHMS)
     with pytest.raises(ValueError, match="algorithm='mamal' is not supported"):
         FOMAMLClassifier(algorithm="mamal").fit(X, y)
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_every_algorithm_beats_random_init_on_an_omniglot_slice(omniglot_slice, algorithm):
+    X, y = omniglot_slice
+    train = y < 60
+
+    def make(epochs):
+        return FOMAMLClassifier("conv4", n_filters=32, algorithm=algorithm, n_ways=5,
+                                k_shot=1, n_query=5, meta_batch_size=4, max_epochs=epochs,
+                                meta_batches_per_epoch=100, device="cpu",
+                                adapt_on_fit=False, random_state=0)
+
+    meta = make(1).fit(X[train], y[train]).evaluate(X[~train], y[~train], n_episodes=100)
+    scratch = make(0).fit(X[train], y[train]).evaluate(X[~train], y[~train], n_episodes=100)
+    assert meta.mean > scratch.mean + 0.1, (meta.mean, scratch.mean)
