@@ -135,7 +135,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     clf.fit(X_train, y_train)
     train_seconds = time.perf_counter() - t0
-    n_steps = sum(len(epoch["batches"]) for epoch in clf.history_)
+    n_steps = clf.n_meta_steps_
 
     shape = EpisodeShape(ways, args.shots, 15 if args.dataset == "omniglot" else 10)
     print(f"\n{ways}-way {args.shots}-shot accuracy on {args.episodes} episodes of "

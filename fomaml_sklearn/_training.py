@@ -7,17 +7,25 @@ log, device handling); this module changes two override points:
   from the training data instead of mini-batches of samples;
 - :meth:`MetaTrainingNet.train_step_single` computes the meta-gradient
   (FOMAML, MAML, Reptile or ANIL) of a meta-batch and leaves it in ``.grad`` for skorch's
-  optimizer step.
+  optimizer step;
+- :meth:`MetaTrainingNet.validation_step` adapts to each validation episode
+  (classes unseen in training, the same episodes every epoch) and records the
+  query loss and few-shot accuracy (``valid_loss``, ``valid_acc``), so skorch's
+  ``EarlyStopping``, ``Checkpoint`` and ``LRScheduler`` can monitor them.
 
 The net is private: :class:`fomaml_sklearn.FOMAMLClassifier` builds it in
 ``fit`` (``NeuralNet`` itself does not pass scikit-learn's estimator checks).
 """
 
+import math
+
+import numpy as np
 import torch
 from skorch import NeuralNet
 from skorch.callbacks import PassthroughScoring
 
 from .episodes import EpisodeSampler
+from .evaluation import adapted_query_logits
 from .learner import TaskRunner, meta_gradient
 
 __all__ = ["MetaBatch", "EpisodeLoader", "MetaTrainingNet"]
@@ -50,8 +58,11 @@ class MetaBatch:
 class EpisodeLoader:
     """Iterable over meta-batches, ``n_batches`` per pass (one epoch).
 
-    Every pass continues the same random generator, so epochs see new
-    episodes and the whole run is reproducible from one seed.
+    With a :class:`numpy.random.Generator` as ``rng`` (training), every pass
+    continues the same generator, so epochs see new episodes and the whole
+    run is reproducible from one seed. With an int ``rng`` (validation), every
+    pass starts again from that seed: the same episodes every epoch, so
+    epochs are compared on identical tasks.
 
     Parameters
     ----------
@@ -61,26 +72,40 @@ class EpisodeLoader:
         Tasks per meta-batch.
     shape : EpisodeShape
         Episode shape.
-    rng : numpy.random.Generator
-        Source of randomness for the episodes.
-    n_batches : int
-        Meta-batches per pass.
+    rng : numpy.random.Generator or int
+        Source of randomness for the episodes, or the seed of fixed episodes.
+    n_batches : int or None, default=None
+        Meta-batches per pass; ``None`` takes ``ceil(n_episodes / batch_size)``.
+    n_episodes : int or None, default=None
+        Episodes per pass (the last meta-batch may be smaller); ``None`` takes
+        ``n_batches * batch_size``.
     """
 
-    def __init__(self, dataset, batch_size, shape, rng, n_batches):
+    def __init__(self, dataset, batch_size, shape, rng, n_batches=None, n_episodes=None):
+        if n_batches is None and n_episodes is None:
+            raise ValueError("EpisodeLoader needs n_batches or n_episodes.")
         self.X = dataset.X
         y = dataset.y
-        self.y = y.cpu().numpy() if torch.is_tensor(y) else y
+        self.y = y.cpu().numpy() if torch.is_tensor(y) else np.asarray(y)
         self.batch_size = batch_size
-        self.n_batches = n_batches
-        self.sampler = EpisodeSampler(self.y, shape, rng)
+        self.shape = shape
+        self.n_episodes = n_batches * batch_size if n_episodes is None else n_episodes
+        self.n_batches = math.ceil(self.n_episodes / batch_size)
+        self.rng = rng
+        self.sampler = EpisodeSampler(self.y, shape, self._generator())
+
+    def _generator(self):
+        if isinstance(self.rng, np.random.Generator):
+            return self.rng
+        return np.random.default_rng(self.rng)
 
     def __len__(self):
         return self.n_batches
 
     def __iter__(self):
-        for _ in range(self.n_batches):
-            episodes = self.sampler.sample(self.batch_size)
+        self.sampler.rng = self._generator()
+        for start in range(0, self.n_episodes, self.batch_size):
+            episodes = self.sampler.sample(min(self.batch_size, self.n_episodes - start))
             yield MetaBatch(self.X, episodes, self.X.device)
 
 
@@ -92,36 +117,63 @@ class MetaTrainingNet(NeuralNet):
     inner_lr : float
         Inner SGD rate alpha.
     n_inner_steps : int
-        Inner SGD steps per task.
+        Inner SGD steps per task in meta-training.
+    n_inner_steps_test : int
+        Inner SGD steps per validation episode.
     transductive : bool
         Normalise the queries with their own batch statistics.
-    algorithm : str
-        The update rule, a key of :data:`fomaml_sklearn.learner.ALGORITHMS`.
     autocast_dtype : torch.dtype or None
         Mixed precision for the forward passes.
+    algorithm : str
+        The update rule, a key of :data:`fomaml_sklearn.learner.ALGORITHMS`.
+    adapt_body : bool
+        Adapt the body on validation episodes (False for ANIL).
     """
 
-    def __init__(self, module, *args, inner_lr=0.4, n_inner_steps=1,
-                 transductive=False, autocast_dtype=None, algorithm="fomaml", **kwargs):
+    def __init__(self, module, *args, inner_lr=0.4, n_inner_steps=1, n_inner_steps_test=3,
+                 transductive=False, autocast_dtype=None, algorithm="fomaml",
+                 adapt_body=True, **kwargs):
         super().__init__(module, *args, **kwargs)
         self.inner_lr = inner_lr
         self.n_inner_steps = n_inner_steps
+        self.n_inner_steps_test = n_inner_steps_test
         self.transductive = transductive
         self.autocast_dtype = autocast_dtype
         self.algorithm = algorithm
+        self.adapt_body = adapt_body
 
     @property
     def _default_callbacks(self):
-        return super()._default_callbacks + [
+        callbacks = super()._default_callbacks
+        # Before print_log, so the printed table has the columns.
+        at = [name for name, _ in callbacks].index("print_log")
+        return callbacks[:at] + [
             ("train_query_acc", PassthroughScoring(
                 name="train_query_acc", lower_is_better=False, on_train=True)),
-        ]
+            ("valid_acc", PassthroughScoring(name="valid_acc", lower_is_better=False)),
+        ] + callbacks[at:]
+
+    def notify(self, method_name, **cb_kwargs):
+        # Callbacks (EarlyStopping, TimeLimit) end training by raising
+        # KeyboardInterrupt; remember that it was them, not the user.
+        try:
+            return super().notify(method_name, **cb_kwargs)
+        except KeyboardInterrupt:
+            self._stopped_by_callback = True
+            raise
 
     def fit_loop(self, X, y=None, epochs=None, **fit_params):
         # The scratch network lives only while training: it is not pickled.
         self.runner_ = TaskRunner(self.module_, self.autocast_dtype)
+        self.interrupted_ = False
+        self._stopped_by_callback = False
         try:
             return super().fit_loop(X, y, epochs=epochs, **fit_params)
+        except KeyboardInterrupt:
+            # A user's Ctrl-C: skorch ends training quietly, keeping the last
+            # completed meta-step; the estimator says so.
+            self.interrupted_ = not self._stopped_by_callback
+            raise
         finally:
             self.runner_ = None
 
@@ -135,3 +187,22 @@ class MetaTrainingNet(NeuralNet):
             param.grad = grad
         self.history.record_batch("train_query_acc", accuracy)
         return {"loss": torch.tensor(loss), "y_pred": None}
+
+    def validation_step(self, batch, **fit_params):
+        """Few-shot query loss and accuracy of a meta-batch of validation episodes.
+
+        Each episode adapts from the meta-parameters (which do not change)
+        with ``n_inner_steps_test`` steps, as :meth:`FOMAMLClassifier.evaluate`
+        does.
+        """
+        total_loss, n_correct, n_queries = 0.0, 0, 0
+        for x_s, y_s, x_q, y_q in batch:
+            logits = adapted_query_logits(
+                self.runner_, x_s, y_s, x_q, batch.n_classes, self.inner_lr,
+                self.n_inner_steps_test, self.transductive, self.adapt_body,
+            )
+            total_loss += float(torch.nn.functional.cross_entropy(logits.float(), y_q))
+            n_correct += int((logits.argmax(1) == y_q).sum())
+            n_queries += len(y_q)
+        self.history.record_batch("valid_acc", n_correct / n_queries)
+        return {"loss": torch.tensor(total_loss / len(batch)), "y_pred": None}

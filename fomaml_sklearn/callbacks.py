@@ -4,7 +4,16 @@ import time
 
 from skorch.callbacks import Callback
 
-__all__ = ["TimeLimit"]
+__all__ = ["TimeLimit", "TimeLimitReached"]
+
+
+class TimeLimitReached(KeyboardInterrupt):
+    """Raised by :class:`TimeLimit` to end meta-training.
+
+    A ``KeyboardInterrupt`` so that skorch ends the training loop the way it
+    does on Ctrl-C (keeping the last completed meta-step), but told apart from
+    a real interruption.
+    """
 
 
 class TimeLimit(Callback):
@@ -33,4 +42,4 @@ class TimeLimit(Callback):
                     f"Stopping after {len(net.history)} epochs: the time limit of "
                     f"{self.minutes:g} min is reached ({elapsed / 60:.1f} min)."
                 )
-            raise KeyboardInterrupt
+            raise TimeLimitReached

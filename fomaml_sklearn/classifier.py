@@ -12,6 +12,8 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
+from skorch.dataset import Dataset
+from skorch.helper import predefined_split
 
 from ._training import EpisodeLoader, MetaTrainingNet
 from .backbones import build_backbone
@@ -190,7 +192,16 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         Meta-steps per epoch. Meta-training takes
         ``max_epochs * meta_batches_per_epoch`` meta-steps.
     n_eval_episodes : int, default=100
-        Episodes drawn by ``score``.
+        Episodes drawn by ``score``, and validation episodes per epoch.
+    validation_fraction : float or None, default=None
+        Hold out this fraction of the classes of ``y`` (whole classes, at
+        least 2) for validation: after every epoch, ``n_eval_episodes`` fixed
+        episodes of those unseen classes are adapted to and scored, recorded
+        as ``valid_acc`` (few-shot accuracy) and ``valid_loss`` in
+        ``history_``, so skorch's ``EarlyStopping(monitor="valid_acc",
+        lower_is_better=False)`` or ``Checkpoint(monitor="valid_acc_best",
+        load_best=True)`` can use them. Ignored when ``fit`` gets explicit
+        ``X_val, y_val``. ``None``: no validation.
     transductive : bool, default=False
         If True, BatchNorm normalises queries with their own batch statistics,
         as in the MAML paper's experiments; predictions then depend on the
@@ -203,6 +214,11 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
     adapt_on_fit : bool, default=True
         Adapt to all classes of ``y`` at the end of ``fit``. Set to False when
         meta-training on many classes only to call ``adapt`` later.
+    warm_start : bool, default=False
+        If True and the estimator is already meta-trained, ``fit`` continues
+        from the current meta-parameters and meta-optimizer state (and the
+        episode generator) for another ``max_epochs`` epochs, instead of
+        starting afresh. The data must have the same features.
     device : {"auto", "cpu", "cuda"} or str, default="auto"
         Where the network runs; ``"auto"`` takes a GPU if there is one.
     callbacks : list of skorch callbacks or None, default=None
@@ -213,6 +229,12 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         random generators are left untouched.
     verbose : int, default=0
         0: silent. 1: a progress bar and skorch's per-epoch table.
+
+    Notes
+    -----
+    Interrupting ``fit`` with Ctrl-C (``KeyboardInterrupt``) ends
+    meta-training, as in skorch, with a warning: the estimator keeps the
+    meta-parameters of the last completed meta-step and is usable.
 
     Attributes
     ----------
@@ -229,7 +251,11 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         The internal skorch net; ``net_.module_`` holds the meta-parameters.
     history_ : skorch.History
         Per-epoch and per-meta-batch records (``train_loss``: mean query loss,
-        ``train_query_acc``: mean query accuracy after adaptation, ``dur``).
+        ``train_query_acc``: mean query accuracy after adaptation, ``dur``;
+        with validation data also ``valid_loss`` and ``valid_acc``).
+    n_meta_steps_ : int
+        Meta-steps (outer updates) taken, over all ``fit`` calls of a warm
+        start.
     meta_model_ : torch.nn.Module
         The meta-learned initialisation (backbone and head initialisation).
     task_model_ : torch.nn.Module
@@ -290,9 +316,11 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         max_epochs=10,
         meta_batches_per_epoch=100,
         n_eval_episodes=100,
+        validation_fraction=None,
         transductive=False,
         precision="auto",
         adapt_on_fit=True,
+        warm_start=False,
         device="auto",
         callbacks=None,
         random_state=None,
@@ -318,9 +346,11 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         self.max_epochs = max_epochs
         self.meta_batches_per_epoch = meta_batches_per_epoch
         self.n_eval_episodes = n_eval_episodes
+        self.validation_fraction = validation_fraction
         self.transductive = transductive
         self.precision = precision
         self.adapt_on_fit = adapt_on_fit
+        self.warm_start = warm_start
         self.device = device
         self.callbacks = callbacks
         self.random_state = random_state
@@ -341,6 +371,14 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         if not (isinstance(self.inner_lr, str) and self.inner_lr == "auto"):
             _check_float("inner_lr", self.inner_lr, 0.0, strict=False)
         _check_float("lr", self.lr, 0.0, strict=False)
+        frac = self.validation_fraction
+        if frac is not None:
+            _check_float("validation_fraction", frac, 0.0)
+            if frac >= 1:
+                raise ValueError(
+                    f"validation_fraction must be a fraction of the classes in (0, 1), "
+                    f"or None for no validation; got {frac!r}."
+                )
         sizes = self.hidden_layer_sizes
         if (
             not isinstance(sizes, (tuple, list))
@@ -397,7 +435,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         return torch.random.fork_rng(devices=devices)
 
     # --------------------------------------------------------------------- fit
-    def fit(self, X, y):
+    def fit(self, X, y, *, X_val=None, y_val=None):
         """Meta-train on episodes drawn from ``(X, y)``, then adapt to its classes.
 
         Parameters
@@ -409,6 +447,13 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
             least two examples; with fewer classes than ``n_ways`` or classes
             smaller than ``k_shot + n_query`` the episodes shrink to what the
             data allows, with a warning.
+        X_val : array-like of shape (n_val_samples, n_features) or None, default=None
+            Validation examples, normally of classes not in ``y``: after every
+            epoch the meta-learner adapts to ``n_eval_episodes`` fixed episodes
+            of them and records ``valid_acc`` and ``valid_loss`` in
+            ``history_``. Takes precedence over ``validation_fraction``.
+        y_val : array-like of shape (n_val_samples,) or None, default=None
+            Labels of ``X_val``; at least 2 classes.
 
         Returns
         -------
@@ -416,79 +461,171 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
             The fitted estimator.
         """
         optimizer_cls = self._check_params()
-        X, codes, classes, image_shape = self._validate_Xy(X, y, reset=True)
-        counts = np.bincount(codes, minlength=len(classes))
-        shape, message = resolve_episode_shape(
-            counts, self.n_ways, self.k_shot, self.n_query, class_names=classes
+        warm = bool(self.warm_start) and hasattr(self, "net_")
+        X, codes, classes, image_shape = self._validate_Xy(X, y, reset=not warm)
+        rng = check_random_state(self.random_state)
+        torch_seed, episode_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
+        split_seed, valid_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
+        train_mask, valid = self._validation_data(
+            codes, classes, X, X_val, y_val, np.random.default_rng(split_seed)
         )
-        if message is not None:
-            warnings.warn(message, UserWarning, stacklevel=2)
-        device = _resolve_device(self.device)
+        train_codes = np.unique(codes[train_mask], return_inverse=True)[1]
+        shape = self._episode_shape(train_codes, classes[np.unique(codes[train_mask])])
+        device = self.device_ if warm else _resolve_device(self.device)
         precision, autocast_dtype = _resolve_precision(self.precision, device)
         if self.verbose:
             print(f"Meta-training on {device} in {precision} precision, episodes "
                   f"{shape.n_ways}-way {shape.k_shot}-shot with {shape.n_query} queries.")
-        input_shape = self.input_shape if self.input_shape is not None else image_shape
-        rng = check_random_state(self.random_state)
-        torch_seed, episode_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
-
-        callbacks = copy.deepcopy(list(self.callbacks or []))
-        if self.verbose:
-            from skorch.callbacks import ProgressBar
-
-            callbacks.append(
-                ("progress_bar", ProgressBar(batches_per_epoch=self.meta_batches_per_epoch))
-            )
         X_t = self._to_tensor(X, device)
+        train_split, valid_params = None, {}
+        if valid is not None:
+            X_valid, valid_codes, valid_names = valid
+            train_split = predefined_split(
+                Dataset(self._to_tensor(X_valid, device), valid_codes)
+            )
+            valid_params = dict(
+                iterator_valid=EpisodeLoader,
+                iterator_valid__shape=self._episode_shape(
+                    valid_codes, valid_names, "in the validation episodes"),
+                iterator_valid__rng=valid_seed,
+                iterator_valid__n_episodes=self.n_eval_episodes,
+            )
+        net_params = dict(
+            max_epochs=self.max_epochs,
+            batch_size=self.meta_batch_size,
+            iterator_train=EpisodeLoader,
+            iterator_train__shape=shape,
+            iterator_train__n_batches=self.meta_batches_per_epoch,
+            train_split=train_split,
+            inner_lr=self._resolved_inner_lr(),
+            n_inner_steps=self.n_inner_steps,
+            n_inner_steps_test=self.n_inner_steps_test,
+            transductive=self.transductive,
+            autocast_dtype=autocast_dtype,
+            algorithm=self.algorithm,
+            adapt_body=self._adapt_body(),
+            **valid_params,
+        )
+        X_train = X_t if train_mask.all() else X_t[torch.as_tensor(train_mask, device=device)]
         with self._seed_scope(device):
             torch.manual_seed(torch_seed)
-            backbone = build_backbone(
-                self.module,
-                X.shape[1],
-                input_shape=input_shape,
-                hidden_layer_sizes=self.hidden_layer_sizes,
-                n_filters=self.n_filters,
-                module_params=self.module_params,
+            if warm:
+                net = self.net_
+                for name, value in net_params.items():
+                    setattr(net, name, value)
+                net.partial_fit(X_train, train_codes)
+            else:
+                net = self._build_net(X.shape[1], image_shape, shape, optimizer_cls, device,
+                                      np.random.default_rng(episode_seed), net_params)
+                net.fit(X_train, train_codes)
+        # The validation data is not kept in the fitted estimator.
+        net.train_split = None
+        if net.interrupted_:
+            warnings.warn(
+                f"Meta-training was interrupted (KeyboardInterrupt) during epoch "
+                f"{len(net.history)}. The estimator keeps the meta-parameters of the "
+                "last completed meta-step and is usable; call fit again with "
+                "warm_start=True to continue.",
+                UserWarning,
+                stacklevel=2,
             )
-            meta_model = MetaModel(backbone, X.shape[1], head=self.head, n_rows=shape.n_ways)
-            net = MetaTrainingNet(
-                meta_model,
-                criterion=torch.nn.CrossEntropyLoss,
-                optimizer=optimizer_cls,
-                lr=self.lr,
-                max_epochs=self.max_epochs,
-                batch_size=self.meta_batch_size,
-                iterator_train=EpisodeLoader,
-                iterator_train__shape=shape,
-                iterator_train__rng=np.random.default_rng(episode_seed),
-                iterator_train__n_batches=self.meta_batches_per_epoch,
-                train_split=None,
-                callbacks=callbacks,
-                verbose=self.verbose,
-                device=device,
-                inner_lr=self._resolved_inner_lr(),
-                n_inner_steps=self.n_inner_steps,
-                transductive=self.transductive,
-                autocast_dtype=autocast_dtype,
-                algorithm=self.algorithm,
-                **{f"optimizer__{k}": v for k, v in (self.optimizer_params or {}).items()},
-            )
-            net.fit(X_t, codes)
 
         self.net_ = net
         self.history_ = net.history
         self.meta_model_ = net.module_
+        self.n_meta_steps_ = sum(
+            1 for epoch in net.history for batch in epoch["batches"] if "train_loss" in batch
+        )
         self.episode_shape_ = shape
         self.device_ = device
         self.precision_ = precision
         self.inner_lr_ = self._resolved_inner_lr()
-        self.input_shape_ = input_shape
+        if not warm:
+            self.input_shape_ = self.input_shape if self.input_shape is not None else image_shape
         if self.adapt_on_fit:
             self._adapt_codes(X_t, codes, classes)
         else:
             self.classes_ = classes
             self.task_model_ = None
         return self
+
+    def _build_net(self, n_features, image_shape, shape, optimizer_cls, device, episode_rng,
+                   net_params):
+        """A new meta-model (initialised from torch's seeded RNG) in a new skorch net."""
+        input_shape = self.input_shape if self.input_shape is not None else image_shape
+        backbone = build_backbone(
+            self.module,
+            n_features,
+            input_shape=input_shape,
+            hidden_layer_sizes=self.hidden_layer_sizes,
+            n_filters=self.n_filters,
+            module_params=self.module_params,
+        )
+        meta_model = MetaModel(backbone, n_features, head=self.head, n_rows=shape.n_ways)
+        callbacks = copy.deepcopy(list(self.callbacks or []))
+        if self.verbose:
+            from skorch.callbacks import ProgressBar
+
+            n_batches = self.meta_batches_per_epoch
+            if net_params.get("iterator_valid") is not None:
+                n_batches += -(-self.n_eval_episodes // self.meta_batch_size)
+            callbacks.append(("progress_bar", ProgressBar(batches_per_epoch=n_batches)))
+        return MetaTrainingNet(
+            meta_model,
+            criterion=torch.nn.CrossEntropyLoss,
+            optimizer=optimizer_cls,
+            lr=self.lr,
+            iterator_train__rng=episode_rng,
+            callbacks=callbacks,
+            verbose=self.verbose,
+            device=device,
+            **{f"optimizer__{k}": v for k, v in (self.optimizer_params or {}).items()},
+            **net_params,
+        )
+
+    def _episode_shape(self, codes, class_names, what=None):
+        """The estimator's episode shape, shrunk (with a warning) to fit ``codes``."""
+        counts = np.bincount(codes, minlength=len(class_names))
+        shape, message = resolve_episode_shape(
+            counts, self.n_ways, self.k_shot, self.n_query, class_names=class_names
+        )
+        if message is not None:
+            warnings.warn(message if what is None else f"{message[:-1]} {what}.",
+                          UserWarning, stacklevel=3)
+        return shape
+
+    def _validation_data(self, codes, classes, X, X_val, y_val, rng):
+        """Training mask and validation ``(X, codes, class names)`` or None."""
+        if (X_val is None) != (y_val is None):
+            missing = "y_val" if y_val is None else "X_val"
+            raise ValueError(
+                f"{missing} is None but the other was given; pass both X_val and "
+                "y_val for validation, or neither."
+            )
+        train_mask = np.ones(len(codes), dtype=bool)
+        if X_val is not None:
+            Xv, val_codes, val_classes, _ = self._validate_Xy(X_val, y_val, reset=False)
+            if len(val_classes) < 2:
+                raise ValueError(
+                    f"y_val has {len(val_classes)} class; validation episodes need at "
+                    "least 2 classes."
+                )
+            return train_mask, (Xv, val_codes, val_classes)
+        if self.validation_fraction is None:
+            return train_mask, None
+        n_classes = len(classes)
+        n_valid = max(2, int(round(self.validation_fraction * n_classes)))
+        if n_classes - n_valid < 2:
+            raise ValueError(
+                f"validation_fraction={self.validation_fraction!r} holds out {n_valid} of "
+                f"the {n_classes} classes, leaving fewer than 2 to meta-train on; lower "
+                "it, pass X_val and y_val, or set it to None."
+            )
+        held_out = np.zeros(n_classes, dtype=bool)
+        held_out[rng.permutation(n_classes)[:n_valid]] = True
+        valid_mask = held_out[codes]
+        val_codes = np.unique(codes[valid_mask], return_inverse=True)[1]
+        return ~valid_mask, (X[valid_mask], val_codes, classes[held_out])
 
     # ------------------------------------------------------------------- adapt
     def _adapt_body(self):
@@ -555,7 +692,8 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         if getattr(self, "task_model_", None) is None:
             raise NotFittedError(
                 "No task to predict for: this estimator was fitted with "
-                "adapt_on_fit=False; call adapt(X_support, y_support) first."
+                "adapt_on_fit=False or its parameters were reloaded with "
+                "load_params; call adapt(X_support, y_support) first."
             )
         X, _ = self._validate_X(X, reset=False)
         model = self.task_model_
@@ -691,20 +829,70 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError("score does not support sample_weight; pass None.")
         return self.evaluate(X, y).mean
 
-    # -------------------------------------------------------------- pickling
+    # ----------------------------------------------------------- persistence
+    def save_params(self, f_params=None, f_optimizer=None, f_history=None):
+        """Save the meta-parameters (and optionally optimizer state, history).
+
+        skorch's ``save_params``: ``f_params`` holds the meta-learned network's
+        ``state_dict``. Pickling (or ``joblib.dump``) the whole estimator is
+        the other way, which also keeps the adapted task.
+
+        Parameters
+        ----------
+        f_params, f_optimizer, f_history : str, path or file-like, default=None
+            Where to write each part; ``None`` skips that part.
+
+        Returns
+        -------
+        self : FOMAMLClassifier
+        """
+        self._check_meta_fitted("save_params")
+        self.net_.save_params(f_params=f_params, f_optimizer=f_optimizer, f_history=f_history)
+        return self
+
+    def load_params(self, f_params=None, f_optimizer=None, f_history=None):
+        """Load what :meth:`save_params` wrote into this meta-trained estimator.
+
+        The network must have the same architecture: fit an estimator with
+        the same parameters first (``max_epochs=0`` is enough). Tensors are
+        mapped to this estimator's device, so parameters saved on a GPU load
+        on a CPU-only machine. The adapted task is discarded: call
+        :meth:`adapt` before ``predict``.
+
+        Parameters
+        ----------
+        f_params, f_optimizer, f_history : str, path or file-like, default=None
+            Files written by :meth:`save_params`; ``None`` skips that part.
+
+        Returns
+        -------
+        self : FOMAMLClassifier
+        """
+        self._check_meta_fitted("load_params")
+        self.net_.load_params(f_params=f_params, f_optimizer=f_optimizer, f_history=f_history)
+        self.meta_model_ = self.net_.module_
+        self.history_ = self.net_.history
+        if f_params is not None:
+            self.task_model_ = None
+        return self
+
     def __getstate__(self):
-        state = super().__getstate__()
+        # A copy: on Python 3.11+ object.__getstate__ returns __dict__ itself.
+        state = dict(super().__getstate__())
+        # meta_model_ is net_.module_, which skorch pickles device-safely.
+        if "net_" in state:
+            state.pop("meta_model_", None)
         if state.get("task_model_") is not None:
             state["task_model_"] = copy.deepcopy(state["task_model_"]).to("cpu")
         return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
+        if "net_" in state:
+            self.meta_model_ = self.net_.module_
+            self.device_ = torch.device(self.net_.device)
         if getattr(self, "task_model_", None) is not None and hasattr(self, "device_"):
-            if self.device_.type == "cuda" and torch.cuda.is_available():
-                self.task_model_.to(self.device_)
-            elif self.device_.type == "cuda":
-                self.device_ = torch.device("cpu")
+            self.task_model_.to(self.device_)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -8,7 +8,12 @@ import torch
 
 from .episodes import EpisodeShape
 
-__all__ = ["FewShotResult", "confidence_interval", "episodic_accuracies"]
+__all__ = [
+    "FewShotResult",
+    "adapted_query_logits",
+    "confidence_interval",
+    "episodic_accuracies",
+]
 
 
 @dataclass(frozen=True)
@@ -91,11 +96,43 @@ def episodic_accuracies(runner, X, episodes, inner_lr, n_steps, transductive=Fal
     qry = torch.as_tensor(episodes.query_idx, device=device)
     accuracies = np.empty(len(episodes))
     for t in range(len(episodes)):
-        weight, bias = runner.adapt(X[sup[t]], y_s, n_classes, inner_lr, n_steps, adapt_body)
-        with torch.no_grad():
-            logits = runner.query_logits(X[qry[t]], weight, bias, transductive)
+        logits = adapted_query_logits(runner, X[sup[t]], y_s, X[qry[t]], n_classes,
+                                      inner_lr, n_steps, transductive, adapt_body)
         accuracies[t] = (logits.argmax(1) == y_q).float().mean().item()
     return accuracies
+
+
+def adapted_query_logits(runner, x_support, y_support, x_query, n_classes, inner_lr,
+                         n_steps, transductive=False, adapt_body=True):
+    """Adapt from the meta-parameters on one support set; logits of its queries.
+
+    Parameters
+    ----------
+    runner : TaskRunner
+        Adapts from the meta-parameters on a scratch network.
+    x_support, y_support : torch.Tensor
+        The support set, labels coded ``0 .. n_classes-1``.
+    x_query : torch.Tensor
+        The queries.
+    n_classes : int
+        Number of classes of the task.
+    inner_lr : float
+        Inner SGD rate.
+    n_steps : int
+        Inner SGD steps.
+    transductive : bool, default=False
+        Normalise queries with their own batch statistics.
+    adapt_body : bool, default=True
+        If False, adapt only the head (ANIL).
+
+    Returns
+    -------
+    logits : torch.Tensor of shape (n_queries, n_classes)
+        Computed without a graph.
+    """
+    weight, bias = runner.adapt(x_support, y_support, n_classes, inner_lr, n_steps, adapt_body)
+    with torch.no_grad():
+        return runner.query_logits(x_query, weight, bias, transductive)
 
 
 def sample_episodes(y, shape, n_episodes, random_state):
