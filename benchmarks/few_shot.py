@@ -74,7 +74,7 @@ def _row(name, accuracies, seconds=None):
     return mean
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=["omniglot", "digits"], default="omniglot")
     parser.add_argument("--data-home", default=None,
@@ -98,26 +98,31 @@ def main(argv=None):
     parser.add_argument("--inner-lr", default="auto", help="alpha (default: auto)")
     parser.add_argument("--inner-steps", type=int, default=1)
     parser.add_argument("--inner-steps-test", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=1e-3, help="meta learning rate (Adam)")
     parser.add_argument("--transductive", action="store_true",
                         help="query-batch BatchNorm statistics, as in the MAML paper")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="torch threads (default: all cores)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run(args, data=None):
+    """Meta-train, evaluate and print the table; return the figures.
+
+    ``data``: ``(X_train, y_train, X_test, y_test)`` already loaded, or None.
+    """
     torch.set_num_threads(args.threads)
     if args.minutes is None:
         args.minutes = 5.0 if args.dataset == "omniglot" else 0.5
-
     start = time.perf_counter()
+    if data is None:
+        data = load_omniglot(args) if args.dataset == "omniglot" else load_digits_split()
+    X_train, y_train, X_test, y_test = data
     if args.dataset == "omniglot":
-        try:
-            X_train, y_train, X_test, y_test = load_omniglot(args)
-        except OSError as exc:
-            parser.exit(2, f"error: {exc}\n")
         module, ways = "conv4", args.ways or 5
     else:
-        X_train, y_train, X_test, y_test = load_digits_split()
         module, ways = "mlp", args.ways or 3
     print(f"{args.dataset}: {len(np.unique(y_train))} meta-training classes "
           f"({len(y_train)} images), {len(np.unique(y_test))} unseen test classes "
@@ -127,7 +132,7 @@ def main(argv=None):
     inner_lr = args.inner_lr if args.inner_lr == "auto" else float(args.inner_lr)
     common = dict(n_ways=ways, k_shot=args.shots, n_query=args.queries,
                   meta_batch_size=args.meta_batch_size, precision=args.precision,
-                  algorithm=args.algorithm, head=args.head, inner_lr=inner_lr,
+                  algorithm=args.algorithm, head=args.head, inner_lr=inner_lr, lr=args.lr,
                   n_inner_steps=args.inner_steps, n_inner_steps_test=args.inner_steps_test,
                   transductive=args.transductive, adapt_on_fit=False, random_state=args.seed)
     clf = FOMAMLClassifier(module, max_epochs=100_000, meta_batches_per_epoch=50,
@@ -168,7 +173,8 @@ def main(argv=None):
         baselines[name] = _row(name, acc, time.perf_counter() - t0)
     best_name = max(baselines, key=baselines.get)
     margin = 100 * (fomaml - baselines[best_name])
-    print(f"\nFOMAML minus the best baseline ({best_name}): {margin:+.2f} points")
+    print(f"\n{args.algorithm.upper()} minus the best baseline ({best_name}): "
+          f"{margin:+.2f} points")
     if args.dataset == "omniglot" and (ways, args.shots) in PUBLISHED:
         fo, so, rep = PUBLISHED[(ways, args.shots)]
         print(f"Published, {ways}-way {args.shots}-shot: FOMAML {fo} % (Nichol et al. 2018, "
@@ -177,6 +183,18 @@ def main(argv=None):
     if args.dataset == "digits" and margin <= 0:
         print("As expected on digits: 6 training classes are too few for meta-learning "
               "to beat pixel-space baselines; Omniglot (964+ classes) is where it pays.")
+    return dict(result=result, train_seconds=train_seconds, n_steps=n_steps,
+                baselines=baselines, best_baseline=best_name, margin=margin,
+                precision=clf.precision_)
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except OSError as exc:
+        parser.exit(2, f"error: {exc}\n")
     return 0
 
 
