@@ -1,0 +1,880 @@
+"""The ``fomaml-sklearn`` command line: ``train``, ``evaluate`` and ``predict``.
+
+``fomaml-sklearn train [DATA]`` meta-trains a :class:`FOMAMLClassifier` and
+saves it with :func:`joblib.dump`; ``fomaml-sklearn evaluate MODEL [DATA]``
+prints its episodic few-shot accuracy on classes unseen in training;
+``fomaml-sklearn predict MODEL SUPPORT QUERY`` adapts it to the classes of a
+folder of labelled images and labels new images. ``python -m fomaml_sklearn``
+runs the same program.
+
+``DATA`` is ``digits`` (scikit-learn's 8x8 digits, embedded, the default),
+``omniglot`` (fetched once into the data home) or a folder of images with one
+subfolder per class. Errors are reported as one line on stderr with exit code
+1 (2 for a mistyped command line); ``--debug`` shows the traceback instead.
+"""
+
+import argparse
+import contextlib
+import csv
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main", "build_parser", "CommandError"]
+
+PROG = "fomaml-sklearn"
+DEFAULT_MODEL = "fomaml_model.joblib"
+BUILTIN_DATA = ("digits", "omniglot")
+DIGITS_TRAIN_MAX = 5  # meta-train on digits 0-5, evaluate on 6-9
+OMNIGLOT_SPLIT_SEED = 0  # the MAML split, fixed so train and evaluate agree
+
+EPILOG = """\
+examples:
+  fomaml-sklearn train                     # digits 0-5, offline, ~30 s on a CPU
+  fomaml-sklearn evaluate fomaml_model.joblib          # 3-way 1-shot on digits 6-9
+  fomaml-sklearn train omniglot --data-home ../shared/data --offline \\
+      --minutes 5 -o omniglot.joblib                   # the MAML paper's setup
+  fomaml-sklearn evaluate omniglot.joblib omniglot --data-home ../shared/data \\
+      --offline --ways 5 --shots 1                     # 423 unseen characters
+  fomaml-sklearn predict omniglot.joblib support/ queries/ -o predictions.csv
+
+A folder data set has one subfolder of images per class (support/cat/1.png,
+support/dog/1.png, ...). Run "fomaml-sklearn COMMAND --help" for the options
+of a command.
+"""
+
+TRAIN_EPILOG = """\
+examples:
+  fomaml-sklearn train                         # digits 0-5, mlp, ~30 s on a CPU
+  fomaml-sklearn train --ways 4 --shots 5 --minutes 1 -o digits-5shot.joblib
+  fomaml-sklearn train omniglot --data-home ../shared/data --offline \\
+      --minutes 5 -o omniglot.joblib           # Conv-4, the MAML paper's setup
+  fomaml-sklearn train my_images/ --image-size 28 --ways 5 -o mine.joblib
+"""
+
+EVALUATE_EPILOG = """\
+examples:
+  fomaml-sklearn evaluate fomaml_model.joblib  # 3-way 1-shot on digits 6-9
+  fomaml-sklearn evaluate omniglot.joblib omniglot --data-home ../shared/data \\
+      --offline --ways 20 --shots 1            # 423 unseen characters
+  fomaml-sklearn evaluate mine.joblib other_images/ --shots 5 --episodes 200
+"""
+
+PREDICT_EPILOG = """\
+examples:
+  fomaml-sklearn predict omniglot.joblib support/ queries/
+  fomaml-sklearn predict omniglot.joblib support/ new1.png new2.png -o labels.csv
+
+The support folder holds one subfolder per class, named after the class:
+support/alpha/1.png, support/beta/1.png, ... The CSV has one line per query
+image: its path, the predicted class and that class's probability.
+"""
+
+
+class CommandError(Exception):
+    """A problem with the command line's input, reported as one line."""
+
+
+# --------------------------------------------------------------------- data
+def _digits(part):
+    """scikit-learn's digits as float rows in [0, 1]: digits 0-5 or 6-9.
+
+    Parameters
+    ----------
+    part : {"train", "test"}
+        ``"train"``: digits 0-5; ``"test"``: digits 6-9.
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, 64)
+    y : ndarray of shape (n_samples,)
+    description : str
+    """
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32)
+    mask = y <= DIGITS_TRAIN_MAX if part == "train" else y > DIGITS_TRAIN_MAX
+    name = "digits 0-5" if part == "train" else "digits 6-9"
+    return X[mask], y[mask], name
+
+
+def _omniglot(part, data_home, offline, image_size):
+    """Omniglot's MAML split: 1200 characters x 4 rotations, or the other 423.
+
+    Parameters
+    ----------
+    part : {"train", "test"}
+        ``"train"``: the meta-training characters, each rotation its own
+        class (:func:`~fomaml_sklearn.datasets.rotate_classes`); ``"test"``:
+        the unseen characters.
+    data_home : str or None
+        Folder holding ``omniglot/``.
+    offline : bool
+        Never download.
+    image_size : int
+        Side of the images.
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, 1, image_size, image_size)
+    y : ndarray of shape (n_samples,)
+    description : str
+    """
+    from .datasets import fetch_omniglot, omniglot_split, rotate_classes
+
+    X, y = fetch_omniglot(data_home=data_home, subset="all", image_size=image_size,
+                          download_if_missing=not offline, return_X_y=True)
+    train, _, test = omniglot_split(y, protocol="maml", n_train=1200,
+                                    random_state=OMNIGLOT_SPLIT_SEED)
+    if part == "train":
+        X, y = rotate_classes(X[train], y[train])
+        return X, y, "omniglot (1200 characters x 4 rotations, MAML split)"
+    return X[test], y[test], "omniglot (423 test characters, MAML split)"
+
+
+def _image_to_array(image, size, channels):
+    """A PIL image as a float32 ``(channels, size, size)`` array in [0, 1]."""
+    import torch
+    from torch.nn import functional as F
+
+    image = image.convert("L" if channels == 1 else "RGB")
+    t = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
+    t = t[None] if channels == 1 else t.permute(2, 0, 1)
+    if tuple(t.shape[1:]) != (size, size):
+        # Area averaging when shrinking (as fetch_omniglot does), else bilinear.
+        if t.shape[1] >= size and t.shape[2] >= size:
+            t = F.interpolate(t[None], size=(size, size), mode="area")[0]
+        else:
+            t = F.interpolate(t[None], size=(size, size), mode="bilinear",
+                              align_corners=False)[0]
+    return t.clamp(0.0, 1.0).numpy()
+
+
+def _read_images(paths, size, channels):
+    """Read image files into one float32 ``(n, channels, size, size)`` array."""
+    from torchvision.datasets.folder import default_loader
+
+    arrays = []
+    for path in paths:
+        try:
+            image = default_loader(str(path))
+        except OSError as exc:
+            raise CommandError(f"cannot read the image {path}: {exc}") from exc
+        arrays.append(_image_to_array(image, size, channels))
+    return np.stack(arrays).astype(np.float32)
+
+
+def _class_folders(path):
+    """Class subfolder names of ``path`` (hidden ones skipped), at least two."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CommandError(f"{path} is not a folder")
+    classes = sorted(e.name for e in os.scandir(path)
+                     if e.is_dir() and not e.name.startswith("."))
+    if len(classes) < 2:
+        found = f"only {classes[0]!r}" if classes else "none"
+        raise CommandError(
+            f"{path} needs at least 2 class subfolders of images (one per class, e.g. "
+            f"{path}/cat/1.png, {path}/dog/1.png); found {found}"
+        )
+    return classes
+
+
+def read_image_folder(path, size, channels=1):
+    """Read images in class subfolders with torchvision's ``ImageFolder``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Folder with one subfolder of images per class (at least two).
+    size : int
+        Every image is resized to ``size x size``.
+    channels : {1, 3}, default=1
+        1: grayscale; 3: RGB.
+
+    Returns
+    -------
+    X : ndarray of shape (n_images, channels, size, size)
+        Values in [0, 1], as stored (see :func:`apply_ink`).
+    y : ndarray of str of shape (n_images,)
+        The class (subfolder name) of each image.
+    """
+    from torchvision.datasets import ImageFolder
+
+    classes = _class_folders(path)
+
+    class _Folder(ImageFolder):
+        def find_classes(self, directory):
+            return classes, {c: i for i, c in enumerate(classes)}
+
+    try:
+        dataset = _Folder(str(path))
+    except FileNotFoundError as exc:  # a class subfolder without images
+        raise CommandError(f"{path}: {exc}") from exc
+    files = [p for p, _ in dataset.samples]
+    X = _read_images(files, size, channels)
+    y = np.asarray(classes, dtype=object)[[t for _, t in dataset.samples]].astype(str)
+    return X, y
+
+
+def list_images(paths):
+    """List the image files given directly or found (recursively) in folders.
+
+    Parameters
+    ----------
+    paths : list of str
+        Image files and/or folders.
+
+    Returns
+    -------
+    files : list of str
+        The image files, in the order given; a folder's in sorted order.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    files = []
+    for given in paths:
+        path = Path(given)
+        if path.is_file():
+            files.append(str(path))
+        elif path.is_dir():
+            found = []
+            for root, dirs, names in os.walk(path):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                found += [os.path.join(root, n) for n in names if not n.startswith(".")
+                          and has_file_allowed_extension(n, IMG_EXTENSIONS)]
+            if not found:
+                raise CommandError(
+                    f"no images found in {path} (looked for {', '.join(IMG_EXTENSIONS)})"
+                )
+            files += sorted(found)
+        else:
+            raise CommandError(f"{path} does not exist")
+    return files
+
+
+def apply_ink(X, ink):
+    """Make ink bright (1) and the background dark (0), as in Omniglot and digits.
+
+    Parameters
+    ----------
+    X : ndarray
+        Images with values in [0, 1].
+    ink : {"auto", "dark", "light"}
+        ``"dark"``: dark strokes on a light background, inverted;
+        ``"light"``: kept as they are; ``"auto"``: inverted when the mean
+        value is above 0.5 (mostly light pixels).
+
+    Returns
+    -------
+    X : ndarray
+        The images, inverted or not.
+    inverted : bool
+        Whether they were inverted.
+    """
+    invert = ink == "dark" or (ink == "auto" and X.size > 0 and float(X.mean()) > 0.5)
+    return (1.0 - X if invert else X), invert
+
+
+def load_data(spec, part, *, data_home=None, offline=False, image_size=28, channels=1,
+              ink="auto"):
+    """Load a data set named on the command line.
+
+    Parameters
+    ----------
+    spec : str
+        ``"digits"``, ``"omniglot"`` or a folder of images in class subfolders.
+    part : {"train", "test"}
+        Digits: 0-5 or 6-9; Omniglot: the MAML split's training characters
+        (with rotations) or its test characters; a folder: all its classes.
+    data_home : str or None, default=None
+        Omniglot's data home.
+    offline : bool, default=False
+        Never download Omniglot.
+    image_size : int, default=28
+        Image side for Omniglot and folders (digits are 8x8 rows).
+    channels : {1, 3}, default=1
+        Channels of folder images.
+    ink : {"auto", "dark", "light"}, default="auto"
+        How folder images are normalised (see :func:`apply_ink`).
+
+    Returns
+    -------
+    X : ndarray
+        Rows (digits) or ``(n, channels, image_size, image_size)`` images.
+    y : ndarray of shape (n_samples,)
+        Labels.
+    description : str
+        What was loaded, for messages.
+    """
+    if spec == "digits":
+        return _digits(part)
+    if spec == "omniglot":
+        return _omniglot(part, data_home, offline, image_size)
+    if not Path(spec).is_dir():
+        raise CommandError(
+            f"data set {spec!r} is not 'digits', 'omniglot' or a folder of images in "
+            "class subfolders"
+        )
+    X, y = read_image_folder(spec, image_size, channels)
+    X, inverted = apply_ink(X, ink)
+    note = ", inverted to light ink on dark" if inverted else ""
+    return X, y, f"{spec} ({image_size}x{image_size}{note})"
+
+
+# ------------------------------------------------------------------- models
+def load_model(path):
+    """Load a model file written by ``fomaml-sklearn train``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A fitted :class:`FOMAMLClassifier` saved with :func:`joblib.dump`.
+        Loading runs pickle: only load files you trust.
+
+    Returns
+    -------
+    clf : FOMAMLClassifier
+        The fitted estimator (meta-trained; adapt it before ``predict``).
+    """
+    import joblib
+
+    from .classifier import FOMAMLClassifier
+
+    path = Path(path)
+    if not path.is_file():
+        raise CommandError(f"model file {path} not found (train one with '{PROG} train -o "
+                           f"{path}')")
+    try:
+        clf = joblib.load(path)
+    except Exception as exc:  # pickle raises many types for a wrong file
+        raise CommandError(
+            f"cannot load the model file {path}: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(clf, FOMAMLClassifier):
+        raise CommandError(f"{path} holds a {type(clf).__name__}, not a FOMAMLClassifier")
+    if not hasattr(clf, "meta_model_"):
+        raise CommandError(f"the FOMAMLClassifier in {path} is not fitted")
+    return clf
+
+
+def _save_model(clf, path):
+    """Write ``clf`` with :func:`joblib.dump`, atomically."""
+    import joblib
+
+    path = Path(path).expanduser()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        joblib.dump(clf, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _check_output_folder(path):
+    """Create the folder of ``path`` and check it is writable, before training."""
+    if Path(path).expanduser().is_dir():
+        example = Path(path) / DEFAULT_MODEL
+        raise CommandError(f"{path} is a folder; give a file name, such as {example}")
+    folder = Path(path).expanduser().resolve().parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(f"cannot create the folder {folder} for {path}: {exc}") from exc
+    if not os.access(folder, os.W_OK):
+        raise CommandError(f"cannot write {path}: the folder {folder} is not writable")
+
+
+def model_image_shape(clf):
+    """Return ``(channels, height, width)`` of the images a model takes, or None.
+
+    Parameters
+    ----------
+    clf : FOMAMLClassifier
+        A fitted model.
+
+    Returns
+    -------
+    shape : tuple of int or None
+        From the model's ``input_shape_`` or its backbone's ``input_shape``;
+        else a square single-channel image when ``n_features_in_`` is a
+        square (digits: 8x8); else None.
+    """
+    shape = getattr(clf, "input_shape_", None)
+    if shape is None:  # else a backbone that knows it, such as Conv-4
+        shapes = [getattr(m, "input_shape", None) for m in clf.meta_model_.modules()]
+        shape = next((s for s in shapes if isinstance(s, tuple)), None)
+    if shape is not None:
+        shape = tuple(int(s) for s in shape)
+        return (1,) + shape if len(shape) == 2 else shape
+    side = math.isqrt(clf.n_features_in_)
+    return (1, side, side) if side * side == clf.n_features_in_ else None
+
+
+def _image_options(clf, model_path):
+    """Image side and channels for folder/Omniglot data fed to ``clf``."""
+    shape = model_image_shape(clf)
+    if shape is None or shape[0] not in (1, 3) or shape[1] != shape[2]:
+        raise CommandError(
+            f"the model in {model_path} takes {clf.n_features_in_} features, not square "
+            "grayscale or RGB images; it can only be used from Python"
+        )
+    return shape[1], shape[0]
+
+
+def _check_features(clf, X, model_path, description):
+    n = int(np.prod(X.shape[1:]))
+    if n != clf.n_features_in_:
+        shape = model_image_shape(clf)
+        what = "x".join(map(str, shape)) + " images" if shape else "rows"
+        raise CommandError(
+            f"the model in {model_path} takes {clf.n_features_in_} features ({what}) but "
+            f"{description} has {n}; use data of the kind it was trained on"
+        )
+
+
+def _default_ways(spec, y, ways):
+    if ways is not None:
+        return ways
+    if spec == "digits":
+        return 3
+    return min(5, len(np.unique(y)))
+
+
+# ----------------------------------------------------------------- commands
+def _info(args, message):
+    if not args.quiet:
+        print(message, file=sys.stderr)
+
+
+def cmd_train(args):
+    """Run ``train``: meta-train on a data set and save the model.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line.
+
+    Returns
+    -------
+    code : int
+        0 on success.
+    """
+    from .callbacks import TimeLimit
+    from .classifier import FOMAMLClassifier
+
+    _check_output_folder(args.output)
+    X, y, description = load_data(args.data, "train", data_home=args.data_home,
+                                  offline=args.offline, image_size=args.image_size,
+                                  ink=args.ink)
+    module = args.module or ("mlp" if args.data == "digits" else "conv4")
+    n_ways = _default_ways(args.data, y, args.ways)
+    _info(args, f"Meta-training the {module} network on {description}: "
+                f"{len(np.unique(y))} classes, {len(y)} examples.")
+    if args.epochs is not None:
+        max_epochs = args.epochs
+    else:
+        max_epochs = 100_000 if args.minutes is not None else 10
+    callbacks = [TimeLimit(args.minutes)] if args.minutes is not None else None
+    inner_lr = args.inner_lr if args.inner_lr == "auto" else float(args.inner_lr)
+    clf = FOMAMLClassifier(
+        module,
+        algorithm=args.algorithm,
+        head=args.head,
+        n_ways=n_ways,
+        k_shot=args.shots,
+        n_query=args.queries,
+        meta_batch_size=args.meta_batch_size,
+        inner_lr=inner_lr,
+        n_inner_steps=args.inner_steps,
+        n_inner_steps_test=args.inner_steps_test,
+        lr=args.lr,
+        max_epochs=max_epochs,
+        meta_batches_per_epoch=args.meta_batches_per_epoch,
+        transductive=args.transductive,
+        precision=args.precision,
+        adapt_on_fit=False,  # adapting to thousands of training classes is costly
+        device=args.device,
+        callbacks=callbacks,
+        random_state=args.seed,
+        verbose=0 if args.quiet else 1,
+    )
+    start = time.perf_counter()
+    # Progress and skorch's table go to stderr: stdout carries only the result.
+    with contextlib.redirect_stdout(sys.stderr):
+        clf.fit(X, y)
+    seconds = time.perf_counter() - start
+    n_steps = getattr(clf, "n_meta_steps_", None)
+    if n_steps is None:
+        n_steps = sum(len(epoch["batches"]) for epoch in clf.history_)
+    _save_model(clf, args.output)
+    s = clf.episode_shape_
+    _info(args, f"Meta-trained for {n_steps} meta-steps of {args.meta_batch_size} "
+                f"{s.n_ways}-way {s.k_shot}-shot tasks in {seconds:.1f} s "
+                f"({clf.device_}, {clf.precision_}).")
+    print(f"Saved the model to {args.output}")
+    return 0
+
+
+def cmd_evaluate(args):
+    """Run ``evaluate``: print the episodic few-shot accuracy of a saved model.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line.
+
+    Returns
+    -------
+    code : int
+        0 on success.
+    """
+    clf = load_model(args.model)
+    if args.data == "digits":
+        image_size, channels = 8, 1
+    else:
+        image_size, channels = _image_options(clf, args.model)
+    X, y, description = load_data(args.data, "test", data_home=args.data_home,
+                                  offline=args.offline, image_size=image_size,
+                                  channels=channels, ink=args.ink)
+    _check_features(clf, X, args.model, description)
+    n_ways = _default_ways(args.data, y, args.ways)
+    _info(args, f"Evaluating {args.model} on {description}: {len(np.unique(y))} classes, "
+                f"{len(y)} examples.")
+    result = clf.evaluate(X, y, n_ways=n_ways, k_shot=args.shots, n_query=args.queries,
+                          n_episodes=args.episodes, random_state=args.seed)
+    s = result.shape
+    ci = "n/a" if np.isnan(result.ci95) else f"{100 * result.ci95:.2f}"
+    print(f"{s.n_ways}-way {s.k_shot}-shot: {100 * result.mean:.2f} +- {ci} % "
+          f"({len(result.accuracies)} episodes)")
+    return 0
+
+
+def cmd_predict(args):
+    """Run ``predict``: adapt to a support folder and label query images.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line.
+
+    Returns
+    -------
+    code : int
+        0 on success.
+    """
+    clf = load_model(args.model)
+    size, channels = _image_options(clf, args.model)
+    X_support, y_support = read_image_folder(args.support, size, channels)
+    files = list_images(args.query)
+    X_query = _read_images(files, size, channels)
+    # One decision for both sets (from the labelled ones), so they match.
+    _, inverted = apply_ink(X_support, args.ink)
+    if inverted:
+        X_support, X_query = 1.0 - X_support, 1.0 - X_query
+    classes = np.unique(y_support)
+    _info(args, f"Adapting to {len(classes)} classes ({', '.join(classes)}) from "
+                f"{len(y_support)} support images ({size}x{size}"
+                f"{', inverted' if inverted else ''}); predicting {len(files)} images.")
+    clf.adapt(X_support, y_support)
+    proba = clf.predict_proba(X_query)
+    labels = clf.classes_[proba.argmax(axis=1)]
+    if args.output:
+        _check_output_folder(args.output)
+        out = open(Path(args.output).expanduser(), "w", newline="", encoding="utf-8")
+    else:
+        out = contextlib.nullcontext(sys.stdout)
+    with out as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["path", "label", "probability"])
+        for path, label, p in zip(files, labels, proba.max(axis=1)):
+            writer.writerow([path, label, f"{p:.4f}"])
+    if args.output:
+        _info(args, f"Wrote {len(files)} predictions to {args.output}")
+    return 0
+
+
+# ------------------------------------------------------------------- parser
+class _Formatter(argparse.HelpFormatter):
+    """Wraps descriptions; keeps the lines of epilogs (example commands)."""
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=32)
+
+    def _fill_text(self, text, width, indent):
+        if text.startswith("examples:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _count(low):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _inner_lr(text):
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'auto' or a number") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a number >= 0, got {text}")
+    return value
+
+
+def _common_options(parser):
+    group = parser.add_argument_group("general options")
+    group.add_argument("-q", "--quiet", action="store_true",
+                       help="print only the result (no progress, no messages)")
+    group.add_argument("--threads", type=_count(1), default=None, metavar="N",
+                       help="CPU threads for torch (default: torch's choice)")
+    group.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error")
+
+
+def _data_options(parser, image_size):
+    group = parser.add_argument_group("data options")
+    group.add_argument("--data-home", default=None, metavar="DIR",
+                       help="folder holding omniglot/ (default: $FOMAML_SKLEARN_DATA, "
+                            "else scikit-learn's data home)")
+    group.add_argument("--offline", action="store_true",
+                       help="never download Omniglot; fail if it is not in the data home")
+    if image_size:
+        group.add_argument("--image-size", type=_count(1), default=28, metavar="PX",
+                           help="side of the square images of Omniglot or a folder, in "
+                                "pixels (default: 28; evaluate and predict take the "
+                                "model's)")
+    group.add_argument("--ink", choices=["auto", "dark", "light"], default="auto",
+                       help="folder images: 'dark' strokes on a light background are "
+                            "inverted so that ink is 1, as in Omniglot and digits; "
+                            "'auto' inverts when most pixels are light (default: auto)")
+
+
+DATA_HELP = ("'digits' (scikit-learn's 8x8 digits, embedded: train uses 0-5, evaluate "
+             "6-9), 'omniglot' (the MAML split: train uses 1200 characters x 4 "
+             "rotations, evaluate the other 423) or a folder of images with one "
+             "subfolder per class (all of them; write ./digits for a folder of that "
+             "name). Default: digits")
+
+
+def build_parser():
+    """Build the argument parser of ``fomaml-sklearn``.
+
+    Returns
+    -------
+    parser : argparse.ArgumentParser
+        The parser; each subcommand sets ``handler``, the function to run.
+    """
+    from . import __version__
+    from .learner import ALGORITHMS, HEADS
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Few-shot classification with First-Order MAML: meta-train a "
+                    "network on many small tasks, then adapt it to new classes from "
+                    "one or a few labelled examples each.",
+        epilog=EPILOG,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # train
+    train = commands.add_parser(
+        "train", formatter_class=_Formatter, epilog=TRAIN_EPILOG,
+        help="meta-train on a data set and save the model",
+        description="Meta-train a FOMAMLClassifier on N-way K-shot episodes drawn from "
+                    "DATA and save it (joblib) to --output. Digits (the default) trains "
+                    "on 0-5 so that 'evaluate' can test on the unseen 6-9. Meta-training "
+                    "runs --epochs x --meta-batches-per-epoch meta-steps, or until "
+                    "--minutes have passed; Ctrl-C stops it early and still saves.",
+    )
+    train.add_argument("data", nargs="?", default="digits", metavar="DATA", help=DATA_HELP)
+    train.add_argument("-o", "--output", default=DEFAULT_MODEL, metavar="PATH",
+                       help=f"where to save the model (default: {DEFAULT_MODEL})")
+    model = train.add_argument_group("model")
+    model.add_argument("--module", choices=["mlp", "conv4"], default=None,
+                       help="network: 'mlp' or the MAML paper's 'conv4' (default: mlp "
+                            "for digits, conv4 for images)")
+    model.add_argument("--algorithm", choices=list(ALGORITHMS), default="fomaml",
+                       help="meta-learning rule (default: fomaml)")
+    model.add_argument("--head", choices=list(HEADS), default="prototype",
+                       help="task-head initialisation (default: prototype)")
+    episodes = train.add_argument_group("episodes and inner loop")
+    episodes.add_argument("--ways", type=_count(2), default=None, metavar="N",
+                          help="classes per task (default: 3 for digits, else 5)")
+    episodes.add_argument("--shots", type=_count(1), default=1, metavar="K",
+                          help="support examples per class (default: 1)")
+    episodes.add_argument("--queries", type=_count(1), default=5, metavar="Q",
+                          help="query examples per class (default: 5)")
+    episodes.add_argument("--meta-batch-size", type=_count(1), default=16, metavar="T",
+                          help="tasks per meta-step (default: 16)")
+    episodes.add_argument("--inner-lr", type=_inner_lr, default="auto", metavar="ALPHA",
+                          help="inner-loop SGD rate, or 'auto' (default: auto)")
+    episodes.add_argument("--inner-steps", type=_count(0), default=1, metavar="S",
+                          help="inner SGD steps in meta-training (default: 1)")
+    episodes.add_argument("--inner-steps-test", type=_count(0), default=3, metavar="S",
+                          help="inner SGD steps when adapting to a new task (default: 3)")
+    episodes.add_argument("--transductive", action="store_true",
+                          help="BatchNorm on query-batch statistics, as in the MAML paper")
+    outer = train.add_argument_group("meta-training")
+    outer.add_argument("--lr", type=_positive_float, default=1e-3, metavar="BETA",
+                       help="meta learning rate of Adam (default: 0.001)")
+    outer.add_argument("--epochs", type=_count(0), default=None, metavar="E",
+                       help="epochs of meta-training (default: 10, or unlimited with "
+                            "--minutes)")
+    outer.add_argument("--meta-batches-per-epoch", type=_count(1), default=100, metavar="B",
+                       help="meta-steps per epoch (default: 100)")
+    outer.add_argument("--minutes", type=_positive_float, default=None, metavar="M",
+                       help="time budget: stop after the first epoch past M minutes")
+    outer.add_argument("--device", default="auto",
+                       help="'cpu', 'cuda', 'cuda:N' or 'auto' (default: auto, a GPU "
+                            "if there is one)")
+    outer.add_argument("--precision", choices=["auto", "float32", "bfloat16", "float16"],
+                       default="auto",
+                       help="forward-pass precision; auto takes bfloat16 where the "
+                            "hardware is fast at it (default: auto)")
+    outer.add_argument("--seed", type=int, default=0,
+                       help="random seed of the initialisation and episodes (default: 0)")
+    _data_options(train, image_size=True)
+    _common_options(train)
+    train.set_defaults(handler=cmd_train)
+
+    # evaluate
+    evaluate = commands.add_parser(
+        "evaluate", formatter_class=_Formatter, epilog=EVALUATE_EPILOG,
+        help="few-shot accuracy of a saved model on unseen classes",
+        description="Draw N-way K-shot episodes from the classes of DATA, adapt the "
+                    "model to each episode's support examples and score its queries; "
+                    "print the mean accuracy with its 95% confidence interval. Use "
+                    "classes the model was not trained on: digits 6-9, Omniglot's "
+                    "test characters, or a folder of other classes.",
+    )
+    evaluate.add_argument("model", metavar="MODEL", help="a model file written by train")
+    evaluate.add_argument("data", nargs="?", default="digits", metavar="DATA",
+                          help=DATA_HELP)
+    ev = evaluate.add_argument_group("episodes")
+    ev.add_argument("--ways", type=_count(2), default=None, metavar="N",
+                    help="classes per episode (default: 3 for digits, else 5, at most "
+                         "the number of classes)")
+    ev.add_argument("--shots", type=_count(1), default=1, metavar="K",
+                    help="support examples per class (default: 1)")
+    ev.add_argument("--queries", type=_count(1), default=15, metavar="Q",
+                    help="query examples per class (default: 15)")
+    ev.add_argument("--episodes", type=_count(1), default=600, metavar="E",
+                    help="number of episodes (default: 600)")
+    ev.add_argument("--seed", type=int, default=0,
+                    help="random seed of the episodes (default: 0)")
+    _data_options(evaluate, image_size=False)
+    _common_options(evaluate)
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    # predict
+    predict = commands.add_parser(
+        "predict", formatter_class=_Formatter, epilog=PREDICT_EPILOG,
+        help="adapt to labelled images in a folder and label new images",
+        description="Adapt the model to the classes of SUPPORT (a folder with one "
+                    "subfolder of labelled images per class, a few images each) and "
+                    "predict a class for every image of QUERY (image files or folders, "
+                    "searched recursively). Prints CSV lines path,label,probability. "
+                    "Images are converted to the model's channels and size.",
+    )
+    predict.add_argument("model", metavar="MODEL", help="a model file written by train")
+    predict.add_argument("support", metavar="SUPPORT",
+                         help="folder of labelled images: SUPPORT/<class>/<image>")
+    predict.add_argument("query", nargs="+", metavar="QUERY",
+                         help="images to label: files or folders (flat or nested)")
+    predict.add_argument("-o", "--output", default=None, metavar="CSV",
+                         help="write the CSV to this file (default: stdout)")
+    pg = predict.add_argument_group("data options")
+    pg.add_argument("--ink", choices=["auto", "dark", "light"], default="auto",
+                    help="'dark' strokes on a light background are inverted so that ink "
+                         "is 1; 'auto' decides from the support images (default: auto)")
+    _common_options(predict)
+    predict.set_defaults(handler=cmd_predict)
+    return parser
+
+
+# --------------------------------------------------------------------- main
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+def _one_line(exc):
+    text = " ".join(str(exc).split())
+    if isinstance(exc, (CommandError, OSError, ValueError)):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text} (run with --debug for the traceback)"
+
+
+def main(argv=None):
+    """Run ``fomaml-sklearn`` with ``argv`` (default: ``sys.argv[1:]``).
+
+    Parameters
+    ----------
+    argv : list of str or None, default=None
+        The arguments, without the program name.
+
+    Returns
+    -------
+    code : int
+        0 on success, 1 on an error, 2 on a command-line usage error (and
+        130 when interrupted).
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version or a usage error
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            return args.handler(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    finally:
+        torch.set_num_threads(threads)

@@ -1,0 +1,280 @@
+"""The ``fomaml-sklearn`` command line: train, evaluate, predict, errors, help."""
+
+import csv
+import io
+import os
+import re
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+
+import numpy as np
+import pytest
+
+from fomaml_sklearn import FOMAMLClassifier
+from fomaml_sklearn.cli import main
+
+# Tiny budgets: every meta-training here takes a fraction of a second.
+FAST = ["--epochs", "1", "--meta-batches-per-epoch", "3", "--meta-batch-size", "2",
+        "--threads", "1", "--precision", "float32", "--device", "cpu"]
+ACCURACY = re.compile(
+    r"^(\d+)-way (\d+)-shot: (\d+\.\d+) \+- (\d+\.\d+) % \((\d+) episodes\)$"
+)
+
+
+def run(argv):
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def write_image_folder(root, classes, n_per_class, size=10, seed=0, flat=False):
+    """Class-specific stroke patterns, dark ink on white, as PNG files."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for k, name in enumerate(classes):
+        folder = root if flat else root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            ink = np.zeros((size, size), dtype=bool)
+            if k % 3 == 0:
+                ink[size // 2] = True             # horizontal bar
+            elif k % 3 == 1:
+                ink[:, size // 2] = True          # vertical bar
+            else:
+                np.fill_diagonal(ink, True)       # diagonal
+            ink ^= rng.random((size, size)) < 0.05
+            pixels = np.where(ink, 0, 255).astype(np.uint8)
+            path = folder / f"{name}_{i}.png"
+            Image.fromarray(pixels, mode="L").save(path)
+            paths.append(path)
+    return paths
+
+
+def assert_one_line_error(code, out, err, expected_code=1, contains=None):
+    """The error is one line, the last on stderr (after progress messages)."""
+    assert code == expected_code
+    lines = err.strip().splitlines()
+    errors = [line for line in lines if "error" in line.lower()]
+    assert errors == lines[-1:], err
+    assert lines[-1].startswith("fomaml-sklearn: error: ")
+    assert "Traceback" not in err + out
+    if contains is not None:
+        assert contains in lines[-1], lines[-1]
+
+
+@pytest.fixture(scope="module")
+def digits_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "digits.joblib"
+    code, out, err = run(["train", "digits", "-o", str(path), "--quiet", *FAST])
+    assert code == 0, err
+    assert out.strip() == f"Saved the model to {path}"
+    return path
+
+
+@pytest.fixture(scope="module")
+def image_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    write_image_folder(root / "support", ["alpha", "beta", "gamma"], 3)
+    queries = write_image_folder(root / "query", ["q"], 4, seed=1, flat=True)
+    queries += write_image_folder(root / "query" / "nested", ["r"], 1, seed=2, flat=True)
+    (root / "query" / "notes.txt").write_text("not an image")
+    return root / "support", root / "query", queries
+
+
+def test_train_digits_saves_a_fitted_estimator(digits_model):
+    import joblib
+
+    clf = joblib.load(digits_model)
+    assert isinstance(clf, FOMAMLClassifier)
+    assert clf.module == "mlp" and clf.n_features_in_ == 64
+    assert clf.n_ways == 3 and clf.random_state == 0
+    assert sorted(np.unique(clf.classes_)) == [0, 1, 2, 3, 4, 5]   # digits 0-5
+    assert sum(len(epoch["batches"]) for epoch in clf.history_) == 3   # 1 epoch x 3
+
+
+def test_train_verbose_reports_progress_on_stderr(tmp_path):
+    path = tmp_path / "m.joblib"
+    code, out, err = run(["train", "-o", str(path), *FAST])
+    assert code == 0
+    assert out.strip() == f"Saved the model to {path}"   # stdout: the result only
+    assert "Meta-training the mlp network on digits 0-5" in err
+    assert "Meta-trained for 3 meta-steps" in err
+
+
+def test_evaluate_prints_accuracy_with_ci(digits_model):
+    code, out, err = run(["evaluate", str(digits_model), "--episodes", "5", "--threads", "1"])
+    assert code == 0, err
+    match = ACCURACY.match(out.strip())
+    assert match, out
+    ways, shots, mean, ci, episodes = match.groups()
+    assert (ways, shots, episodes) == ("3", "1", "5")
+    assert 0.0 <= float(mean) <= 100.0 and float(ci) >= 0.0
+    assert "digits 6-9" in err
+
+
+def test_evaluate_is_reproducible_and_takes_episode_options(digits_model):
+    argv = ["evaluate", str(digits_model), "digits", "--ways", "4", "--shots", "2",
+            "--queries", "3", "--episodes", "5", "--seed", "3", "-q", "--threads", "1"]
+    first, second = run(argv), run(argv)
+    assert first[0] == 0 and first[1] == second[1]
+    assert first[2] == ""                                   # --quiet
+    assert first[1].startswith("4-way 2-shot: ")
+
+
+def test_predict_writes_one_row_per_query_image(digits_model, image_folders, tmp_path):
+    support, query, queries = image_folders
+    code, out, err = run(["predict", str(digits_model), str(support), str(query),
+                          "--threads", "1"])
+    assert code == 0, err
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0] == ["path", "label", "probability"]
+    assert sorted(r[0] for r in rows[1:]) == sorted(str(p) for p in queries)
+    for path, label, probability in rows[1:]:
+        assert label in {"alpha", "beta", "gamma"}
+        assert 1 / 3 - 1e-6 <= float(probability) <= 1.0
+    assert "Adapting to 3 classes (alpha, beta, gamma) from 9 support images" in err
+    assert "inverted" in err                                 # dark ink on white
+
+    # The same to a file, with single image files as queries.
+    target = tmp_path / "out" / "predictions.csv"
+    code, out, err = run(["predict", str(digits_model), str(support), str(queries[0]),
+                          str(queries[1]), "-o", str(target), "-q", "--threads", "1"])
+    assert code == 0 and out == "" and err == ""
+    rows = list(csv.reader(target.open()))
+    assert [r[0] for r in rows[1:]] == [str(queries[0]), str(queries[1])]
+
+
+def test_predict_labels_the_support_images_themselves(digits_model, image_folders):
+    support, _, _ = image_folders
+    code, out, _ = run(["predict", str(digits_model), str(support), str(support), "-q",
+                        "--threads", "1"])
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == 9
+    correct = [os.path.basename(os.path.dirname(r["path"])) == r["label"] for r in rows]
+    assert np.mean(correct) > 1 / 3                          # better than chance
+
+
+def test_train_and_evaluate_on_an_image_folder(tmp_path):
+    data = tmp_path / "data"
+    write_image_folder(data, ["a", "b", "c", "d"], 3)
+    model = tmp_path / "folder.joblib"
+    code, out, err = run(["train", str(data), "-o", str(model), "--image-size", "8",
+                          "--ways", "2", "--queries", "1", "-q", *FAST])
+    assert code == 0, err
+    import joblib
+
+    clf = joblib.load(model)
+    assert clf.module == "conv4" and clf.input_shape_ == (1, 8, 8)
+    assert set(clf.classes_) == {"a", "b", "c", "d"}
+    # The model's image size is used: no --image-size for evaluate.
+    code, out, err = run(["evaluate", str(model), str(data), "--episodes", "3",
+                          "--queries", "1", "--threads", "1"])
+    assert code == 0, err
+    assert ACCURACY.match(out.strip()).group(1) == "4"       # all 4 classes, at most 5
+
+
+def test_module_override(tmp_path):
+    model = tmp_path / "conv.joblib"
+    code, _, err = run(["train", "-o", str(model), "--module", "conv4", "-q", *FAST])
+    assert code == 0, err
+    import joblib
+
+    assert joblib.load(model).module == "conv4"
+
+
+# ------------------------------------------------------------------- errors
+def test_missing_model_file(tmp_path):
+    assert_one_line_error(*run(["evaluate", str(tmp_path / "nope.joblib")]),
+                          contains="nope.joblib not found")
+
+
+def test_file_that_is_not_a_model(tmp_path):
+    bad = tmp_path / "bad.joblib"
+    bad.write_text("hello")
+    assert_one_line_error(*run(["evaluate", str(bad)]), contains="cannot load the model")
+
+
+def test_folder_with_one_class(tmp_path):
+    write_image_folder(tmp_path / "one", ["only"], 3)
+    assert_one_line_error(*run(["train", str(tmp_path / "one"), "-o",
+                                str(tmp_path / "m.joblib"), *FAST]),
+                          contains="at least 2 class subfolders")
+
+
+def test_support_folder_with_one_class(digits_model, tmp_path):
+    write_image_folder(tmp_path / "one", ["only"], 2)
+    assert_one_line_error(*run(["predict", str(digits_model), str(tmp_path / "one"),
+                                str(tmp_path / "one")]),
+                          contains="at least 2 class subfolders")
+
+
+def test_unknown_data_set(tmp_path):
+    assert_one_line_error(*run(["train", str(tmp_path / "missing"), *FAST]),
+                          contains="is not 'digits', 'omniglot' or a folder")
+
+
+def test_omniglot_offline_without_data(tmp_path):
+    assert_one_line_error(*run(["train", "omniglot", "--offline", "--data-home",
+                                str(tmp_path), "-o", str(tmp_path / "m.joblib"), *FAST]),
+                          contains="not found and download_if_missing=False")
+    assert not (tmp_path / "m.joblib").exists()
+
+
+def test_value_error_from_the_estimator(tmp_path):
+    argv = ["train", "-o", str(tmp_path / "m.joblib"), *FAST, "--precision", "float16"]
+    code, out, err = run(argv + ["--quiet"])
+    assert_one_line_error(code, out, err, contains="precision='float16' runs only on a GPU")
+    assert len(err.splitlines()) == 1                        # --quiet: nothing else
+    assert not (tmp_path / "m.joblib").exists()
+
+
+def test_output_that_is_a_folder(tmp_path):
+    assert_one_line_error(*run(["train", "-o", str(tmp_path), *FAST]), contains="is a folder")
+
+
+def test_query_folder_without_images(digits_model, image_folders, tmp_path):
+    support, _, _ = image_folders
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(*run(["predict", str(digits_model), str(support),
+                                str(tmp_path / "empty")]), contains="no images found")
+
+
+def test_debug_shows_the_exception(tmp_path):
+    with pytest.raises(Exception, match="not found"):
+        main(["evaluate", str(tmp_path / "nope.joblib"), "--debug"])
+    with pytest.raises(Exception, match="not found"):
+        main(["--debug", "evaluate", str(tmp_path / "nope.joblib")])
+
+
+def test_usage_errors_exit_2(capsys):
+    assert main(["train", "--ways", "many"]) == 2
+    assert "argument --ways: 'many' is not an integer" in capsys.readouterr().err
+    assert main(["train", "--ways", "1"]) == 2
+    assert "must be at least 2" in capsys.readouterr().err
+    assert main(["fly"]) == 2
+    assert main([]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------- help
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
+def test_subcommand_help(command, capsys):
+    assert main([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: fomaml-sklearn {command}")
+    assert "examples:" in text and f"fomaml-sklearn {command} " in text
+
+
+def test_python_dash_m_help():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "fomaml_sklearn", "--help"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    for word in ("train", "evaluate", "predict", "examples:"):
+        assert word in proc.stdout
