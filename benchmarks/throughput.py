@@ -11,8 +11,14 @@ meta-gradient is checked against this package's in float32.
 - ``l2l``: ``learn2learn.algorithms.MAML(model, lr, first_order=True)``;
   ``clone()`` / ``adapt()`` per task. Only if ``import learn2learn`` works
   (install it in a separate venv: see ../shared/notes/learn2learn-peer.md).
-- ``fomaml_sklearn``: ``meta_gradient`` in float32 and with the precision
-  ``"auto"`` resolves to.
+- ``fomaml_sklearn``: the per-task loop (``meta_gradient``) and the grouped
+  path (``grouped_meta_gradient``: all tasks in one grouped convolution per
+  layer) in float32, and what the estimator's ``precision="auto"`` and
+  ``task_batching="auto"`` resolve to on this machine.
+
+The last columns give the ratio to learn2learn and the fraction of this
+machine's measured matmul peak (for the precision used) that the fastest
+float32 / auto path reaches, from the FLOPs torch counts for one meta-step.
 
 Usage: python benchmarks/throughput.py [--repeats 3] [--threads 2]
 """
@@ -28,6 +34,7 @@ from torch.nn import functional as F
 
 from fomaml_sklearn.backbones import Conv4Backbone
 from fomaml_sklearn.classifier import _PRECISIONS, _resolve_precision
+from fomaml_sklearn.grouped import grouped_meta_gradient
 from fomaml_sklearn.learner import MetaModel, TaskRunner, meta_gradient
 
 WAYS, META_BATCH, ALPHA = 5, 32, 0.4
@@ -82,6 +89,23 @@ def l2l_meta_gradient(maml, tasks, steps):
     return [p.grad for p in maml.parameters()]
 
 
+class _Stacked:
+    """The tasks as the estimator's MetaBatch: stacked tensors, shared labels."""
+
+    def __init__(self, tasks):
+        self.x_support = torch.stack([t[0] for t in tasks])
+        self.x_query = torch.stack([t[2] for t in tasks])
+        self.y_support, self.y_query = tasks[0][1], tasks[0][3]
+        self.n_classes = WAYS
+
+    def __len__(self):
+        return len(self.x_support)
+
+    def __iter__(self):
+        for xs, xq in zip(self.x_support, self.x_query):
+            yield xs, self.y_support, xq, self.y_query
+
+
 def _time(fn, repeats):
     fn()  # warm-up
     times = []
@@ -92,6 +116,25 @@ def _time(fn, repeats):
     return sorted(times)[len(times) // 2]
 
 
+def matmul_peak(dtype, n=2048, repeats=5):
+    """GFLOP/s of an n x n matmul on this machine (median)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    return 2 * n**3 / _time(lambda: a @ b, repeats) / 1e9
+
+
+def flops_per_task(fn, n_tasks):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / n_tasks
+
+
+def _check(name, got, ref):
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5, msg=name)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -100,28 +143,37 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     meta = MetaModel(Conv4Backbone((1, 28, 28), 64), 784, head="fixed", n_rows=WAYS)
-    auto, _ = _resolve_precision("auto", torch.device("cpu"))
+    auto, auto_dtype = _resolve_precision("auto", torch.device("cpu"))
     try:
         import learn2learn as l2l
     except ImportError:
         l2l = None
         print("learn2learn not importable here: its column is skipped")
+    peaks = {"float32": matmul_peak(torch.float32)}
+    if auto != "float32":
+        peaks[auto] = matmul_peak(_PRECISIONS[auto])
     print(f"Conv-4 64, 5-way 1-shot, meta-batch {META_BATCH}, {args.threads} threads, "
-          f"median of {args.repeats}; tasks/s (higher is better)")
-    header = f"{'queries':>8}{'steps':>6}{'naive':>9}{'l2l':>9}{'ours fp32':>11}"
-    print(header + f"{'ours ' + auto:>16}{'auto/naive':>12}{'auto/l2l':>10}")
+          f"median of {args.repeats}; tasks/s (higher is better). Matmul peak: "
+          + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+    print(f"{'queries':>7}{'steps':>6}{'naive':>8}{'l2l':>8}{'loop32':>8}{'group32':>9}"
+          f"{'auto':>8}  {'fp32/l2l':>8}{'auto/l2l':>9}{'fp32 peak':>10}{'auto peak':>10}")
     for queries in (1, 15):
         tasks = _tasks(queries)
+        stacked = _Stacked(tasks)
         for steps in (1, 5):
-            # Same meta-gradient first (float32, per-sample BatchNorm statistics).
-            ours, _, _ = meta_gradient(TaskRunner(meta), tasks[:4], WAYS, ALPHA, steps)
-            ref = naive_meta_gradient(_plain_model(meta), tasks[:4], steps)
+            # The same meta-gradient everywhere first (float32).
+            few = _Stacked(tasks[:4])
+            ours, _, _ = meta_gradient(TaskRunner(meta), few, WAYS, ALPHA, steps)
             names = [n for n, _ in meta.named_parameters()]
             by_name = dict(zip(names, ours))
             ours_plain = [by_name["backbone." + n] for n, _ in meta.backbone.named_parameters()]
             ours_plain += [by_name["head_weight"], by_name["head_bias"]]
-            for a, b in zip(ours_plain, ref):
-                torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+            _check("naive", naive_meta_gradient(_plain_model(meta), tasks[:4], steps),
+                   ours_plain)
+            _check("grouped", grouped_meta_gradient(meta, few, WAYS, ALPHA, steps)[0], ours)
+            if l2l is not None:
+                maml = l2l.algorithms.MAML(_plain_model(meta), lr=ALPHA, first_order=True)
+                _check("l2l", l2l_meta_gradient(maml, tasks[:4], steps), ours_plain)
             rates = {}
             plain = _plain_model(meta)
             rates["naive"] = META_BATCH / _time(
@@ -130,15 +182,26 @@ def main(argv=None):
                 maml = l2l.algorithms.MAML(_plain_model(meta), lr=ALPHA, first_order=True)
                 rates["l2l"] = META_BATCH / _time(
                     lambda: l2l_meta_gradient(maml, tasks, steps), args.repeats)
-            for label, precision in (("fp32", "float32"), ("auto", auto)):
-                runner = TaskRunner(meta, _PRECISIONS[precision])
-                rates[label] = META_BATCH / _time(
-                    lambda: meta_gradient(runner, tasks, WAYS, ALPHA, steps), args.repeats)
+            runner = TaskRunner(meta)
+            loop32 = lambda: meta_gradient(runner, stacked, WAYS, ALPHA, steps)  # noqa: E731
+            group32 = lambda: grouped_meta_gradient(meta, stacked, WAYS, ALPHA, steps)  # noqa
+            rates["loop32"] = META_BATCH / _time(loop32, args.repeats)
+            rates["group32"] = META_BATCH / _time(group32, args.repeats)
+            # precision="auto", task_batching="auto" (grouped for this model).
+            if auto_dtype is None:
+                rates["auto"] = rates["group32"]
+            else:
+                rates["auto"] = META_BATCH / _time(lambda: grouped_meta_gradient(
+                    meta, stacked, WAYS, ALPHA, steps, autocast_dtype=auto_dtype),
+                    args.repeats)
+            flops = flops_per_task(loop32, META_BATCH)
+            best32 = max(rates["loop32"], rates["group32"])
             l2l_rate = rates.get("l2l", float("nan"))
-            print(f"{queries:>8}{steps:>6}{rates['naive']:>9.1f}{l2l_rate:>9.1f}"
-                  f"{rates['fp32']:>11.1f}{rates['auto']:>16.1f}"
-                  f"{rates['auto'] / rates['naive']:>12.2f}{rates['auto'] / l2l_rate:>10.2f}",
-                  flush=True)
+            print(f"{queries:>7}{steps:>6}{rates['naive']:>8.1f}{l2l_rate:>8.1f}"
+                  f"{rates['loop32']:>8.1f}{rates['group32']:>9.1f}{rates['auto']:>8.1f}  "
+                  f"{best32 / l2l_rate:>8.2f}{rates['auto'] / l2l_rate:>9.2f}"
+                  f"{100 * best32 * flops / 1e9 / peaks['float32']:>9.1f}%"
+                  f"{100 * rates['auto'] * flops / 1e9 / peaks[auto]:>9.1f}%", flush=True)
     return 0
 
 

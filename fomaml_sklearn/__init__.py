@@ -1,17 +1,33 @@
-"""First-Order MAML (FOMAML) meta-learning as scikit-learn estimators."""
+"""First-Order MAML (FOMAML) meta-learning as scikit-learn estimators.
 
-from .classifier import FOMAMLClassifier
-from .evaluation import FewShotResult
-from .model_selection import ClassKFold, ClassShuffleSplit, adapt, few_shot_scorer
+The public names are imported on first use, so ``import fomaml_sklearn`` (and
+the ``fomaml-sklearn --help`` command line) does not load torch and skorch.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "FOMAMLClassifier",
-    "FewShotResult",
-    "ClassKFold",
-    "ClassShuffleSplit",
-    "adapt",
-    "few_shot_scorer",
-    "__version__",
-]
+_PUBLIC = {
+    "FOMAMLClassifier": "classifier",
+    "FewShotResult": "evaluation",
+    "ClassKFold": "model_selection",
+    "ClassShuffleSplit": "model_selection",
+    "adapt": "model_selection",
+    "few_shot_scorer": "model_selection",
+}
+
+__all__ = [*_PUBLIC, "__version__"]
+
+
+def __getattr__(name):
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_PUBLIC])

@@ -26,6 +26,7 @@ from skorch.callbacks import PassthroughScoring
 
 from .episodes import EpisodeSampler
 from .evaluation import adapted_query_logits
+from .grouped import grouped_meta_gradient, supports_grouped
 from .learner import TaskRunner, meta_gradient
 
 __all__ = ["MetaBatch", "EpisodeLoader", "MetaTrainingNet"]
@@ -128,11 +129,14 @@ class MetaTrainingNet(NeuralNet):
         The update rule, a key of :data:`fomaml_sklearn.learner.ALGORITHMS`.
     adapt_body : bool
         Adapt the body on validation episodes (False for ANIL).
+    task_batching : {"auto", "loop", "grouped"}
+        Run the tasks of a meta-batch one by one or all at once
+        (:mod:`fomaml_sklearn.grouped`); ``"auto"`` groups where supported.
     """
 
     def __init__(self, module, *args, inner_lr=0.4, n_inner_steps=1, n_inner_steps_test=3,
                  transductive=False, autocast_dtype=None, algorithm="fomaml",
-                 adapt_body=True, **kwargs):
+                 adapt_body=True, task_batching="auto", **kwargs):
         super().__init__(module, *args, **kwargs)
         self.inner_lr = inner_lr
         self.n_inner_steps = n_inner_steps
@@ -141,6 +145,7 @@ class MetaTrainingNet(NeuralNet):
         self.autocast_dtype = autocast_dtype
         self.algorithm = algorithm
         self.adapt_body = adapt_body
+        self.task_batching = task_batching
 
     @property
     def _default_callbacks(self):
@@ -164,6 +169,15 @@ class MetaTrainingNet(NeuralNet):
 
     def fit_loop(self, X, y=None, epochs=None, **fit_params):
         # The scratch network lives only while training: it is not pickled.
+        supported = supports_grouped(self.module_, self.algorithm)
+        if self.task_batching == "grouped" and not supported:
+            raise ValueError(
+                "task_batching='grouped' runs algorithm='fomaml' with the built-in 'mlp' "
+                f"and 'conv4' backbones; got algorithm={self.algorithm!r} and a "
+                f"{type(self.module_.backbone).__name__} backbone. Use task_batching="
+                "'auto' (grouped where supported) or 'loop'."
+            )
+        self.grouped_ = supported and self.task_batching != "loop"
         self.runner_ = TaskRunner(self.module_, self.autocast_dtype)
         self.interrupted_ = False
         self._stopped_by_callback = False
@@ -179,10 +193,16 @@ class MetaTrainingNet(NeuralNet):
 
     def train_step_single(self, batch, **fit_params):
         self._set_training(True)
-        grads, loss, accuracy = meta_gradient(
-            self.runner_, batch, batch.n_classes, self.inner_lr,
-            self.n_inner_steps, self.transductive, self.algorithm,
-        )
+        if self.grouped_:
+            grads, loss, accuracy = grouped_meta_gradient(
+                self.module_, batch, batch.n_classes, self.inner_lr, self.n_inner_steps,
+                self.transductive, self.autocast_dtype,
+            )
+        else:
+            grads, loss, accuracy = meta_gradient(
+                self.runner_, batch, batch.n_classes, self.inner_lr,
+                self.n_inner_steps, self.transductive, self.algorithm,
+            )
         for param, grad in zip(self.module_.parameters(), grads):
             param.grad = grad
         self.history.record_batch("train_query_acc", accuracy)

@@ -156,15 +156,17 @@ def test_ctrl_c_keeps_a_usable_estimator_and_says_so(digits, monkeypatch):
     from fomaml_sklearn import _training
 
     calls = []
-    real = _training.meta_gradient
 
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
+    def interrupting(real):
+        def step(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 4:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+        return step
 
-    monkeypatch.setattr(_training, "meta_gradient", interrupted)
+    for name in ("meta_gradient", "grouped_meta_gradient"):  # whichever path runs
+        monkeypatch.setattr(_training, name, interrupting(getattr(_training, name)))
     X, y = digits
     clf = FOMAMLClassifier(**FAST)
     with pytest.warns(UserWarning, match="interrupted .*last completed meta-step") as record:
