@@ -1,6 +1,6 @@
 """
 Where the first-order approximation breaks: MAML vs FOMAML on a quadratic
-========================================================================
+=========================================================================
 
 On a 2-D quadratic task loss f(x) = 1/2 (x - 1/2)^T C (x - 1/2) + g^T x, MAML's
 meta-gradient is U'(x)^T grad f_query(phi) with U'(x) = (I - alpha C)^k for k

@@ -215,6 +215,17 @@ def build_backbone(module, n_features, *, input_shape=None,
     -------
     backbone : torch.nn.Module
         The feature extractor; ``backbone(x)`` returns a 2-D tensor.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fomaml_sklearn.backbones import build_backbone
+    >>> net = build_backbone("conv4", 784, n_filters=8)   # rows of 28x28 images
+    >>> net(torch.zeros(2, 784)).shape
+    torch.Size([2, 8])
+    >>> net = build_backbone("mlp", 64, hidden_layer_sizes=(32, 16))
+    >>> net(torch.zeros(3, 64)).shape
+    torch.Size([3, 16])
     """
     import copy
 

@@ -184,6 +184,18 @@ def fetch_omniglot(data_home=None, *, subset="all", image_size=28,
         labels; ``character``: the index within its file; ``subset_of``:
         "background" or "evaluation" per sample; ``alphabet``: per-sample
         alphabet names where the cache has them, else None; ``DESCR``.
+
+    See Also
+    --------
+    omniglot_split : Class-disjoint train / validation / test masks.
+    rotate_classes : Rotated copies as new classes (the MAML augmentation).
+
+    Examples
+    --------
+    >>> from fomaml_sklearn.datasets import fetch_omniglot
+    >>> data = fetch_omniglot(subset="background")  # doctest: +SKIP
+    >>> data.images.shape, data.target.max()  # doctest: +SKIP
+    ((19280, 1, 28, 28), np.int64(963))
     """
     if subset not in ("all", "background", "evaluation"):
         raise ValueError(
@@ -249,6 +261,17 @@ def omniglot_split(y, *, protocol="maml", n_train=1200, n_val=0, subset_of=None,
     Returns
     -------
     train, val, test : ndarray of bool of shape (n_samples,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fomaml_sklearn.datasets import omniglot_split
+    >>> y = np.repeat(np.arange(10), 2)               # 10 characters, 2 drawings each
+    >>> train, val, test = omniglot_split(y, n_train=6, n_val=2)
+    >>> [np.unique(y[mask]).size for mask in (train, val, test)]
+    [4, 2, 4]
+    >>> np.intersect1d(y[train], y[test]).size
+    0
     """
     y = np.asarray(y)
     if protocol == "lake":
@@ -286,6 +309,15 @@ def rotate_classes(X, y, rotations=(0, 90, 180, 270)):
     X_rot : ndarray of shape (n * len(rotations), C, H, W)
     y_rot : ndarray of shape (n * len(rotations),)
         Label ``y * len(rotations) + k`` for rotation number ``k``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fomaml_sklearn.datasets import rotate_classes
+    >>> X, y = np.zeros((2, 1, 28, 28)), np.array([0, 1])
+    >>> X_rot, y_rot = rotate_classes(X, y)
+    >>> X_rot.shape, y_rot
+    ((8, 1, 28, 28), array([0, 4, 1, 5, 2, 6, 3, 7]))
     """
     y = np.asarray(y)
     if any(r % 90 for r in rotations):

@@ -23,10 +23,12 @@ class EpisodeShape:
 
     @property
     def n_support(self):
+        """Support examples per episode, ``n_ways * k_shot``."""
         return self.n_ways * self.k_shot
 
     @property
     def n_queries(self):
+        """Query examples per episode, ``n_ways * n_query``."""
         return self.n_ways * self.n_query
 
 
@@ -83,6 +85,17 @@ def resolve_episode_shape(class_counts, n_ways, k_shot, n_query, class_names=Non
     ------
     ValueError
         With fewer than two classes, or a class with fewer than two examples.
+
+    Examples
+    --------
+    >>> from fomaml_sklearn.episodes import resolve_episode_shape
+    >>> shape, message = resolve_episode_shape([20, 20, 5], n_ways=5, k_shot=1, n_query=15)
+    >>> shape
+    EpisodeShape(n_ways=3, k_shot=1, n_query=4)
+    >>> print(message)  # doctest: +NORMALIZE_WHITESPACE
+    The data allows smaller episodes than requested: using n_ways=3, k_shot=1,
+    n_query=4 instead of n_ways=5, k_shot=1, n_query=15 (3 classes; the smallest,
+    2, has 5 examples).
     """
     counts = np.asarray(class_counts)
     names = np.arange(len(counts)) if class_names is None else np.asarray(class_names)
@@ -128,6 +141,19 @@ class EpisodeSampler:
         Episode shape; it must fit the data (see :func:`resolve_episode_shape`).
     rng : numpy.random.Generator
         The source of randomness.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fomaml_sklearn.episodes import EpisodeSampler, EpisodeShape
+    >>> y = np.repeat(np.arange(4), 5)            # 4 classes of 5 examples
+    >>> sampler = EpisodeSampler(y, EpisodeShape(n_ways=2, k_shot=1, n_query=2),
+    ...                          np.random.default_rng(0))
+    >>> batch = sampler.sample(3)                  # 3 tasks
+    >>> batch.support_idx.shape, batch.query_idx.shape
+    ((3, 2), (3, 4))
+    >>> batch.support_y, batch.query_y
+    (array([0, 1]), array([0, 0, 1, 1]))
     """
 
     def __init__(self, y, shape, rng):

@@ -66,6 +66,20 @@ class ClassKFold(_ClassSplitter):
         Shuffle the classes before assigning them to folds.
     random_state : int, RandomState instance or None, default=None
         Seed of the shuffle.
+
+    See Also
+    --------
+    ClassShuffleSplit : Random class-disjoint splits.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fomaml_sklearn import ClassKFold
+    >>> X, y = np.zeros((8, 1)), np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    >>> for train, test in ClassKFold(2).split(X, y):
+    ...     print(np.unique(y[test]).size, np.intersect1d(y[train], y[test]).size)
+    2 0
+    2 0
     """
 
     def __init__(self, n_splits=5, *, shuffle=False, random_state=None):
@@ -90,6 +104,22 @@ class ClassShuffleSplit(_ClassSplitter):
         Fraction or number of classes in the training set; None: the rest.
     random_state : int, RandomState instance or None, default=None
         Seed.
+
+    See Also
+    --------
+    ClassKFold : K-fold cross-validation with class-disjoint folds.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fomaml_sklearn import ClassShuffleSplit
+    >>> X, y = np.zeros((8, 1)), np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    >>> cv = ClassShuffleSplit(3, test_size=0.25, random_state=0)
+    >>> for train, test in cv.split(X, y):
+    ...     print(np.unique(y[test]).size, np.intersect1d(y[train], y[test]).size)
+    1 0
+    1 0
+    1 0
     """
 
     def __init__(self, n_splits=5, *, test_size=0.2, train_size=None, random_state=None):
@@ -158,6 +188,23 @@ def adapt(model, X_support, y_support):
     Returns
     -------
     model : the same object, adapted
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn.preprocessing import StandardScaler
+    >>> from fomaml_sklearn import FOMAMLClassifier, adapt
+    >>> X, y = load_digits(return_X_y=True)
+    >>> pipe = make_pipeline(StandardScaler(), FOMAMLClassifier(
+    ...     max_epochs=1, meta_batches_per_epoch=5, random_state=0))
+    >>> pipe = pipe.fit(X[y < 6], y[y < 6])
+    >>> support = [list(y).index(c) for c in (6, 7, 8)]   # one example per new class
+    >>> pipe = adapt(pipe, X[support], y[support])        # scaled, then adapted
+    >>> pipe[-1].classes_
+    array([6, 7, 8])
+    >>> set(pipe.predict(X[y >= 6]).tolist()) <= {6, 7, 8}
+    True
     """
     estimator, Xt = final_estimator(model, X_support)
     estimator.adapt(Xt, y_support)
@@ -185,6 +232,18 @@ def few_shot_scorer(n_ways=5, k_shot=1, n_query=15, n_episodes=100, random_state
     -------
     scorer : callable
         ``scorer(estimator, X, y) -> float``.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from sklearn.model_selection import cross_val_score
+    >>> from fomaml_sklearn import ClassKFold, FOMAMLClassifier, few_shot_scorer
+    >>> X, y = load_digits(return_X_y=True)
+    >>> clf = FOMAMLClassifier(max_epochs=1, meta_batches_per_epoch=5, random_state=0)
+    >>> scores = cross_val_score(clf, X, y, cv=ClassKFold(2),
+    ...                          scoring=few_shot_scorer(3, 1, n_episodes=10))
+    >>> scores.shape
+    (2,)
     """
 
     def scorer(estimator, X, y):
