@@ -72,7 +72,8 @@ def _resolve_precision(precision, device):
     """Return the precision name and the autocast dtype (None for float32)."""
     if precision == "auto":
         if device.type == "cuda":
-            fast = torch.cuda.is_bf16_supported()
+            # Native bf16 only: emulated bf16 on older GPUs is slow.
+            fast = torch.cuda.is_bf16_supported(including_emulation=False)
         else:
             fast = _cpu_has_fast_bf16()
         precision = "bfloat16" if fast else "float32"
@@ -228,7 +229,10 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         If True and the estimator is already meta-trained, ``fit`` continues
         from the current meta-parameters and meta-optimizer state (and the
         episode generator) for another ``max_epochs`` epochs, instead of
-        starting afresh. The data must have the same features.
+        starting afresh. The data must have the same features; the network
+        (``module``, backbone options, ``head``), ``device``, optimizer and
+        callbacks of the first ``fit`` are kept, while the episode shape and
+        the inner-loop settings follow the current parameters.
     device : {"auto", "cpu", "cuda"} or str, default="auto"
         Where the network runs; ``"auto"`` takes a GPU if there is one.
     callbacks : list of skorch callbacks or None, default=None
@@ -253,7 +257,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         ``y_support`` after ``adapt``).
     n_features_in_ : int
         Number of features seen during ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Names of features seen during ``fit``; only when ``X`` has them.
     episode_shape_ : EpisodeShape
         The episode shape used for meta-training.

@@ -511,9 +511,7 @@ def cmd_train(args):
     with contextlib.redirect_stdout(sys.stderr):
         clf.fit(X, y)
     seconds = time.perf_counter() - start
-    n_steps = getattr(clf, "n_meta_steps_", None)
-    if n_steps is None:
-        n_steps = sum(len(epoch["batches"]) for epoch in clf.history_)
+    n_steps = clf.n_meta_steps_
     _save_model(clf, args.output)
     s = clf.episode_shape_
     _info(args, f"Meta-trained for {n_steps} meta-steps of {args.meta_batch_size} "

@@ -11,7 +11,14 @@ import numpy as np
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 from sklearn.model_selection._split import BaseCrossValidator
 
-__all__ = ["ClassKFold", "ClassShuffleSplit", "few_shot_scorer", "adapt", "final_estimator"]
+__all__ = [
+    "ClassKFold",
+    "ClassShuffleSplit",
+    "FewShotScorer",
+    "few_shot_scorer",
+    "adapt",
+    "final_estimator",
+]
 
 
 class _ClassSplitter(BaseCrossValidator):
@@ -230,8 +237,9 @@ def few_shot_scorer(n_ways=5, k_shot=1, n_query=15, n_episodes=100, random_state
 
     Returns
     -------
-    scorer : callable
-        ``scorer(estimator, X, y) -> float``.
+    scorer : FewShotScorer
+        ``scorer(estimator, X, y) -> float``; picklable, so search objects
+        that use it can be saved.
 
     Examples
     --------
@@ -246,11 +254,38 @@ def few_shot_scorer(n_ways=5, k_shot=1, n_query=15, n_episodes=100, random_state
     (2,)
     """
 
-    def scorer(estimator, X, y):
+    return FewShotScorer(n_ways, k_shot, n_query, n_episodes, random_state)
+
+
+class FewShotScorer:
+    """Mean episodic accuracy of one episode shape; see :func:`few_shot_scorer`.
+
+    A module-level class (not a closure) so that it pickles with the search
+    objects that hold it.
+
+    Parameters
+    ----------
+    n_ways, k_shot, n_query : int
+        Episode shape.
+    n_episodes : int
+        Number of episodes.
+    random_state : int
+        Seed of the episodes.
+    """
+
+    def __init__(self, n_ways, k_shot, n_query, n_episodes, random_state):
+        self.n_ways, self.k_shot, self.n_query = n_ways, k_shot, n_query
+        self.n_episodes, self.random_state = n_episodes, random_state
+        self.__name__ = f"few_shot_{n_ways}w{k_shot}s"
+
+    def __call__(self, estimator, X, y):
         final, Xt = final_estimator(estimator, X)
-        result = final.evaluate(Xt, y, n_ways=n_ways, k_shot=k_shot, n_query=n_query,
-                                n_episodes=n_episodes, random_state=random_state)
+        result = final.evaluate(Xt, y, n_ways=self.n_ways, k_shot=self.k_shot,
+                                n_query=self.n_query, n_episodes=self.n_episodes,
+                                random_state=self.random_state)
         return result.mean
 
-    scorer.__name__ = f"few_shot_{n_ways}w{k_shot}s"
-    return scorer
+    def __repr__(self):
+        return (f"few_shot_scorer(n_ways={self.n_ways}, k_shot={self.k_shot}, "
+                f"n_query={self.n_query}, n_episodes={self.n_episodes}, "
+                f"random_state={self.random_state})")

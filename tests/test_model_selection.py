@@ -1,6 +1,7 @@
 """Class-disjoint splitters, few-shot scorers, adapting composed models."""
 
 import copy
+import pickle
 
 import numpy as np
 import pytest
@@ -97,6 +98,10 @@ def test_grid_search_with_class_folds_and_two_shapes_then_adapt(data):
     support = np.concatenate([np.flatnonzero(y == c)[:1] for c in (0, 5, 9)])
     adapt(search, X[support], y[support])
     assert set(search.predict(X[:20])) <= {0, 5, 9}
+    # The whole search, scorers included, can be saved and reloaded.
+    loaded = pickle.loads(pickle.dumps(search))
+    np.testing.assert_array_equal(loaded.predict(X[:20]), search.predict(X[:20]))
+    assert loaded.scorer_["5w1s"](loaded, X, y) == search.scorer_["5w1s"](search, X, y)
 
 
 def test_cross_validate_in_a_pipeline_without_groups(data):
