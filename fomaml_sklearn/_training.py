@@ -131,7 +131,8 @@ class MetaTrainingNet(NeuralNet):
         Adapt the body on validation episodes (False for ANIL).
     task_batching : {"auto", "loop", "grouped"}
         Run the tasks of a meta-batch one by one or all at once
-        (:mod:`fomaml_sklearn.grouped`); ``"auto"`` groups where supported.
+        (:mod:`fomaml_sklearn.grouped`); ``"auto"`` groups on a GPU where
+        supported and loops on a CPU, where the loop was measured faster.
     """
 
     def __init__(self, module, *args, inner_lr=0.4, n_inner_steps=1, n_inner_steps_test=3,
@@ -177,7 +178,9 @@ class MetaTrainingNet(NeuralNet):
                 f"{type(self.module_.backbone).__name__} backbone. Use task_batching="
                 "'auto' (grouped where supported) or 'loop'."
             )
-        self.grouped_ = supported and self.task_batching != "loop"
+        on_gpu = torch.device(self.device).type == "cuda"
+        self.grouped_ = supported and (
+            self.task_batching == "grouped" or (self.task_batching == "auto" and on_gpu))
         self.runner_ = TaskRunner(self.module_, self.autocast_dtype)
         self.interrupted_ = False
         self._stopped_by_callback = False

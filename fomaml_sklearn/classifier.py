@@ -218,10 +218,10 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         task after the other. ``"grouped"``: all tasks at once, one grouped
         convolution / batched matrix product per layer (FOMAML with the
         ``"mlp"`` and ``"conv4"`` backbones; the same meta-gradient, more
-        memory). ``"auto"``: grouped where it is supported, the loop
-        otherwise (grouped was 1.2-4.8x faster on a 2-core CPU in float32,
-        and is the design for GPUs, where many tiny per-task kernels leave
-        the device idle); ``task_batching_`` says which ran.
+        memory). ``"auto"``: grouped on a GPU where it is supported (many tiny
+        per-task kernels leave a GPU idle), the loop on a CPU (on a 2-core
+        CPU grouped was 1.2-1.4x faster with 1 query per class but 0.8x with
+        5 and 0.5x with 15); ``task_batching_`` says which ran.
     adapt_on_fit : bool, default=True
         Adapt to all classes of ``y`` at the end of ``fit``. Set to False when
         meta-training on many classes only to call ``adapt`` later.

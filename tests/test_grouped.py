@@ -70,8 +70,9 @@ def test_estimator_trains_identically_with_grouped_and_looped_tasks():
     grouped = FOMAMLClassifier(task_batching="grouped", **params).fit(X[y < 6], y[y < 6])
     loop = FOMAMLClassifier(task_batching="loop", **params).fit(X[y < 6], y[y < 6])
     auto = FOMAMLClassifier(**params).fit(X[y < 6], y[y < 6])
+    # On a CPU "auto" takes the loop (measured faster there except with 1 query).
     assert (grouped.task_batching_, loop.task_batching_, auto.task_batching_) == (
-        "grouped", "loop", "grouped")
+        "grouped", "loop", "loop")
     for (name, a), b in zip(grouped.meta_model_.named_parameters(),
                             loop.meta_model_.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
