@@ -69,6 +69,7 @@ def run_ours(args, data, episodes):
     from skorch.callbacks import Callback
 
     from fomaml_sklearn import FOMAMLClassifier
+    from fomaml_sklearn._training import meta_steps_per_epoch
 
     X_train, y_train, X_test, y_test = data
     clock, curve = Clock(), []
@@ -77,7 +78,7 @@ def run_ours(args, data, episodes):
 
     class Score(Callback):
         def on_epoch_end(self, net, **kwargs):
-            steps = sum(1 for e in net.history for b in e["batches"] if "train_loss" in b)
+            steps = sum(meta_steps_per_epoch(net.history))
             clf.meta_model_ = net.module_  # score the current initialisation
             clf.device_, clf.precision_ = net.device, precision
             clf.inner_lr_ = clf._resolved_inner_lr()

@@ -29,7 +29,16 @@ from .evaluation import adapted_query_logits
 from .grouped import grouped_meta_gradient, supports_grouped
 from .learner import TaskRunner, meta_gradient
 
-__all__ = ["MetaBatch", "EpisodeLoader", "MetaTrainingNet"]
+__all__ = ["MetaBatch", "EpisodeLoader", "MetaTrainingNet", "meta_steps_per_epoch"]
+
+
+def meta_steps_per_epoch(history):
+    """Meta-steps (training batches) recorded in each epoch of a skorch history.
+
+    Validation batches share an epoch's ``batches`` list; only training
+    batches carry ``train_loss``.
+    """
+    return [sum(1 for batch in epoch["batches"] if "train_loss" in batch) for epoch in history]
 
 
 class MetaBatch:

@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from skorch.dataset import Dataset
 from skorch.helper import predefined_split
 
-from ._training import EpisodeLoader, MetaTrainingNet
+from ._training import EpisodeLoader, MetaTrainingNet, meta_steps_per_epoch
 from .backbones import build_backbone
 from .episodes import resolve_episode_shape
 from .evaluation import (
@@ -533,6 +533,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
             task_batching=self.task_batching,
             **valid_params,
         )
+        input_shape = self.input_shape if self.input_shape is not None else image_shape
         X_train = X_t if train_mask.all() else X_t[torch.as_tensor(train_mask, device=device)]
         with self._seed_scope(device):
             torch.manual_seed(torch_seed)
@@ -542,7 +543,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
                     setattr(net, name, value)
                 net.partial_fit(X_train, train_codes)
             else:
-                net = self._build_net(X.shape[1], image_shape, shape, optimizer_cls, device,
+                net = self._build_net(X.shape[1], input_shape, shape, optimizer_cls, device,
                                       np.random.default_rng(episode_seed), net_params)
                 net.fit(X_train, train_codes)
         # The validation data is not kept in the fitted estimator.
@@ -560,16 +561,14 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         self.net_ = net
         self.history_ = net.history
         self.meta_model_ = net.module_
-        self.n_meta_steps_ = sum(
-            1 for epoch in net.history for batch in epoch["batches"] if "train_loss" in batch
-        )
+        self.n_meta_steps_ = sum(meta_steps_per_epoch(net.history))
         self.episode_shape_ = shape
         self.device_ = device
         self.precision_ = precision
         self.inner_lr_ = self._resolved_inner_lr()
         self.task_batching_ = "grouped" if net.grouped_ else "loop"
         if not warm:
-            self.input_shape_ = self.input_shape if self.input_shape is not None else image_shape
+            self.input_shape_ = input_shape
         if self.adapt_on_fit:
             self._adapt_codes(X_t, codes, classes)
         else:
@@ -577,10 +576,9 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
             self.task_model_ = None
         return self
 
-    def _build_net(self, n_features, image_shape, shape, optimizer_cls, device, episode_rng,
+    def _build_net(self, n_features, input_shape, shape, optimizer_cls, device, episode_rng,
                    net_params):
         """A new meta-model (initialised from torch's seeded RNG) in a new skorch net."""
-        input_shape = self.input_shape if self.input_shape is not None else image_shape
         backbone = build_backbone(
             self.module,
             n_features,

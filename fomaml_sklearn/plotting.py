@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from ._training import meta_steps_per_epoch
+
 __all__ = ["plot_history", "plot_episode"]
 
 
@@ -65,9 +67,7 @@ def plot_history(estimator, axes=None):
     else:
         fig = axes[0].figure
     # x: meta-steps done at the end of each epoch.
-    steps = np.cumsum([
-        sum(1 for batch in epoch["batches"] if "train_loss" in batch) for epoch in history
-    ])
+    steps = np.cumsum(meta_steps_per_epoch(history))
     loss_ax, acc_ax = axes
     for key, label, ax in [
         ("train_loss", "meta-training query loss", loss_ax),
