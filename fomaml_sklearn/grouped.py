@@ -113,16 +113,21 @@ def _grouped_forward(backbone, params, x, stats=None):
     return x, used
 
 
+def _prototype_heads(feats, y, n_classes):
+    """Prototype heads ``(T, N, d)``, ``(T, N)`` of features ``(n, T, d)``."""
+    f = feats.float().transpose(0, 1)  # (T, n, d)
+    protos = torch.zeros(f.shape[0], n_classes, f.shape[2], device=f.device, dtype=f.dtype)
+    protos = protos.index_add(1, y, f)
+    counts = torch.bincount(y, minlength=n_classes).clamp_min(1).to(f.dtype)
+    protos = protos / counts[:, None]
+    return 2 * protos, -(protos**2).sum(2)
+
+
 def _initial_heads(meta, feats, y, n_classes):
     """Task heads ``(T, N, d)`` and ``(T, N)`` at theta, as leaves requiring grad."""
     T = feats.shape[1]
     if meta.head == "prototype":
-        f = feats.detach().float().transpose(0, 1)  # (T, n, d)
-        protos = torch.zeros(T, n_classes, f.shape[2], device=f.device)
-        protos.index_add_(1, y, f)
-        counts = torch.bincount(y, minlength=n_classes).clamp_min(1)
-        protos /= counts[:, None]
-        weight, bias = 2 * protos, -(protos**2).sum(2)
+        weight, bias = _prototype_heads(feats.detach(), y, n_classes)
     else:
         rows = meta.head_rows(n_classes)
         weight = meta.head_weight.detach()[rows].expand(T, -1, -1)
@@ -183,6 +188,7 @@ def grouped_meta_gradient(meta_model, batch, n_classes, inner_lr, n_steps,
     autocast = (contextlib.nullcontext if autocast_dtype is None else
                 lambda: torch.autocast(device_type=device, dtype=autocast_dtype))
 
+    prototypes = meta_model.head == "prototype"
     weight = bias = None
     for step in range(max(n_steps, 1)):
         with torch.set_grad_enabled(n_steps > 0):
@@ -190,6 +196,13 @@ def grouped_meta_gradient(meta_model, batch, n_classes, inner_lr, n_steps,
                 feats, stats = _grouped_forward(backbone, phi, xs)
             if weight is None:
                 weight, bias = _initial_heads(meta_model, feats, ys, n_classes)
+                if prototypes:
+                    # The prototypes at theta with a graph to theta, the support
+                    # statistics held constant (learner.prototype_head_graph).
+                    with torch.enable_grad(), autocast():
+                        expanded = [p.unsqueeze(0).expand((T,) + p.shape) for p in theta]
+                        f0, _ = _grouped_forward(backbone, expanded, xs, stats)
+                        w0, b0 = _prototype_heads(f0, ys, n_classes)
             if n_steps == 0:
                 break
             loss, _ = _summed_loss(feats, weight, bias, ys)
@@ -206,6 +219,9 @@ def grouped_meta_gradient(meta_model, batch, n_classes, inner_lr, n_steps,
     loss, logits = _summed_loss(feats_q, weight, bias, yq)
     g = torch.autograd.grad(loss, phi + [weight, bias])
     grads = {p: gi.mean(0) for p, gi in zip(theta, g[:-2])}
+    if prototypes:
+        through = torch.autograd.grad((w0, b0), theta, grad_outputs=g[-2:])
+        grads = {p: gp + t / T for (p, gp), t in zip(grads.items(), through)}
     if meta_model.head != "prototype":
         rows = meta_model.head_rows(n_classes)
         grads[meta_model.head_weight] = torch.zeros_like(meta_model.head_weight).index_add_(

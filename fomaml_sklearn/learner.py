@@ -18,8 +18,19 @@ meta-learned head initialisation provides them:
   MAML paper; task class ``j`` starts from row ``j % n_rows``.
 - ``"prototype"``: rows built from the support embeddings at ``theta``
   (``w_j = 2 mu_j``, ``b_j = -|mu_j|^2``, as in Proto-MAML), no head
-  meta-parameters. The first-order rule treats this initialisation as a
-  constant.
+  meta-parameters.
+
+First order with a head built from ``theta``. ``phi = U(theta)`` starts from
+the initial head ``h0(theta)``; FOMAML sets the Jacobian of the inner SGD
+steps to the identity, not that of ``h0``. For the ``"shared"``/``"fixed"``
+heads ``h0`` copies rows (its Jacobian sums the task rows' gradients). For
+the prototype head the query gradient of the head flows back through the
+prototypes into the body, as in fo-Proto-MAML (Triantafillou et al., 2020):
+``g = grad_body L(phi) + (d h0 / d theta)^T grad_head L(phi)``. The
+prototypes are differentiated with the support BatchNorm statistics held
+constant, as the queries are (:meth:`TaskRunner.prototype_head_graph`). On
+Omniglot 5-way 1-shot this took accuracy after 600 meta-steps from 88.8 %
+(prototypes as constants) to 94.9 % (``docs/design.md``).
 """
 
 import copy
@@ -181,6 +192,7 @@ class TaskRunner:
             isinstance(m, SupportBatchNorm) for m in self.scratch.modules()
         )
         self.autocast_dtype = autocast_dtype
+        self.initial_head_graph = None
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -201,7 +213,37 @@ class TaskRunner:
             for b, mb in zip(self._buffers, self._meta_buffers):
                 b.copy_(mb)
 
-    def adapt(self, x_support, y_support, n_classes, inner_lr, n_steps, adapt_body=True):
+    def prototype_head_graph(self, x_support, y_support, n_classes):
+        """Prototype head at ``theta``, differentiable with respect to ``theta``.
+
+        The backbone runs with the meta-parameters themselves and, in its
+        BatchNorm layers, the support statistics the scratch backbone has
+        just recorded (held constant, as for the queries). Call it while the
+        scratch statistics are those at ``theta``.
+
+        Returns
+        -------
+        weight, bias : torch.Tensor
+            ``(n_classes, d)`` and ``(n_classes,)``, with a graph to
+            ``meta_model.backbone``'s parameters.
+        """
+        body = self.meta_model.backbone
+        tensors = dict(body.named_parameters())
+        tensors.update({name: b.detach().clone() for name, b in
+                        zip((n for n, _ in body.named_buffers()), self._buffers)})
+        was_training = body.training
+        body.eval()
+        try:
+            with torch.enable_grad():
+                with self._autocast():
+                    feats = torch.func.functional_call(body, tensors, (x_support,))
+                return _initial_head_with_graph(self.meta_model, feats.float(), y_support,
+                                                n_classes)
+        finally:
+            body.train(was_training)
+
+    def adapt(self, x_support, y_support, n_classes, inner_lr, n_steps, adapt_body=True,
+              prototype_graph=False):
         """Adapt from ``theta`` on a support set; return the task head.
 
         The scratch backbone holds the adapted body afterwards, and its
@@ -219,6 +261,10 @@ class TaskRunner:
             SGD steps (0: the initial head, the body at theta).
         adapt_body : bool, default=True
             If False, only the head is trained (ANIL); the body stays at theta.
+        prototype_graph : bool, default=False
+            Also keep the prototype head at ``theta`` with its graph in
+            ``initial_head_graph`` (see :meth:`prototype_head_graph`), for
+            the first-order gradient through the prototypes.
 
         Returns
         -------
@@ -245,6 +291,9 @@ class TaskRunner:
                     feats = self.scratch(x_support)
                 if weight is None:
                     weight, bias = self.meta_model.initial_head(feats, y_support, n_classes)
+                    if prototype_graph:
+                        self.initial_head_graph = self.prototype_head_graph(
+                            x_support, y_support, n_classes)
                 if not grad_enabled:
                     break
                 logits = F.linear(feats.float(), weight, bias)
@@ -298,14 +347,23 @@ def _head_rows_grads(meta, n_classes, grad_weight, grad_bias, grads):
 
 
 def _fomaml_task(runner, x_s, y_s, x_q, y_q, n_classes, inner_lr, n_steps, transductive):
-    """FOMAML: ``grad L_query(phi)``, phi = k SGD steps on the support loss."""
-    weight, bias = runner.adapt(x_s, y_s, n_classes, inner_lr, n_steps)
+    """FOMAML: ``grad L_query(phi)``, phi = k SGD steps on the support loss;
+    with the prototype head, plus the head's gradient through the prototypes."""
+    prototypes = runner.meta_model.head == "prototype"
+    weight, bias = runner.adapt(x_s, y_s, n_classes, inner_lr, n_steps,
+                                prototype_graph=prototypes)
     logits = runner.query_logits(x_q, weight, bias, transductive)
     loss = runner.loss_fn(logits, y_q)
     params = runner._params
     g = torch.autograd.grad(loss, params + [weight, bias])
     grads = dict(zip(runner._meta_params, g[:-2]))
     grads = _head_rows_grads(runner.meta_model, n_classes, g[-2], g[-1], grads)
+    if prototypes:
+        w0, b0 = runner.initial_head_graph
+        runner.initial_head_graph = None
+        through = torch.autograd.grad((w0, b0), runner._meta_params, grad_outputs=g[-2:])
+        for p, gp in zip(runner._meta_params, through):
+            grads[p] = grads[p] + gp
     return _TaskResult(grads, loss.detach(), _n_correct(logits, y_q))
 
 

@@ -19,7 +19,11 @@ _tasks = make_tasks
 
 def _reference_meta_gradient(meta, tasks, n_ways, alpha, steps, transductive=False):
     """Copy the model per task, SGD on the support set with torch.optim.SGD,
-    gradient of the query loss at the adapted weights, averaged over tasks."""
+    gradient of the query loss at the adapted weights, averaged over tasks.
+
+    Prototype head: plus the head's gradient carried back through the
+    prototypes at theta, computed with the support statistics at theta held
+    constant (a second copy of the body in evaluation mode)."""
     total = {name: torch.zeros_like(p) for name, p in meta.named_parameters()}
     for xs, ys, xq, yq in tasks:
         body = copy.deepcopy(meta.backbone).train()
@@ -27,9 +31,13 @@ def _reference_meta_gradient(meta, tasks, n_ways, alpha, steps, transductive=Fal
         with torch.no_grad():
             if meta.head == "prototype":
                 feats = body(xs)
-                protos = torch.stack([feats[ys == c].mean(0) for c in range(n_ways)])
-                head.weight.copy_(2 * protos)
-                head.bias.copy_(-(protos**2).sum(1))
+                at_theta = copy.deepcopy(body).eval()  # holds the support statistics
+                with torch.enable_grad():
+                    f0 = at_theta(xs)
+                    protos = torch.stack([f0[ys == c].mean(0) for c in range(n_ways)])
+                    w0, b0 = 2 * protos, -(protos**2).sum(1)
+                head.weight.copy_(w0)
+                head.bias.copy_(b0)
             else:
                 rows = torch.arange(n_ways) % meta.head_weight.shape[0]
                 head.weight.copy_(meta.head_weight[rows])
@@ -46,7 +54,12 @@ def _reference_meta_gradient(meta, tasks, n_ways, alpha, steps, transductive=Fal
         F.cross_entropy(head(body(xq)), yq).backward()
         for (name, _), p in zip(meta.backbone.named_parameters(), body.parameters()):
             total["backbone." + name] += p.grad
-        if meta.head != "prototype":
+        if meta.head == "prototype":
+            through = torch.autograd.grad((w0, b0), list(at_theta.parameters()),
+                                          (head.weight.grad, head.bias.grad))
+            for (name, _), gp in zip(meta.backbone.named_parameters(), through):
+                total["backbone." + name] += gp
+        else:
             rows = torch.arange(n_ways) % meta.head_weight.shape[0]
             total["head_weight"].index_add_(0, rows, head.weight.grad)
             total["head_bias"].index_add_(0, rows, head.bias.grad)
