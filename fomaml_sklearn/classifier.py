@@ -161,7 +161,8 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         Initialisation of the task head, which has one row per class, so a
         task may have any number of classes. ``"prototype"``: rows from the
         support-class mean embeddings (Proto-MAML; the most accurate in our
-        measurements). ``"shared"``: one meta-learned row copied for every
+        measurements); with ``"fomaml"`` the head's query gradient also
+        flows back through the prototypes into the body (fo-Proto-MAML). ``"shared"``: one meta-learned row copied for every
         class (under cross-entropy this is a zero-initialised head).
         ``"fixed"``: the classic ``n_ways``-row head of the MAML paper (class
         ``j`` of a task starts from row ``j % n_ways``).
