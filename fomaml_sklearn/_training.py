@@ -27,7 +27,7 @@ from skorch.callbacks import PassthroughScoring
 from .episodes import EpisodeSampler
 from .evaluation import adapted_query_logits
 from .grouped import grouped_meta_gradient, supports_grouped
-from .learner import TaskRunner, meta_gradient
+from .learner import TaskRunner, meta_gradient, resolve_prototype_gradient
 
 __all__ = ["MetaBatch", "EpisodeLoader", "MetaTrainingNet", "meta_steps_per_epoch"]
 
@@ -142,11 +142,15 @@ class MetaTrainingNet(NeuralNet):
         Run the tasks of a meta-batch one by one or all at once
         (:mod:`fomaml_sklearn.grouped`); ``"auto"`` groups on a GPU where
         supported and loops on a CPU, where the loop was measured faster.
+    prototype_gradient : {"auto", True, False}
+        FOMAML with the prototype head: carry the head's gradient back
+        through the prototypes; ``"auto"``: for convolutional backbones.
+        ``prototype_gradient_`` holds the resolved value.
     """
 
     def __init__(self, module, *args, inner_lr=0.4, n_inner_steps=1, n_inner_steps_test=3,
                  transductive=False, autocast_dtype=None, algorithm="fomaml",
-                 adapt_body=True, task_batching="auto", **kwargs):
+                 adapt_body=True, task_batching="auto", prototype_gradient="auto", **kwargs):
         super().__init__(module, *args, **kwargs)
         self.inner_lr = inner_lr
         self.n_inner_steps = n_inner_steps
@@ -156,6 +160,7 @@ class MetaTrainingNet(NeuralNet):
         self.algorithm = algorithm
         self.adapt_body = adapt_body
         self.task_batching = task_batching
+        self.prototype_gradient = prototype_gradient
 
     @property
     def _default_callbacks(self):
@@ -190,7 +195,10 @@ class MetaTrainingNet(NeuralNet):
         on_gpu = torch.device(self.device).type == "cuda"
         self.grouped_ = supported and (
             self.task_batching == "grouped" or (self.task_batching == "auto" and on_gpu))
-        self.runner_ = TaskRunner(self.module_, self.autocast_dtype)
+        self.prototype_gradient_ = resolve_prototype_gradient(
+            self.prototype_gradient, self.module_.backbone)
+        self.runner_ = TaskRunner(self.module_, self.autocast_dtype,
+                                  prototype_gradient=self.prototype_gradient_)
         self.interrupted_ = False
         self._stopped_by_callback = False
         try:
@@ -208,7 +216,7 @@ class MetaTrainingNet(NeuralNet):
         if self.grouped_:
             grads, loss, accuracy = grouped_meta_gradient(
                 self.module_, batch, batch.n_classes, self.inner_lr, self.n_inner_steps,
-                self.transductive, self.autocast_dtype,
+                self.transductive, self.autocast_dtype, self.prototype_gradient_,
             )
         else:
             grads, loss, accuracy = meta_gradient(

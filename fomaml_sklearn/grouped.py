@@ -144,7 +144,7 @@ def _summed_loss(feats, weight, bias, y):
 
 
 def grouped_meta_gradient(meta_model, batch, n_classes, inner_lr, n_steps,
-                          transductive=False, autocast_dtype=None):
+                          transductive=False, autocast_dtype=None, prototype_gradient=True):
     """FOMAML meta-gradient of a meta-batch, all tasks in one pass per layer.
 
     The same result as :func:`fomaml_sklearn.learner.meta_gradient` with
@@ -168,6 +168,9 @@ def grouped_meta_gradient(meta_model, batch, n_classes, inner_lr, n_steps,
         Normalise the queries with their own batch statistics.
     autocast_dtype : torch.dtype or None, default=None
         Mixed precision for the forward passes.
+    prototype_gradient : bool, default=True
+        With the prototype head, add the head's gradient carried back
+        through the prototypes (as ``TaskRunner(prototype_gradient=...)``).
 
     Returns
     -------
@@ -188,7 +191,7 @@ def grouped_meta_gradient(meta_model, batch, n_classes, inner_lr, n_steps,
     autocast = (contextlib.nullcontext if autocast_dtype is None else
                 lambda: torch.autocast(device_type=device, dtype=autocast_dtype))
 
-    prototypes = meta_model.head == "prototype"
+    prototypes = meta_model.head == "prototype" and prototype_gradient
     weight = bias = None
     for step in range(max(n_steps, 1)):
         with torch.set_grad_enabled(n_steps > 0):

@@ -309,6 +309,8 @@ def test_fit_errors_name_the_problem(fitted, digits):
         clone(clf).set_params(n_ways=1).fit(X, y)
     with pytest.raises(ValueError, match="head='wide' is not supported"):
         clone(clf).set_params(head="wide").fit(X, y)
+    with pytest.raises(ValueError, match="prototype_gradient='yes' is not supported"):
+        clone(clf).set_params(prototype_gradient="yes").fit(X, y)
     with pytest.raises(ValueError, match="optimizer='adamm' is not known"):
         clone(clf).set_params(optimizer="adamm").fit(X, y)
     with pytest.raises(ValueError, match="module='resnet' is not a known backbone"):
@@ -316,6 +318,20 @@ def test_fit_errors_name_the_problem(fitted, digits):
     with pytest.raises(ValueError, match="input_shape"):
         clone(clf).set_params(module="conv4").fit(X[:, :60], y)
     _assert_unchanged(clf, X, proba, classes)
+
+
+def test_prototype_gradient_auto_follows_the_backbone(digits):
+    X, y = digits
+    params = dict(n_ways=3, n_query=2, max_epochs=1, meta_batches_per_epoch=2,
+                  device="cpu", adapt_on_fit=False, random_state=0)
+    mlp = FOMAMLClassifier(**params).fit(X, y)
+    conv = FOMAMLClassifier("conv4", n_filters=4, **params).fit(X, y)
+    assert (mlp.prototype_gradient_, conv.prototype_gradient_) == (False, True)
+    forced = FOMAMLClassifier(prototype_gradient=True, **params).fit(X, y)
+    assert forced.prototype_gradient_ is True
+    # The switch changes the meta-gradient, hence the meta-parameters.
+    assert any(not torch.allclose(a, b) for a, b in
+               zip(mlp.meta_model_.parameters(), forced.meta_model_.parameters()))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -50,6 +50,19 @@ def test_grouped_meta_gradient_equals_the_task_loop(kind, head, n_steps, transdu
         assert torch.equal(v, before[k]), k
 
 
+@pytest.mark.parametrize("kind", ["conv4", "mlp"])
+def test_grouped_equals_the_loop_with_prototypes_as_constants(kind):
+    shape = EpisodeShape(3, 2, 3)
+    meta, n_features = _model(kind, "prototype", shape.n_ways)
+    batch = _batch(n_features, shape, n_tasks=4)
+    ref = meta_gradient(TaskRunner(meta, prototype_gradient=False), batch, 3, 0.3, 1)[0]
+    got = grouped_meta_gradient(meta, batch, 3, 0.3, 1, prototype_gradient=False)[0]
+    through = grouped_meta_gradient(meta, batch, 3, 0.3, 1)[0]
+    for (name, _), a, b in zip(meta.named_parameters(), got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    assert any(not torch.allclose(a, b) for a, b in zip(got, through))
+
+
 def test_grouped_path_is_for_fomaml_on_built_in_backbones():
     meta, _ = _model("conv4", "prototype", 3)
     assert supports_grouped(meta, "fomaml")

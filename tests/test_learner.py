@@ -17,7 +17,8 @@ from conftest import make_tasks
 _tasks = make_tasks
 
 
-def _reference_meta_gradient(meta, tasks, n_ways, alpha, steps, transductive=False):
+def _reference_meta_gradient(meta, tasks, n_ways, alpha, steps, transductive=False,
+                             through_prototypes=True):
     """Copy the model per task, SGD on the support set with torch.optim.SGD,
     gradient of the query loss at the adapted weights, averaged over tasks.
 
@@ -54,12 +55,12 @@ def _reference_meta_gradient(meta, tasks, n_ways, alpha, steps, transductive=Fal
         F.cross_entropy(head(body(xq)), yq).backward()
         for (name, _), p in zip(meta.backbone.named_parameters(), body.parameters()):
             total["backbone." + name] += p.grad
-        if meta.head == "prototype":
+        if meta.head == "prototype" and through_prototypes:
             through = torch.autograd.grad((w0, b0), list(at_theta.parameters()),
                                           (head.weight.grad, head.bias.grad))
             for (name, _), gp in zip(meta.backbone.named_parameters(), through):
                 total["backbone." + name] += gp
-        else:
+        elif meta.head != "prototype":
             rows = torch.arange(n_ways) % meta.head_weight.shape[0]
             total["head_weight"].index_add_(0, rows, head.weight.grad)
             total["head_bias"].index_add_(0, rows, head.bias.grad)
@@ -88,6 +89,21 @@ def test_meta_gradient_matches_per_task_copies(steps, head, transductive):
         torch.testing.assert_close(g, expected[name], rtol=1e-4, atol=1e-6, msg=name)
     assert all(g.abs().sum() > 0 for n, g in zip(names, grads) if n.startswith("backbone"))
     assert 0.0 <= acc <= 1.0 and loss > 0
+
+
+@pytest.mark.parametrize("through", [True, False])
+def test_prototype_gradient_switch(through):
+    torch.manual_seed(0)
+    meta = MetaModel(MLPBackbone(6, (8, 5)), 6, head="prototype")
+    tasks = _tasks(3, 4, 2, 3, 6, seed=1)
+    grads, _, _ = fomaml_meta_gradient(TaskRunner(meta, prototype_gradient=through),
+                                       tasks, 4, 0.3, 1)
+    expected = _reference_meta_gradient(meta, tasks, 4, 0.3, 1, through_prototypes=through)
+    other = _reference_meta_gradient(meta, tasks, 4, 0.3, 1, through_prototypes=not through)
+    for (name, _), g in zip(meta.named_parameters(), grads):
+        torch.testing.assert_close(g, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert any(not torch.allclose(g, other[name]) for (name, _), g in
+               zip(meta.named_parameters(), grads))
 
 
 def test_meta_gradient_leaves_meta_parameters_and_their_grads_untouched():
