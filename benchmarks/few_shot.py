@@ -146,7 +146,8 @@ def run(args, data=None):
     print(f"\n{ways}-way {args.shots}-shot accuracy on {args.episodes} episodes of "
           f"unseen classes ({shape.n_query} queries per class), 95% CI; "
           f"meta-training: {n_steps} meta-steps of {args.meta_batch_size} tasks in "
-          f"{train_seconds / 60:.1f} min, {clf.precision_}:")
+          f"{train_seconds / 60:.1f} min, {clf.precision_}, gradient through the "
+          f"prototypes: {clf.prototype_gradient_ if args.head == 'prototype' else 'n/a'}:")
 
     t0 = time.perf_counter()
     result = clf.evaluate(X_test, y_test, n_ways=shape.n_ways, k_shot=shape.k_shot,
