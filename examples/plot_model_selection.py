@@ -26,26 +26,11 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from fomaml_sklearn import ClassKFold, FOMAMLClassifier, adapt, few_shot_scorer  # noqa: E402
+from fomaml_sklearn.datasets import make_subspace_classes  # noqa: E402
 
 # %%
 # Sixty synthetic classes (the generator of the package's tests); the last ten
 # are kept aside for the final adaptation.
-
-
-def make_subspace_classes(n_classes=60, n_per_class=20, n_features=40, n_informative=4,
-                          noise=2.0, random_state=0):
-    """Classes whose means lie in one shared ``n_informative``-dimensional
-    subspace; every other direction carries noise of scale ``noise``."""
-    rng = np.random.default_rng(random_state)
-    basis, _ = np.linalg.qr(rng.normal(size=(n_features, n_features)))
-    informative, rest = basis[:, :n_informative], basis[:, n_informative:]
-    means = rng.normal(scale=1.0, size=(n_classes, n_informative))
-    z = means[:, None, :] + 0.25 * rng.normal(size=(n_classes, n_per_class, n_informative))
-    nz = noise * rng.normal(size=(n_classes, n_per_class, n_features - n_informative))
-    X = z @ informative.T + nz @ rest.T
-    y = np.repeat(np.arange(n_classes), n_per_class)
-    return X.reshape(-1, n_features).astype(np.float32), y
-
 
 X, y = make_subspace_classes(n_classes=60, n_per_class=20, noise=1.0, random_state=0)
 new_task = y >= 50  # ten classes kept aside for the final adaptation

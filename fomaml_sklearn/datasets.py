@@ -19,7 +19,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.utils import Bunch
 
-__all__ = ["get_data_home", "fetch_omniglot", "omniglot_split", "rotate_classes", "load_mnist"]
+__all__ = [
+    "get_data_home", "fetch_omniglot", "omniglot_split", "rotate_classes", "load_mnist",
+    "make_subspace_classes",
+]
 
 OMNIGLOT_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
 OMNIGLOT_MD5 = {
@@ -363,3 +366,45 @@ def load_mnist(root, *, train=True, return_X_y=False):
     if return_X_y:
         return X, y
     return Bunch(data=X, images=X, target=y, DESCR="MNIST handwritten digits (LeCun et al.)")
+
+
+def make_subspace_classes(n_classes=60, n_per_class=20, n_features=40, n_informative=4,
+                          noise=2.0, random_state=0):
+    """Synthetic classes whose means live in a shared low-dimensional subspace.
+
+    Every class mean lies in the same ``n_informative``-dimensional subspace;
+    all other directions carry noise of scale ``noise``. A meta-learner can
+    learn the subspace from the training classes and use it on new ones,
+    which nearest neighbour on the raw features cannot. The test suite and
+    the model-selection example use it.
+
+    Parameters
+    ----------
+    n_classes : int, default=60
+        Number of classes.
+    n_per_class : int, default=20
+        Examples per class.
+    n_features : int, default=40
+        Dimension of the examples.
+    n_informative : int, default=4
+        Dimension of the subspace holding the class means.
+    noise : float, default=2.0
+        Scale of the noise in the other directions.
+    random_state : int, default=0
+        Seed of the generator.
+
+    Returns
+    -------
+    X : ndarray of shape (n_classes * n_per_class, n_features), float32
+    y : ndarray of shape (n_classes * n_per_class,)
+        Class labels ``0 .. n_classes-1``, grouped by class.
+    """
+    rng = np.random.default_rng(random_state)
+    basis, _ = np.linalg.qr(rng.normal(size=(n_features, n_features)))
+    informative, rest = basis[:, :n_informative], basis[:, n_informative:]
+    means = rng.normal(scale=1.0, size=(n_classes, n_informative))
+    z = means[:, None, :] + 0.25 * rng.normal(size=(n_classes, n_per_class, n_informative))
+    nz = noise * rng.normal(size=(n_classes, n_per_class, n_features - n_informative))
+    X = z @ informative.T + nz @ rest.T
+    y = np.repeat(np.arange(n_classes), n_per_class)
+    return X.reshape(-1, n_features).astype(np.float32), y

@@ -6,30 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fomaml_sklearn.datasets import make_subspace_classes  # noqa: F401 (tests import it from here)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_OMNIGLOT = Path(
     os.environ.get("FOMAML_TEST_OMNIGLOT", REPO.parent / "shared" / "data" / "omniglot")
 )
-
-
-def make_subspace_classes(n_classes=60, n_per_class=20, n_features=40, n_informative=4,
-                          noise=2.0, random_state=0):
-    """Classes whose means live in a shared low-dimensional subspace.
-
-    Every class mean lies in the same ``n_informative``-dimensional subspace;
-    all other directions carry noise of scale ``noise``. A meta-learner can
-    learn the subspace from the training classes and use it on new ones,
-    which pixel-space nearest neighbour cannot.
-    """
-    rng = np.random.default_rng(random_state)
-    basis, _ = np.linalg.qr(rng.normal(size=(n_features, n_features)))
-    informative, rest = basis[:, :n_informative], basis[:, n_informative:]
-    means = rng.normal(scale=1.0, size=(n_classes, n_informative))
-    z = means[:, None, :] + 0.25 * rng.normal(size=(n_classes, n_per_class, n_informative))
-    nz = noise * rng.normal(size=(n_classes, n_per_class, n_features - n_informative))
-    X = z @ informative.T + nz @ rest.T
-    y = np.repeat(np.arange(n_classes), n_per_class)
-    return X.reshape(-1, n_features).astype(np.float32), y
 
 
 def make_tasks(n_tasks, n_ways, n_support, n_query, n_features, seed):
