@@ -125,17 +125,10 @@ class MetaModel(nn.Module):
 
     def initial_head(self, support_features, y_support, n_classes):
         """Task head ``(W0, b0)`` as fresh leaf tensors requiring grad."""
-        if self.head == "prototype":
-            feats = support_features.detach().float()
-            protos = torch.zeros(n_classes, feats.shape[1], device=feats.device)
-            protos.index_add_(0, y_support, feats)
-            counts = torch.bincount(y_support, minlength=n_classes).clamp_min(1)
-            protos /= counts[:, None]
-            weight, bias = 2 * protos, -(protos**2).sum(1)
-        else:
-            rows = self.head_rows(n_classes)
-            weight, bias = self.head_weight.detach()[rows], self.head_bias.detach()[rows]
-        return weight.clone().requires_grad_(True), bias.clone().requires_grad_(True)
+        weight, bias = _initial_head_with_graph(
+            self, support_features.detach().float(), y_support, n_classes)
+        return (weight.detach().clone().requires_grad_(True),
+                bias.detach().clone().requires_grad_(True))
 
 
 def resolve_prototype_gradient(value, backbone):
