@@ -35,7 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from few_shot import load_omniglot  # noqa: E402
 
 from fomaml_sklearn.episodes import EpisodeSampler, EpisodeShape  # noqa: E402
-from fomaml_sklearn.evaluation import confidence_interval, sample_episodes  # noqa: E402
+from fomaml_sklearn.evaluation import (  # noqa: E402
+    confidence_interval,
+    episodic_accuracies,
+    sample_episodes,
+)
 
 THRESHOLDS = (0.90, 0.95, 0.97)
 
@@ -76,24 +80,27 @@ def run_ours(args, data, episodes):
     setup = (dict(head="fixed", inner_lr=0.4) if args.setup == "paper"
              else dict(head="prototype", inner_lr="auto"))
 
+    X_te = torch.as_tensor(X_test.reshape(len(X_test), -1))
+
     class Score(Callback):
+        """Score the current initialisation on the fixed test episodes.
+
+        It adapts with the net's own task runner, inner rate and test-time
+        steps, exactly as ``FOMAMLClassifier.evaluate`` does after ``fit``.
+        """
+
         def on_epoch_end(self, net, **kwargs):
             steps = sum(meta_steps_per_epoch(net.history))
-            clf.meta_model_ = net.module_  # score the current initialisation
-            clf.device_, clf.precision_ = net.device, precision
-            clf.inner_lr_ = clf._resolved_inner_lr()
-            acc = clock.pause(lambda: clf.evaluate(
-                X_test, y_test, n_ways=5, k_shot=1, n_query=15,
-                n_episodes=args.episodes, random_state=args.seed).mean)
+            accs = clock.pause(lambda: episodic_accuracies(
+                net.runner_, X_te.to(net.device), episodes, net.inner_lr,
+                net.n_inner_steps_test, net.transductive, net.adapt_body))
+            acc = confidence_interval(accs)[0]
             curve.append((clock.minutes(), steps, acc))
             print(f"  {clock.minutes():6.2f} min {steps:6d} meta-steps  {100 * acc:6.2f} %",
                   flush=True)
             if acc >= THRESHOLDS[-1] or clock.minutes() >= args.minutes:
                 raise KeyboardInterrupt
 
-    from fomaml_sklearn.classifier import _resolve_precision
-
-    precision = _resolve_precision(args.precision, torch.device("cpu"))[0]
     clf = FOMAMLClassifier(
         "conv4", n_ways=5, k_shot=1, n_query=args.queries, meta_batch_size=args.meta_batch_size,
         n_inner_steps=1, n_inner_steps_test=3, lr=1e-3, max_epochs=1_000_000,
@@ -102,7 +109,7 @@ def run_ours(args, data, episodes):
         callbacks=[Score()], **setup)
     clock.start = time.perf_counter()
     clf.fit(X_train, y_train)
-    report(curve, f"ours ({args.setup} setup, {precision}, task batching "
+    report(curve, f"ours ({args.setup} setup, {clf.precision_}, task batching "
                   f"{clf.task_batching_})")
 
 
