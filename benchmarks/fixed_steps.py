@@ -11,6 +11,7 @@ Examples
 --------
 python benchmarks/fixed_steps.py --data-home ../shared/data --steps 600
 python benchmarks/fixed_steps.py --data-home ../shared/data --steps 600 --ways 10 --meta-batch-size 8
+python benchmarks/fixed_steps.py --data-home ../shared/data --steps 600 --precision bfloat16
 """
 
 import argparse
@@ -42,6 +43,9 @@ def main(argv=None):
     parser.add_argument("--test-ways", type=int, default=5)
     parser.add_argument("--episodes", type=int, default=300)
     parser.add_argument("--task-batching", default="auto")
+    parser.add_argument("--precision", default="auto",
+                        help="auto, float32 or bfloat16 (bfloat16 also runs, slowly, "
+                             "on CPUs without native bf16)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -57,7 +61,8 @@ def main(argv=None):
         meta_batch_size=args.meta_batch_size, lr=args.lr, inner_lr=inner_lr,
         n_inner_steps=args.inner_steps, head=args.head,
         max_epochs=max(1, args.steps // 50), meta_batches_per_epoch=min(50, args.steps),
-        task_batching=args.task_batching, adapt_on_fit=False, random_state=args.seed,
+        task_batching=args.task_batching, precision=args.precision, adapt_on_fit=False,
+        random_state=args.seed,
         verbose=0,
     )
     t0 = time.perf_counter()
@@ -70,7 +75,8 @@ def main(argv=None):
                          n_query=15, n_episodes=args.episodes, random_state=args.seed)
         scores.append(f"{k} steps {100 * r.mean:.2f} +- {100 * r.ci95:.2f}")
     print(f"{clf.n_meta_steps_} meta-steps of {args.meta_batch_size} {args.ways}-way tasks, "
-          f"{seconds / clf.n_meta_steps_:.3f} s each ({args.threads} threads); "
+          f"{seconds / clf.n_meta_steps_:.3f} s each ({clf.precision_}, {args.threads} "
+          "threads); "
           f"{args.test_ways}-way {args.shots}-shot accuracy on {args.episodes} episodes, "
           "test-time inner steps: " + "; ".join(scores) + " %")
     return 0

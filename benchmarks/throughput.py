@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from fomaml_sklearn.backbones import Conv4Backbone
 from fomaml_sklearn.classifier import _PRECISIONS, _resolve_precision
-from fomaml_sklearn.grouped import grouped_meta_gradient
+from fomaml_sklearn.grouped import grouped_meta_gradient, resolve_task_batching
 from fomaml_sklearn.learner import MetaModel, TaskRunner, meta_gradient
 
 WAYS, META_BATCH, ALPHA = 5, 32, 0.4
@@ -147,6 +147,7 @@ def main(argv=None):
     torch.manual_seed(0)
     meta = MetaModel(Conv4Backbone((1, 28, 28), 64), 784, head="fixed", n_rows=WAYS)
     auto, auto_dtype = _resolve_precision("auto", torch.device("cpu"))
+    auto_batching = resolve_task_batching("auto", meta, "fomaml", "cpu")
     try:
         import learn2learn as l2l
     except ImportError:
@@ -156,7 +157,8 @@ def main(argv=None):
     if auto != "float32":
         peaks[auto] = matmul_peak(_PRECISIONS[auto])
     print(f"Conv-4 64, 5-way 1-shot, meta-batch {META_BATCH}, {args.threads} threads, "
-          f"median of {args.repeats}; tasks/s (higher is better). Matmul peak: "
+          f"median of {args.repeats}; tasks/s (higher is better). 'auto' is what the "
+          f"estimator's defaults resolve to here: {auto}, {auto_batching}. Matmul peak: "
           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
     print(f"{'queries':>7}{'steps':>6}{'naive':>8}{'l2l':>8}{'loop32':>8}{'group32':>9}"
           f"{'auto':>8}  {'fp32/l2l':>8}{'auto/l2l':>9}{'fp32 peak':>10}{'auto peak':>10}")
@@ -190,13 +192,18 @@ def main(argv=None):
             group32 = lambda: grouped_meta_gradient(meta, stacked, WAYS, ALPHA, steps)  # noqa
             rates["loop32"] = META_BATCH / _time(loop32, args.repeats)
             rates["group32"] = META_BATCH / _time(group32, args.repeats)
-            # precision="auto", task_batching="auto" (grouped for this model).
-            if auto_dtype is None:
-                rates["auto"] = rates["group32"]
+            # precision="auto", task_batching="auto": what the estimator runs here.
+            if auto_batching == "grouped":
+                auto_step = lambda: grouped_meta_gradient(  # noqa: E731
+                    meta, stacked, WAYS, ALPHA, steps, autocast_dtype=auto_dtype)
             else:
-                rates["auto"] = META_BATCH / _time(lambda: grouped_meta_gradient(
-                    meta, stacked, WAYS, ALPHA, steps, autocast_dtype=auto_dtype),
-                    args.repeats)
+                auto_runner = TaskRunner(meta, auto_dtype)
+                auto_step = lambda: meta_gradient(  # noqa: E731
+                    auto_runner, stacked, WAYS, ALPHA, steps)
+            if auto_dtype is None:
+                rates["auto"] = rates[{"loop": "loop32", "grouped": "group32"}[auto_batching]]
+            else:
+                rates["auto"] = META_BATCH / _time(auto_step, args.repeats)
             flops = flops_per_task(loop32, META_BATCH)
             best32 = max(rates["loop32"], rates["group32"])
             l2l_rate = rates.get("l2l", float("nan"))

@@ -26,7 +26,7 @@ from skorch.callbacks import PassthroughScoring
 
 from .episodes import EpisodeSampler
 from .evaluation import adapted_query_logits
-from .grouped import grouped_meta_gradient, supports_grouped
+from .grouped import grouped_meta_gradient, resolve_task_batching
 from .learner import TaskRunner, meta_gradient, resolve_prototype_gradient
 
 __all__ = ["MetaBatch", "EpisodeLoader", "MetaTrainingNet", "meta_steps_per_epoch"]
@@ -144,7 +144,8 @@ class MetaTrainingNet(NeuralNet):
         supported and loops on a CPU, where the loop was measured faster.
     prototype_gradient : {"auto", True, False}
         FOMAML with the prototype head: carry the head's gradient back
-        through the prototypes; ``"auto"``: for convolutional backbones.
+        through the prototypes; ``"auto"``: unless the backbone batch-normalises
+        flat features (:func:`~fomaml_sklearn.learner.resolve_prototype_gradient`).
         ``prototype_gradient_`` holds the resolved value.
     """
 
@@ -184,17 +185,8 @@ class MetaTrainingNet(NeuralNet):
 
     def fit_loop(self, X, y=None, epochs=None, **fit_params):
         # The scratch network lives only while training: it is not pickled.
-        supported = supports_grouped(self.module_, self.algorithm)
-        if self.task_batching == "grouped" and not supported:
-            raise ValueError(
-                "task_batching='grouped' runs algorithm='fomaml' with the built-in 'mlp' "
-                f"and 'conv4' backbones; got algorithm={self.algorithm!r} and a "
-                f"{type(self.module_.backbone).__name__} backbone. Use task_batching="
-                "'auto' (grouped where supported) or 'loop'."
-            )
-        on_gpu = torch.device(self.device).type == "cuda"
-        self.grouped_ = supported and (
-            self.task_batching == "grouped" or (self.task_batching == "auto" and on_gpu))
+        self.grouped_ = resolve_task_batching(
+            self.task_batching, self.module_, self.algorithm, self.device) == "grouped"
         self.prototype_gradient_ = resolve_prototype_gradient(
             self.prototype_gradient, self.module_.backbone)
         self.runner_ = TaskRunner(self.module_, self.autocast_dtype,

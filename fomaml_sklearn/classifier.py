@@ -228,11 +228,13 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         head's query gradient also flows back through the prototypes into
         the body (fo-Proto-MAML; the prototypes are a function of the
         meta-parameters, and only the inner steps' Jacobian is dropped); if
-        False, the prototypes are treated as constants. ``"auto"``: True for
-        backbones with a convolution, False otherwise, as measured: on
-        Omniglot with Conv-4 it took 5-way 1-shot accuracy after 600
-        meta-steps from 88.8 % to 94.9 %; on synthetic classes with an MLP it
-        cost about 25 points. ``prototype_gradient_`` says which ran.
+        False, the prototypes are treated as constants. ``"auto"``: False
+        for backbones that batch-normalise flat features (the built-in
+        ``"mlp"``), True otherwise, as measured: on Omniglot with Conv-4 it
+        took 5-way 1-shot accuracy after 600 meta-steps from 88.8 % to
+        94.9 %; on synthetic classes it cost the BatchNorm MLP about 30
+        points in 1-shot and helped the same MLP without BatchNorm by 9.
+        ``prototype_gradient_`` says which ran.
     adapt_on_fit : bool, default=True
         Adapt to all classes of ``y`` at the end of ``fit``. Set to False when
         meta-training on many classes only to call ``adapt`` later.

@@ -33,13 +33,55 @@ from torch import nn
 from torch.nn import functional as F
 
 from .backbones import Conv4Backbone, MLPBackbone, SupportBatchNorm
+from .learner import prototype_head
 
-__all__ = ["supports_grouped", "grouped_meta_gradient"]
+__all__ = ["supports_grouped", "resolve_task_batching", "grouped_meta_gradient"]
 
 
 def supports_grouped(meta_model, algorithm):
     """Whether :func:`grouped_meta_gradient` can run this model and algorithm."""
     return algorithm == "fomaml" and type(meta_model.backbone) in (MLPBackbone, Conv4Backbone)
+
+
+def resolve_task_batching(task_batching, meta_model, algorithm, device):
+    """Resolve the ``task_batching`` parameter to ``"grouped"`` or ``"loop"``.
+
+    ``"auto"`` groups on a GPU where supported and loops elsewhere: on the
+    2-core CPUs measured, the loop was as fast or faster with 15 queries per
+    class and the grouped path won only with 1 (``docs/performance.md``).
+
+    Parameters
+    ----------
+    task_batching : {"auto", "loop", "grouped"}
+        The requested mode.
+    meta_model : MetaModel
+        The model to meta-train.
+    algorithm : str
+        The update rule.
+    device : str or torch.device
+        Where meta-training runs.
+
+    Returns
+    -------
+    mode : {"grouped", "loop"}
+
+    Raises
+    ------
+    ValueError
+        If ``"grouped"`` is asked for a model or algorithm it cannot run.
+    """
+    supported = supports_grouped(meta_model, algorithm)
+    if task_batching == "grouped" and not supported:
+        raise ValueError(
+            "task_batching='grouped' runs algorithm='fomaml' with the built-in 'mlp' "
+            f"and 'conv4' backbones; got algorithm={algorithm!r} and a "
+            f"{type(meta_model.backbone).__name__} backbone. Use task_batching="
+            "'auto' (grouped where supported) or 'loop'."
+        )
+    on_gpu = torch.device(device).type == "cuda"
+    grouped = supported and (task_batching == "grouped"
+                             or (task_batching == "auto" and on_gpu))
+    return "grouped" if grouped else "loop"
 
 
 def _layers(backbone):
@@ -115,12 +157,7 @@ def _grouped_forward(backbone, params, x, stats=None):
 
 def _prototype_heads(feats, y, n_classes):
     """Prototype heads ``(T, N, d)``, ``(T, N)`` of features ``(n, T, d)``."""
-    f = feats.float().transpose(0, 1)  # (T, n, d)
-    protos = torch.zeros(f.shape[0], n_classes, f.shape[2], device=f.device, dtype=f.dtype)
-    protos = protos.index_add(1, y, f)
-    counts = torch.bincount(y, minlength=n_classes).clamp_min(1).to(f.dtype)
-    protos = protos / counts[:, None]
-    return 2 * protos, -(protos**2).sum(2)
+    return prototype_head(feats.float().transpose(0, 1), y, n_classes)
 
 
 def _initial_heads(meta, feats, y, n_classes):

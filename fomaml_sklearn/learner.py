@@ -30,9 +30,10 @@ prototypes into the body, as in fo-Proto-MAML (Triantafillou et al., 2020):
 prototypes are differentiated with the support BatchNorm statistics held
 constant, as the queries are (:meth:`TaskRunner.prototype_head_graph`). On
 Omniglot 5-way 1-shot (Conv-4) this took accuracy after 600 meta-steps from
-88.8 % (prototypes as constants) to 94.9 %; on synthetic classes with an MLP
-it cost 25 points (``docs/design.md``), so it can be switched off
-(``TaskRunner(prototype_gradient=False)``).
+88.8 % (prototypes as constants) to 94.9 %; with an MLP whose BatchNorm
+statistics come from 5 support examples it cost 30 points
+(``docs/design.md``), so it can be switched off
+(``TaskRunner(prototype_gradient=False)``; :func:`resolve_prototype_gradient`).
 """
 
 import copy
@@ -52,6 +53,7 @@ __all__ = [
     "TaskRunner",
     "meta_gradient",
     "fomaml_meta_gradient",
+    "prototype_head",
     "resolve_prototype_gradient",
 ]
 
@@ -132,11 +134,22 @@ class MetaModel(nn.Module):
 
 
 def resolve_prototype_gradient(value, backbone):
-    """Resolve ``prototype_gradient="auto"``: True for a backbone with a
-    convolution (measured +6 points on Omniglot with Conv-4), False otherwise
-    (measured -25 points on synthetic classes with an MLP)."""
+    """Resolve ``prototype_gradient="auto"``.
+
+    False only for a backbone that batch-normalises flat features (a
+    :class:`SupportBatchNorm` and no convolution), True otherwise. The
+    gradient through the prototypes holds the support statistics constant;
+    where each statistic comes from the few support examples alone (an MLP's
+    BatchNorm in 1-shot: one example per class), that approximation hurt.
+    Measured (``benchmarks/prototype_gradient.py``, ``docs/design.md``):
+    Conv-4 on Omniglot +6 points, MLP without BatchNorm +9 points, MLP with
+    BatchNorm -30 points in 1-shot and no change in 5-shot.
+    """
     if value == "auto":
-        return any(isinstance(m, nn.modules.conv._ConvNd) for m in backbone.modules())
+        modules = list(backbone.modules())
+        has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in modules)
+        has_norm = any(isinstance(m, SupportBatchNorm) for m in modules)
+        return has_conv or not has_norm
     return bool(value)
 
 
@@ -412,14 +425,39 @@ def _functional_body(runner, transductive_query=False):
     return forward
 
 
+def prototype_head(feats, y, n_classes):
+    """Prototype head of support features: ``w_j = 2 mu_j``, ``b_j = -|mu_j|^2``.
+
+    ``mu_j`` is the mean feature of class ``j``'s support examples, so the
+    logits ``w_j . f + b_j = |f|^2 - |f - mu_j|^2`` rank the classes by
+    squared distance to their prototype.
+
+    Parameters
+    ----------
+    feats : torch.Tensor of shape (..., n, d)
+        Support features, with any leading (task) axes.
+    y : torch.Tensor of shape (n,)
+        Class codes ``0 .. n_classes-1``, shared by the leading axes.
+    n_classes : int
+        Number of classes (rows of the head).
+
+    Returns
+    -------
+    weight, bias : torch.Tensor
+        ``(..., n_classes, d)`` and ``(..., n_classes)``, differentiable
+        with respect to ``feats``.
+    """
+    protos = feats.new_zeros(feats.shape[:-2] + (n_classes, feats.shape[-1]))
+    protos = protos.index_add(feats.dim() - 2, y, feats)
+    counts = torch.bincount(y, minlength=n_classes).clamp_min(1).to(feats.dtype)
+    protos = protos / counts[:, None]
+    return 2 * protos, -(protos**2).sum(-1)
+
+
 def _initial_head_with_graph(meta, feats, y_s, n_classes):
     """Task head at theta, differentiable with respect to theta."""
     if meta.head == "prototype":
-        protos = torch.zeros(n_classes, feats.shape[1], device=feats.device, dtype=feats.dtype)
-        protos = protos.index_add(0, y_s, feats)
-        counts = torch.bincount(y_s, minlength=n_classes).clamp_min(1).to(feats.dtype)
-        protos = protos / counts[:, None]
-        return 2 * protos, -(protos**2).sum(1)
+        return prototype_head(feats, y_s, n_classes)
     rows = meta.head_rows(n_classes)
     return meta.head_weight[rows], meta.head_bias[rows]
 

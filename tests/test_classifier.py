@@ -326,7 +326,11 @@ def test_prototype_gradient_auto_follows_the_backbone(digits):
                   device="cpu", adapt_on_fit=False, random_state=0)
     mlp = FOMAMLClassifier(**params).fit(X, y)
     conv = FOMAMLClassifier("conv4", n_filters=4, **params).fit(X, y)
-    assert (mlp.prototype_gradient_, conv.prototype_gradient_) == (False, True)
+    # An MLP without BatchNorm: nothing normalises flat features.
+    plain = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU())
+    no_norm = FOMAMLClassifier(plain, **params).fit(X, y)
+    assert (mlp.prototype_gradient_, conv.prototype_gradient_, no_norm.prototype_gradient_) == (
+        False, True, True)
     forced = FOMAMLClassifier(prototype_gradient=True, **params).fit(X, y)
     assert forced.prototype_gradient_ is True
     # The switch changes the meta-gradient, hence the meta-parameters.

@@ -7,7 +7,11 @@ import torch
 from fomaml_sklearn._training import MetaBatch
 from fomaml_sklearn.backbones import Conv4Backbone, MLPBackbone
 from fomaml_sklearn.episodes import EpisodeSampler, EpisodeShape
-from fomaml_sklearn.grouped import grouped_meta_gradient, supports_grouped
+from fomaml_sklearn.grouped import (
+    grouped_meta_gradient,
+    resolve_task_batching,
+    supports_grouped,
+)
 from fomaml_sklearn.learner import MetaModel, TaskRunner, meta_gradient
 
 
@@ -69,6 +73,20 @@ def test_grouped_path_is_for_fomaml_on_built_in_backbones():
     assert not supports_grouped(meta, "maml")
     custom = MetaModel(torch.nn.Sequential(torch.nn.Linear(4, 3)), 4)
     assert not supports_grouped(custom, "fomaml")
+
+
+def test_task_batching_auto_groups_on_gpu_only_where_supported():
+    meta, _ = _model("conv4", "prototype", 3)
+    custom = MetaModel(torch.nn.Sequential(torch.nn.Linear(4, 3)), 4)
+    # torch.device("cuda") needs no GPU: only the device type is read.
+    assert resolve_task_batching("auto", meta, "fomaml", "cpu") == "loop"
+    assert resolve_task_batching("auto", meta, "fomaml", "cuda") == "grouped"
+    assert resolve_task_batching("auto", meta, "maml", "cuda") == "loop"
+    assert resolve_task_batching("auto", custom, "fomaml", "cuda:0") == "loop"
+    assert resolve_task_batching("loop", meta, "fomaml", "cuda") == "loop"
+    assert resolve_task_batching("grouped", meta, "fomaml", "cpu") == "grouped"
+    with pytest.raises(ValueError, match="got algorithm='reptile' and a Conv4Backbone"):
+        resolve_task_batching("grouped", meta, "reptile", "cpu")
 
 
 def test_estimator_trains_identically_with_grouped_and_looped_tasks():
