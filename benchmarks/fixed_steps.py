@@ -10,7 +10,8 @@ the seconds per meta-step and the three accuracies (mean +- 95% CI).
 Examples
 --------
 python benchmarks/fixed_steps.py --data-home ../shared/data --steps 600
-python benchmarks/fixed_steps.py --data-home ../shared/data --steps 600 --ways 10 --meta-batch-size 8
+python benchmarks/fixed_steps.py --data-home ../shared/data --steps 600 --ways 10 \
+    --meta-batch-size 8
 python benchmarks/fixed_steps.py --data-home ../shared/data --steps 600 --precision bfloat16
 """
 
@@ -44,8 +45,9 @@ def main(argv=None):
     parser.add_argument("--episodes", type=int, default=300)
     parser.add_argument("--task-batching", default="auto")
     parser.add_argument("--precision", default="auto",
-                        help="auto, float32 or bfloat16 (bfloat16 also runs, slowly, "
-                             "on CPUs without native bf16)")
+                        choices=["auto", "float32", "bfloat16", "float16"],
+                        help="bfloat16 also runs, slowly, on CPUs without native bf16; "
+                             "float16 on GPUs only")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

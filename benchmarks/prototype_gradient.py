@@ -5,8 +5,8 @@ FOMAML with the prototype head can carry the head's query gradient back
 through the prototypes (``prototype_gradient=True``), computed with the
 support BatchNorm statistics held constant. This script meta-trains the same
 setup as the test suite's learning test (``make_subspace_classes(noise=1.0)``:
-40 training classes, 20 unseen test classes, 5-way, 600 meta-steps of 16
-tasks) with the gradient on and off, for three fully connected backbones:
+40 training classes, 20 unseen test classes, 5-way, 600 meta-steps of 4
+tasks, the default meta-batch) with the gradient on and off, for three fully connected backbones:
 
 - ``mlp-bn``: the built-in ``"mlp"`` (Linear -> BatchNorm -> ReLU, twice),
   5-way 1-shot: each BatchNorm statistic comes from 5 support examples;
@@ -58,7 +58,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     print("5-way accuracy on 100 episodes of 20 unseen synthetic classes, "
           f"seeds 0..{args.seeds - 1}")
-    print(f"{'backbone':<13} {'through prototypes':>18}  per seed             mean  resolved 'auto'")
+    print(f"{'backbone':<13} {'through prototypes':>18}  {'per seed':<20} mean  "
+          "resolved 'auto'")
     for name, variant in VARIANTS.items():
         for through in (False, True):
             accs = []

@@ -157,8 +157,9 @@ def main(argv=None):
     if auto != "float32":
         peaks[auto] = matmul_peak(_PRECISIONS[auto])
     print(f"Conv-4 64, 5-way 1-shot, meta-batch {META_BATCH}, {args.threads} threads, "
-          f"median of {args.repeats}; tasks/s (higher is better). 'auto' is what the "
-          f"estimator's defaults resolve to here: {auto}, {auto_batching}. Matmul peak: "
+          f"median of {args.repeats}; tasks/s (higher is better). 'auto': what "
+          f"precision='auto' and task_batching='auto' resolve to here ({auto}, "
+          f"{auto_batching}). Matmul peak: "
           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
     print(f"{'queries':>7}{'steps':>6}{'naive':>8}{'l2l':>8}{'loop32':>8}{'group32':>9}"
           f"{'auto':>8}  {'fp32/l2l':>8}{'auto/l2l':>9}{'fp32 peak':>10}{'auto peak':>10}")
@@ -193,17 +194,15 @@ def main(argv=None):
             rates["loop32"] = META_BATCH / _time(loop32, args.repeats)
             rates["group32"] = META_BATCH / _time(group32, args.repeats)
             # precision="auto", task_batching="auto": what the estimator runs here.
-            if auto_batching == "grouped":
-                auto_step = lambda: grouped_meta_gradient(  # noqa: E731
-                    meta, stacked, WAYS, ALPHA, steps, autocast_dtype=auto_dtype)
-            else:
-                auto_runner = TaskRunner(meta, auto_dtype)
-                auto_step = lambda: meta_gradient(  # noqa: E731
-                    auto_runner, stacked, WAYS, ALPHA, steps)
             if auto_dtype is None:
                 rates["auto"] = rates[{"loop": "loop32", "grouped": "group32"}[auto_batching]]
+            elif auto_batching == "grouped":
+                rates["auto"] = META_BATCH / _time(lambda: grouped_meta_gradient(
+                    meta, stacked, WAYS, ALPHA, steps, autocast_dtype=auto_dtype), args.repeats)
             else:
-                rates["auto"] = META_BATCH / _time(auto_step, args.repeats)
+                auto_runner = TaskRunner(meta, auto_dtype)
+                rates["auto"] = META_BATCH / _time(lambda: meta_gradient(
+                    auto_runner, stacked, WAYS, ALPHA, steps), args.repeats)
             flops = flops_per_task(loop32, META_BATCH)
             best32 = max(rates["loop32"], rates["group32"])
             l2l_rate = rates.get("l2l", float("nan"))

@@ -80,7 +80,7 @@ def run_ours(args, data, episodes):
     setup = (dict(head="fixed", inner_lr=0.4) if args.setup == "paper"
              else dict(head="prototype", inner_lr="auto"))
 
-    X_te = torch.as_tensor(X_test.reshape(len(X_test), -1))
+    X_te = None  # the test images, on the net's device once it is known
 
     class Score(Callback):
         """Score the current initialisation on the fixed test episodes.
@@ -90,11 +90,14 @@ def run_ours(args, data, episodes):
         """
 
         def on_epoch_end(self, net, **kwargs):
+            nonlocal X_te
+            if X_te is None:
+                X_te = torch.as_tensor(X_test.reshape(len(X_test), -1), device=net.device)
             steps = sum(meta_steps_per_epoch(net.history))
             accs = clock.pause(lambda: episodic_accuracies(
-                net.runner_, X_te.to(net.device), episodes, net.inner_lr,
+                net.runner_, X_te, episodes, net.inner_lr,
                 net.n_inner_steps_test, net.transductive, net.adapt_body))
-            acc = confidence_interval(accs)[0]
+            acc = float(accs.mean())
             curve.append((clock.minutes(), steps, acc))
             print(f"  {clock.minutes():6.2f} min {steps:6d} meta-steps  {100 * acc:6.2f} %",
                   flush=True)

@@ -145,7 +145,8 @@ class MetaTrainingNet(NeuralNet):
     prototype_gradient : {"auto", True, False}
         FOMAML with the prototype head: carry the head's gradient back
         through the prototypes; ``"auto"``: unless the backbone batch-normalises
-        flat features (:func:`~fomaml_sklearn.learner.resolve_prototype_gradient`).
+        flat features, a BatchNorm layer and no convolution
+        (:func:`~fomaml_sklearn.learner.resolve_prototype_gradient`).
         ``prototype_gradient_`` holds the resolved value.
     """
 

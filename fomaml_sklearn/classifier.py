@@ -162,8 +162,10 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         task may have any number of classes. ``"prototype"``: rows from the
         support-class mean embeddings (Proto-MAML; the most accurate in our
         measurements); with ``"fomaml"`` the head's query gradient also
-        flows back through the prototypes into the body (fo-Proto-MAML). ``"shared"``: one meta-learned row copied for every
-        class (under cross-entropy this is a zero-initialised head).
+        flows back through the prototypes into the body (fo-Proto-MAML; see
+        ``prototype_gradient``). ``"shared"``: one meta-learned row copied
+        for every class (under cross-entropy this is a zero-initialised
+        head).
         ``"fixed"``: the classic ``n_ways``-row head of the MAML paper (class
         ``j`` of a task starts from row ``j % n_ways``).
     n_ways : int, default=5
@@ -221,7 +223,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         ``"mlp"`` and ``"conv4"`` backbones; the same meta-gradient, more
         memory). ``"auto"``: grouped on a GPU where it is supported (many tiny
         per-task kernels leave a GPU idle), the loop on a CPU (on a 2-core
-        CPU grouped was 1.2-1.4x faster with 1 query per class but 0.8x with
+        CPU grouped was 1.15-1.3x faster with 1 query per class but 0.8x with
         5 and 0.5x with 15); ``task_batching_`` says which ran.
     prototype_gradient : {"auto", True, False}, default="auto"
         With ``head="prototype"`` and ``algorithm="fomaml"``: if True, the
@@ -229,12 +231,12 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         the body (fo-Proto-MAML; the prototypes are a function of the
         meta-parameters, and only the inner steps' Jacobian is dropped); if
         False, the prototypes are treated as constants. ``"auto"``: False
-        for backbones that batch-normalise flat features (the built-in
-        ``"mlp"``), True otherwise, as measured: on Omniglot with Conv-4 it
-        took 5-way 1-shot accuracy after 600 meta-steps from 88.8 % to
-        94.9 %; on synthetic classes it cost the BatchNorm MLP about 30
-        points in 1-shot and helped the same MLP without BatchNorm by 9.
-        ``prototype_gradient_`` says which ran.
+        for backbones that batch-normalise flat features (a BatchNorm layer
+        and no convolution, as the built-in ``"mlp"``), True otherwise, as
+        measured: on Omniglot with Conv-4 it took 5-way 1-shot accuracy
+        after 600 meta-steps from 88.8 % to 94.9 %; on synthetic classes it
+        cost the BatchNorm MLP about 30 points in 1-shot and helped the same
+        MLP without BatchNorm by 9. ``prototype_gradient_`` says which ran.
     adapt_on_fit : bool, default=True
         Adapt to all classes of ``y`` at the end of ``fit``. Set to False when
         meta-training on many classes only to call ``adapt`` later.

@@ -47,8 +47,8 @@ def resolve_task_batching(task_batching, meta_model, algorithm, device):
     """Resolve the ``task_batching`` parameter to ``"grouped"`` or ``"loop"``.
 
     ``"auto"`` groups on a GPU where supported and loops elsewhere: on the
-    2-core CPUs measured, the loop was as fast or faster with 15 queries per
-    class and the grouped path won only with 1 (``docs/performance.md``).
+    2-core CPUs measured, the loop was 1.2x faster with 5 queries per class
+    and 2x with 15; the grouped path won only with 1 (``docs/performance.md``).
 
     Parameters
     ----------
@@ -76,7 +76,7 @@ def resolve_task_batching(task_batching, meta_model, algorithm, device):
             "task_batching='grouped' runs algorithm='fomaml' with the built-in 'mlp' "
             f"and 'conv4' backbones; got algorithm={algorithm!r} and a "
             f"{type(meta_model.backbone).__name__} backbone. Use task_batching="
-            "'auto' (grouped where supported) or 'loop'."
+            "'auto' (grouped on a GPU where supported) or 'loop'."
         )
     on_gpu = torch.device(device).type == "cuda"
     grouped = supported and (task_batching == "grouped"

@@ -134,16 +134,30 @@ class MetaModel(nn.Module):
 
 
 def resolve_prototype_gradient(value, backbone):
-    """Resolve ``prototype_gradient="auto"``.
+    """Resolve the ``prototype_gradient`` parameter.
 
-    False only for a backbone that batch-normalises flat features (a
-    :class:`SupportBatchNorm` and no convolution), True otherwise. The
-    gradient through the prototypes holds the support statistics constant;
-    where each statistic comes from the few support examples alone (an MLP's
-    BatchNorm in 1-shot: one example per class), that approximation hurt.
-    Measured (``benchmarks/prototype_gradient.py``, ``docs/design.md``):
-    Conv-4 on Omniglot +6 points, MLP without BatchNorm +9 points, MLP with
-    BatchNorm -30 points in 1-shot and no change in 5-shot.
+    ``"auto"`` is False only for a backbone that batch-normalises flat
+    features (a :class:`SupportBatchNorm` and no convolution), True
+    otherwise. The gradient through the prototypes holds the support
+    statistics constant; where each statistic comes from the few support
+    examples alone (an MLP's BatchNorm in 1-shot: one example per class),
+    that approximation hurt. Measured (``benchmarks/prototype_gradient.py``,
+    ``docs/design.md``): Conv-4 on Omniglot +6 points, MLP without BatchNorm
+    +9 points, MLP with BatchNorm -30 points in 1-shot and no change in
+    5-shot.
+
+    Parameters
+    ----------
+    value : {"auto", True, False}
+        The requested setting.
+    backbone : torch.nn.Module
+        The meta-model's body, after :func:`~fomaml_sklearn.backbones.build_backbone`
+        (which converts ``nn.BatchNorm*`` layers to :class:`SupportBatchNorm`).
+
+    Returns
+    -------
+    through : bool
+        Whether the meta-gradient goes through the prototypes.
     """
     if value == "auto":
         modules = list(backbone.modules())

@@ -8,8 +8,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fomaml_sklearn.backbones import MLPBackbone, SupportBatchNorm
-from fomaml_sklearn.learner import MetaModel, TaskRunner, fomaml_meta_gradient
+from fomaml_sklearn.backbones import MLPBackbone, SupportBatchNorm, build_backbone
+from fomaml_sklearn.learner import (
+    MetaModel,
+    TaskRunner,
+    fomaml_meta_gradient,
+    resolve_prototype_gradient,
+)
 
 from conftest import make_tasks
 
@@ -31,7 +36,7 @@ def _reference_meta_gradient(meta, tasks, n_ways, alpha, steps, transductive=Fal
         head = nn.Linear(meta.feature_dim, n_ways)
         with torch.no_grad():
             if meta.head == "prototype":
-                feats = body(xs)
+                body(xs)  # records the support statistics at theta
                 at_theta = copy.deepcopy(body).eval()  # holds the support statistics
                 with torch.enable_grad():
                     f0 = at_theta(xs)
@@ -104,6 +109,21 @@ def test_prototype_gradient_switch(through):
         torch.testing.assert_close(g, expected[name], rtol=1e-4, atol=1e-6, msg=name)
     assert any(not torch.allclose(g, other[name]) for (name, _), g in
                zip(meta.named_parameters(), grads))
+
+
+@pytest.mark.parametrize("layers, expected", [
+    # BatchNorm over flat features and no convolution: off.
+    ([nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU()], False),
+    # No BatchNorm at all: on.
+    ([nn.Linear(6, 8), nn.ReLU()], True),
+    # A convolution with BatchNorm: on.
+    ([nn.Unflatten(1, (1, 2, 3)), nn.Conv2d(1, 4, 1), nn.BatchNorm2d(4), nn.Flatten()], True),
+])
+def test_prototype_gradient_auto_on_user_backbones(layers, expected):
+    backbone = build_backbone(nn.Sequential(*layers), 6)  # converts BatchNorm layers
+    assert resolve_prototype_gradient("auto", backbone) is expected
+    assert resolve_prototype_gradient(True, backbone) is True
+    assert resolve_prototype_gradient(False, backbone) is False
 
 
 def test_meta_gradient_leaves_meta_parameters_and_their_grads_untouched():
