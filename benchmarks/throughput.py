@@ -20,7 +20,9 @@ The last columns give the ratio to learn2learn and the fraction of this
 machine's measured matmul peak (for the precision used) that the fastest
 float32 / auto path reaches, from the FLOPs torch counts for one meta-step.
 
-Usage: python benchmarks/throughput.py [--repeats 3] [--threads 2]
+The implementations are timed round-robin (see ``_time_interleaved``).
+
+Usage: python benchmarks/throughput.py [--repeats 5] [--threads 2]
 """
 
 import argparse
@@ -107,13 +109,27 @@ class _Stacked:
 
 
 def _time(fn, repeats):
-    fn()  # warm-up
-    times = []
+    return _time_interleaved({"fn": fn}, repeats)["fn"]
+
+
+def _time_interleaved(fns, repeats):
+    """Median seconds of each callable, timed round-robin.
+
+    Interleaving the runs (a, b, c, a, b, c, ...) exposes every
+    implementation to the same drifts of this machine's speed, which on a
+    shared 2-core machine were measured at +-15 % between minutes; the
+    ratios between implementations are then far steadier than when each is
+    timed in its own block.
+    """
+    for fn in fns.values():
+        fn()  # warm-up
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 def matmul_peak(dtype, n=2048, repeats=5):
@@ -140,7 +156,7 @@ def _check(name, got, ref, tol=1e-3):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -180,29 +196,28 @@ def main(argv=None):
             if l2l is not None:
                 maml = l2l.algorithms.MAML(_plain_model(meta), lr=ALPHA, first_order=True)
                 _check("l2l", l2l_meta_gradient(maml, tasks[:4], steps), ours_plain)
-            rates = {}
             plain = _plain_model(meta)
-            rates["naive"] = META_BATCH / _time(
-                lambda: naive_meta_gradient(plain, tasks, steps), args.repeats)
-            if l2l is not None:
-                maml = l2l.algorithms.MAML(_plain_model(meta), lr=ALPHA, first_order=True)
-                rates["l2l"] = META_BATCH / _time(
-                    lambda: l2l_meta_gradient(maml, tasks, steps), args.repeats)
             runner = TaskRunner(meta)
             loop32 = lambda: meta_gradient(runner, stacked, WAYS, ALPHA, steps)  # noqa: E731
-            group32 = lambda: grouped_meta_gradient(meta, stacked, WAYS, ALPHA, steps)  # noqa
-            rates["loop32"] = META_BATCH / _time(loop32, args.repeats)
-            rates["group32"] = META_BATCH / _time(group32, args.repeats)
+            fns = {
+                "naive": lambda: naive_meta_gradient(plain, tasks, steps),
+                "loop32": loop32,
+                "group32": lambda: grouped_meta_gradient(meta, stacked, WAYS, ALPHA, steps),
+            }
+            if l2l is not None:
+                maml = l2l.algorithms.MAML(_plain_model(meta), lr=ALPHA, first_order=True)
+                fns["l2l"] = lambda: l2l_meta_gradient(maml, tasks, steps)
             # precision="auto", task_batching="auto": what the estimator runs here.
+            if auto_dtype is not None and auto_batching == "grouped":
+                fns["auto"] = lambda: grouped_meta_gradient(
+                    meta, stacked, WAYS, ALPHA, steps, autocast_dtype=auto_dtype)
+            elif auto_dtype is not None:
+                auto_runner = TaskRunner(meta, auto_dtype)
+                fns["auto"] = lambda: meta_gradient(auto_runner, stacked, WAYS, ALPHA, steps)
+            rates = {name: META_BATCH / t
+                     for name, t in _time_interleaved(fns, args.repeats).items()}
             if auto_dtype is None:
                 rates["auto"] = rates[{"loop": "loop32", "grouped": "group32"}[auto_batching]]
-            elif auto_batching == "grouped":
-                rates["auto"] = META_BATCH / _time(lambda: grouped_meta_gradient(
-                    meta, stacked, WAYS, ALPHA, steps, autocast_dtype=auto_dtype), args.repeats)
-            else:
-                auto_runner = TaskRunner(meta, auto_dtype)
-                rates["auto"] = META_BATCH / _time(lambda: meta_gradient(
-                    auto_runner, stacked, WAYS, ALPHA, steps), args.repeats)
             flops = flops_per_task(loop32, META_BATCH)
             best32 = max(rates["loop32"], rates["group32"])
             l2l_rate = rates.get("l2l", float("nan"))
