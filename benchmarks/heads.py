@@ -14,14 +14,11 @@ Usage: python benchmarks/heads.py [--data-home DIR] [--steps 500]
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from fomaml_sklearn import FOMAMLClassifier
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import make_subspace_classes  # noqa: E402
+from fomaml_sklearn.datasets import make_subspace_classes
 
 
 def omniglot_slice(data_home):
