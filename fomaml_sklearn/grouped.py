@@ -155,23 +155,6 @@ def _grouped_forward(backbone, params, x, stats=None):
     return x, used
 
 
-def _prototype_heads(feats, y, n_classes):
-    """Prototype heads ``(T, N, d)``, ``(T, N)`` of features ``(n, T, d)``."""
-    return prototype_head(feats.float().transpose(0, 1), y, n_classes)
-
-
-def _initial_heads(meta, feats, y, n_classes):
-    """Task heads ``(T, N, d)`` and ``(T, N)`` at theta, as leaves requiring grad."""
-    T = feats.shape[1]
-    if meta.head == "prototype":
-        weight, bias = _prototype_heads(feats.detach(), y, n_classes)
-    else:
-        rows = meta.head_rows(n_classes)
-        weight = meta.head_weight.detach()[rows].expand(T, -1, -1)
-        bias = meta.head_bias.detach()[rows].expand(T, -1)
-    return weight.clone().requires_grad_(True), bias.clone().requires_grad_(True)
-
-
 def _summed_loss(feats, weight, bias, y):
     """Sum over tasks of each task's mean cross-entropy, and the logits."""
     logits = torch.einsum("ntd,tkd->ntk", feats.float(), weight) + bias
@@ -235,14 +218,15 @@ def grouped_meta_gradient(meta_model, batch, n_classes, inner_lr, n_steps,
             with autocast():
                 feats, stats = _grouped_forward(backbone, phi, xs)
             if weight is None:
-                weight, bias = _initial_heads(meta_model, feats, ys, n_classes)
+                # (T, N, d) and (T, N) leaves: features (n, T, d) -> task-major.
+                weight, bias = meta_model.initial_head(feats.transpose(0, 1), ys, n_classes)
                 if prototypes:
                     # The prototypes at theta with a graph to theta, the support
                     # statistics held constant (learner.prototype_head_graph).
                     with torch.enable_grad(), autocast():
                         expanded = [p.unsqueeze(0).expand((T,) + p.shape) for p in theta]
                         f0, _ = _grouped_forward(backbone, expanded, xs, stats)
-                        w0, b0 = _prototype_heads(f0, ys, n_classes)
+                        w0, b0 = prototype_head(f0.float().transpose(0, 1), ys, n_classes)
             if n_steps == 0:
                 break
             loss, _ = _summed_loss(feats, weight, bias, ys)

@@ -126,7 +126,12 @@ class MetaModel(nn.Module):
         return torch.arange(n_classes, device=self.head_weight.device) % rows
 
     def initial_head(self, support_features, y_support, n_classes):
-        """Task head ``(W0, b0)`` as fresh leaf tensors requiring grad."""
+        """Task head ``(W0, b0)`` as fresh leaf tensors requiring grad.
+
+        ``support_features`` is ``(..., n, d)``: with leading task axes (the
+        grouped path), every task gets its own head, ``(..., n_classes, d)``
+        and ``(..., n_classes)``.
+        """
         weight, bias = _initial_head_with_graph(
             self, support_features.detach().float(), y_support, n_classes)
         return (weight.detach().clone().requires_grad_(True),
@@ -469,11 +474,14 @@ def prototype_head(feats, y, n_classes):
 
 
 def _initial_head_with_graph(meta, feats, y_s, n_classes):
-    """Task head at theta, differentiable with respect to theta."""
+    """Task head at theta, differentiable with respect to theta; features
+    ``(..., n, d)`` give heads with the same leading axes."""
     if meta.head == "prototype":
         return prototype_head(feats, y_s, n_classes)
     rows = meta.head_rows(n_classes)
-    return meta.head_weight[rows], meta.head_bias[rows]
+    lead = feats.shape[:-2]
+    return (meta.head_weight[rows].expand(lead + (-1, -1)),
+            meta.head_bias[rows].expand(lead + (-1,)))
 
 
 def _maml_task(runner, x_s, y_s, x_q, y_q, n_classes, inner_lr, n_steps, transductive):
