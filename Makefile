@@ -8,7 +8,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 RUN_ARGS ?=
 
-.PHONY: run test install clean
+.PHONY: run test lint install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,14 @@ run: $(VENV)/.installed
 
 # pytest exits 5 when it collects no test; that must not pass for a failure
 # nor fail the build, so it is reported and mapped to success explicitly.
+# ruff (lint and import order, configured in pyproject.toml) runs first.
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

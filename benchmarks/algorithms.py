@@ -1,11 +1,13 @@
-"""Wall time per meta-step and peak memory of each meta-learning algorithm.
+"""Wall time per meta-step and peak memory of each meta-learning rule,
+against the number of inner steps (MAML's memory grows with them; FOMAML's,
+Reptile's and iMAML's do not).
 
 Workload: Conv-4 (64 filters) on 28x28 single-channel images, 5-way 1-shot,
 15 queries per class, meta-batch of 4 tasks, random images (the cost does not
 depend on the pixel values). Each algorithm runs in its own subprocess so its
 peak resident memory (ru_maxrss) is its own.
 
-Usage: python benchmarks/algorithms.py [--steps 10] [--inner-steps 1 5]
+Usage: python benchmarks/algorithms.py [--steps 5] [--inner-steps 1 5 10]
        [--precision float32] [--threads 2]
 """
 
@@ -20,24 +22,24 @@ import time
 def _one(algorithm, inner_steps, steps, precision, threads):
     import torch
 
+    from fomaml_sklearn.algorithms import meta_gradient
     from fomaml_sklearn.backbones import Conv4Backbone
-    from fomaml_sklearn.classifier import _PRECISIONS
-    from fomaml_sklearn.learner import MetaModel, TaskRunner, meta_gradient
+    from fomaml_sklearn.heads import MetaModel
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     meta = MetaModel(Conv4Backbone((1, 28, 28), 64), 784, head="prototype")
-    runner = TaskRunner(meta, _PRECISIONS[precision])
     ways, queries = 5, 15
     tasks = [(torch.rand(ways, 1, 28, 28), torch.arange(ways),
               torch.rand(ways * queries, 1, 28, 28),
               torch.arange(ways).repeat_interleave(queries)) for _ in range(4)]
-    meta_gradient(runner, tasks, ways, 0.05, inner_steps, algorithm=algorithm)  # warm-up
+    settings = dict(inner_lr=0.05, n_inner_steps=inner_steps, precision=precision)
+    meta_gradient(meta, tasks, ways, algorithm, **settings)  # warm-up
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        meta_gradient(runner, tasks, ways, 0.05, inner_steps, algorithm=algorithm)
+        meta_gradient(meta, tasks, ways, algorithm, **settings)
         times.append(time.perf_counter() - t0)
     times.sort()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -47,8 +49,8 @@ def _one(algorithm, inner_steps, steps, precision, threads):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--inner-steps", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--inner-steps", type=int, nargs="+", default=[1, 5, 10])
     parser.add_argument("--precision", default="float32")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -57,7 +59,7 @@ def main(argv=None):
         print(json.dumps(_one(args.child[0], int(args.child[1]), args.steps,
                               args.precision, args.threads)))
         return 0
-    from fomaml_sklearn.learner import ALGORITHMS
+    from fomaml_sklearn.algorithms import available_algorithms
 
     print(f"Conv-4, 5-way 1-shot, 15 queries/class, meta-batch 4, {args.precision}, "
           f"{args.threads} threads; median of {args.steps} meta-steps")
@@ -66,7 +68,7 @@ def main(argv=None):
     print(f"{'algorithm':<10}{'inner steps':>12}{'s / meta-step':>15}{'peak RSS MiB':>14}"
           f"{'growth MiB':>12}")
     for inner in args.inner_steps:
-        for algorithm in ALGORITHMS:
+        for algorithm in available_algorithms():
             out = subprocess.run(
                 [sys.executable, __file__, "--child", algorithm, str(inner),
                  "--steps", str(args.steps), "--precision", args.precision,

@@ -37,7 +37,6 @@ from fomaml_sklearn.evaluation import (
     sample_episodes,
 )
 
-
 # Published Omniglot accuracies (%, mean +- 95% CI) by (ways, shots).
 PUBLISHED = {
     (5, 1): ("98.3 +- 0.5", "98.7 +- 0.4", "95.39"),
@@ -48,23 +47,25 @@ PUBLISHED = {
 
 
 def load_omniglot(args):
-    """MAML split: 1200 characters (x4 rotations) to meta-train, 423 to test."""
-    from fomaml_sklearn.datasets import fetch_omniglot, omniglot_split, rotate_classes
+    """MAML split: 1200 characters (x4 rotations) to meta-train, 423 to test.
 
-    X, y = fetch_omniglot(data_home=args.data_home, subset="all", image_size=28,
-                          download_if_missing=not args.offline, return_X_y=True)
-    train, _, test = omniglot_split(y, protocol="maml", n_train=1200,
-                                    random_state=args.seed)
-    X_train, y_train = rotate_classes(X[train], y[train])
-    return X_train, y_train, X[test], y[test]
+    The split of ``fomaml-sklearn train/evaluate omniglot``: its seed is
+    fixed (``fetch_omniglot_maml``'s default), independent of ``--seed``.
+    Returns ``(X_train, y_train, X_test, y_test)``.
+    """
+    from fomaml_sklearn.datasets import fetch_omniglot_maml
+
+    data = fetch_omniglot_maml(args.data_home, image_size=28,
+                               download_if_missing=not args.offline)
+    return data.X_train, data.y_train, data.X_test, data.y_test
 
 
 def load_digits_split():
-    from sklearn.datasets import load_digits
+    """Digits 0-5 to meta-train, 6-9 to test (the command line's split)."""
+    from fomaml_sklearn import datasets
 
-    X, y = load_digits(return_X_y=True)
-    X = (X / 16.0).astype(np.float32)
-    return X[y < 6], y[y < 6], X[y >= 6], y[y >= 6]
+    data = datasets.load_digits_split()
+    return data.X_train, data.y_train, data.X_test, data.y_test
 
 
 def _row(name, accuracies, seconds=None):
@@ -104,7 +105,9 @@ def build_parser():
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="torch threads (default: all cores)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the initialisation, the training and the test "
+                             "episodes; the Omniglot class split is fixed (default: 0)")
     return parser
 
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from few_shot import load_omniglot  # noqa: E402
-
 from fomaml_sklearn import FOMAMLClassifier  # noqa: E402
+
+from few_shot import load_omniglot  # noqa: E402
 
 
 def main(argv=None):
@@ -52,7 +52,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    data_args = argparse.Namespace(data_home=args.data_home, offline=True, seed=args.seed)
+    data_args = argparse.Namespace(data_home=args.data_home, offline=True)
     try:
         X_train, y_train, X_test, y_test = load_omniglot(data_args)
     except OSError as exc:

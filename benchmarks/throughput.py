@@ -11,10 +11,12 @@ meta-gradient is checked against this package's in float32.
 - ``l2l``: ``learn2learn.algorithms.MAML(model, lr, first_order=True)``;
   ``clone()`` / ``adapt()`` per task. Only if ``import learn2learn`` works
   (install it in a separate venv: see ../shared/notes/learn2learn-peer.md).
-- ``fomaml_sklearn``: the per-task loop (``meta_gradient``) and the grouped
-  path (``grouped_meta_gradient``: all tasks in one grouped convolution per
-  layer) in float32, and what the estimator's ``precision="auto"`` and
-  ``task_batching="auto"`` resolve to on this machine.
+- ``fomaml_sklearn``: FOMAML's per-task loop and its batched path (all tasks
+  at once, ``torch.func.vmap`` over the backbone: one grouped convolution
+  per layer), through the public ``fomaml_sklearn.algorithms.meta_gradient``,
+  in float32, and what the estimator's ``precision="auto"`` and
+  ``task_batching="auto"`` resolve to on this machine (asked of a fitted
+  estimator).
 
 The last columns give the ratio to learn2learn and the fraction of this
 machine's measured matmul peak (for the precision used) that the fastest
@@ -30,14 +32,15 @@ import copy
 import sys
 import time
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fomaml_sklearn import FOMAMLClassifier
+from fomaml_sklearn.algorithms import meta_gradient
 from fomaml_sklearn.backbones import Conv4Backbone
-from fomaml_sklearn.classifier import _PRECISIONS, _resolve_precision
-from fomaml_sklearn.grouped import grouped_meta_gradient, resolve_task_batching
-from fomaml_sklearn.learner import MetaModel, TaskRunner, meta_gradient
+from fomaml_sklearn.heads import MetaModel
 
 WAYS, META_BATCH, ALPHA = 5, 32, 0.4
 
@@ -108,6 +111,21 @@ class _Stacked:
             yield xs, self.y_support, xq, self.y_query
 
 
+def _estimator_auto():
+    """What precision="auto" and task_batching="auto" resolve to here, asked
+    of a Conv-4 FOMAMLClassifier fitted for 0 epochs on the CPU."""
+    X = np.random.default_rng(0).random((10, 784), dtype=np.float32)
+    clf = FOMAMLClassifier("conv4", n_filters=4, n_ways=5, k_shot=1, n_query=1,
+                           max_epochs=0, device="cpu", adapt_on_fit=False)
+    clf.fit(X, np.repeat(np.arange(5), 2))
+    return clf.precision_, clf.task_batching_
+
+
+def _ours(meta, tasks, steps, batched=False, precision="float32"):
+    return meta_gradient(meta, tasks, WAYS, "fomaml", inner_lr=ALPHA, n_inner_steps=steps,
+                         precision=precision, batched=batched).grads
+
+
 def _time(fn, repeats):
     return _time_interleaved({"fn": fn}, repeats)["fn"]
 
@@ -162,8 +180,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     meta = MetaModel(Conv4Backbone((1, 28, 28), 64), 784, head="fixed", n_rows=WAYS)
-    auto, auto_dtype = _resolve_precision("auto", torch.device("cpu"))
-    auto_batching = resolve_task_batching("auto", meta, "fomaml", "cpu")
+    auto, auto_batching = _estimator_auto()
     try:
         import learn2learn as l2l
     except ImportError:
@@ -171,7 +188,7 @@ def main(argv=None):
         print("learn2learn not importable here: its column is skipped")
     peaks = {"float32": matmul_peak(torch.float32)}
     if auto != "float32":
-        peaks[auto] = matmul_peak(_PRECISIONS[auto])
+        peaks[auto] = matmul_peak(getattr(torch, auto))
     print(f"Conv-4 64, 5-way 1-shot, meta-batch {META_BATCH}, {args.threads} threads, "
           f"median of {args.repeats}; tasks/s (higher is better). 'auto': what "
           f"precision='auto' and task_batching='auto' resolve to here ({auto}, "
@@ -185,38 +202,34 @@ def main(argv=None):
         for steps in (1, 5):
             # The same meta-gradient everywhere first (float32).
             few = _Stacked(tasks[:4])
-            ours, _, _ = meta_gradient(TaskRunner(meta), few, WAYS, ALPHA, steps)
+            ours = _ours(meta, few, steps)
             names = [n for n, _ in meta.named_parameters()]
             by_name = dict(zip(names, ours))
             ours_plain = [by_name["backbone." + n] for n, _ in meta.backbone.named_parameters()]
             ours_plain += [by_name["head_weight"], by_name["head_bias"]]
             _check("naive", naive_meta_gradient(_plain_model(meta), tasks[:4], steps),
                    ours_plain)
-            _check("grouped", grouped_meta_gradient(meta, few, WAYS, ALPHA, steps)[0], ours)
+            _check("grouped", _ours(meta, few, steps, batched=True), ours)
             if l2l is not None:
                 maml = l2l.algorithms.MAML(_plain_model(meta), lr=ALPHA, first_order=True)
                 _check("l2l", l2l_meta_gradient(maml, tasks[:4], steps), ours_plain)
             plain = _plain_model(meta)
-            runner = TaskRunner(meta)
-            loop32 = lambda: meta_gradient(runner, stacked, WAYS, ALPHA, steps)  # noqa: E731
+            loop32 = lambda: _ours(meta, stacked, steps)  # noqa: E731
             fns = {
                 "naive": lambda: naive_meta_gradient(plain, tasks, steps),
                 "loop32": loop32,
-                "group32": lambda: grouped_meta_gradient(meta, stacked, WAYS, ALPHA, steps),
+                "group32": lambda: _ours(meta, stacked, steps, batched=True),
             }
             if l2l is not None:
                 maml = l2l.algorithms.MAML(_plain_model(meta), lr=ALPHA, first_order=True)
                 fns["l2l"] = lambda: l2l_meta_gradient(maml, tasks, steps)
             # precision="auto", task_batching="auto": what the estimator runs here.
-            if auto_dtype is not None and auto_batching == "grouped":
-                fns["auto"] = lambda: grouped_meta_gradient(
-                    meta, stacked, WAYS, ALPHA, steps, autocast_dtype=auto_dtype)
-            elif auto_dtype is not None:
-                auto_runner = TaskRunner(meta, auto_dtype)
-                fns["auto"] = lambda: meta_gradient(auto_runner, stacked, WAYS, ALPHA, steps)
+            if auto != "float32":
+                fns["auto"] = lambda: _ours(meta, stacked, steps,
+                                            batched=auto_batching == "grouped", precision=auto)
             rates = {name: META_BATCH / t
                      for name, t in _time_interleaved(fns, args.repeats).items()}
-            if auto_dtype is None:
+            if auto == "float32":
                 rates["auto"] = rates[{"loop": "loop32", "grouped": "group32"}[auto_batching]]
             flops = flops_per_task(loop32, META_BATCH)
             best32 = max(rates["loop32"], rates["group32"])

@@ -32,14 +32,14 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from few_shot import load_omniglot  # noqa: E402
-
 from fomaml_sklearn.episodes import EpisodeSampler, EpisodeShape  # noqa: E402
 from fomaml_sklearn.evaluation import (  # noqa: E402
     confidence_interval,
     episodic_accuracies,
     sample_episodes,
 )
+
+from few_shot import load_omniglot  # noqa: E402
 
 THRESHOLDS = (0.90, 0.95, 0.97)
 

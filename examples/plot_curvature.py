@@ -10,7 +10,7 @@ and rotates the gradient, and the first-order field drifts away from the
 exact one.
 
 Both fields are computed with the library's own update rules
-(``fomaml_sklearn.learner.meta_gradient``): the "network" has no features,
+(``fomaml_sklearn.algorithms.meta_gradient``): the "network" has no features,
 so its output is its head bias, which is the point x itself.
 """
 
@@ -25,7 +25,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from fomaml_sklearn.learner import MetaModel, TaskRunner, meta_gradient  # noqa: E402
+from fomaml_sklearn.algorithms import meta_gradient  # noqa: E402
+from fomaml_sklearn.heads import MetaModel  # noqa: E402
 
 
 class NoFeatures(nn.Module):
@@ -59,7 +60,6 @@ for ax, (title, C) in zip(axes, curvatures.items()):
     with warnings.catch_warnings():  # initialising the empty weight is a no-op
         warnings.simplefilter("ignore", UserWarning)
         meta = MetaModel(NoFeatures(), 1, head="fixed", n_rows=2)
-    runner = TaskRunner(meta, loss_fn=quadratic(C))
     task = [(torch.zeros(1, 1), g_support, torch.zeros(1, 1), g_query)]
     fields = {"maml": [], "fomaml": []}
     for x1 in grid:
@@ -67,7 +67,8 @@ for ax, (title, C) in zip(axes, curvatures.items()):
             with torch.no_grad():
                 meta.head_bias.copy_(torch.tensor([x1, x2]))
             for algorithm in fields:
-                grads, _, _ = meta_gradient(runner, task, 2, alpha, k, algorithm=algorithm)
+                grads, _, _ = meta_gradient(meta, task, 2, algorithm, inner_lr=alpha,
+                                            n_inner_steps=k, loss=quadratic(C))
                 fields[algorithm].append(grads[1].numpy())  # the bias = x
     maml, fomaml = (np.array(fields[a]) for a in ("maml", "fomaml"))
     error = np.linalg.norm(fomaml - maml, axis=1).mean() / np.linalg.norm(maml, axis=1).mean()

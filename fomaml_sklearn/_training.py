@@ -1,13 +1,13 @@
 """The skorch part: an internal ``NeuralNet`` whose training step is a meta-step.
 
 skorch supplies the loop (epochs, callbacks, history, progress bar, printed
-log, device handling); this module changes two override points:
+log, device handling); this module changes three override points:
 
 - :meth:`MetaTrainingNet.get_iterator` yields meta-batches of episodes drawn
   from the training data instead of mini-batches of samples;
-- :meth:`MetaTrainingNet.train_step_single` computes the meta-gradient
-  (FOMAML, MAML, Reptile or ANIL) of a meta-batch and leaves it in ``.grad`` for skorch's
-  optimizer step;
+- :meth:`MetaTrainingNet.train_step_single` asks the rule of the resolved
+  configuration (:mod:`fomaml_sklearn.algorithms`) for the meta-gradient of
+  a meta-batch and leaves it in ``.grad`` for skorch's optimizer step;
 - :meth:`MetaTrainingNet.validation_step` adapts to each validation episode
   (classes unseen in training, the same episodes every epoch) and records the
   query loss and few-shot accuracy (``valid_loss``, ``valid_acc``), so skorch's
@@ -24,10 +24,9 @@ import torch
 from skorch import NeuralNet
 from skorch.callbacks import PassthroughScoring
 
+from .algorithms._base import TaskRunner
 from .episodes import EpisodeSampler
 from .evaluation import adapted_query_logits
-from .grouped import grouped_meta_gradient, resolve_task_batching
-from .learner import TaskRunner, meta_gradient, resolve_prototype_gradient
 
 __all__ = ["MetaBatch", "EpisodeLoader", "MetaTrainingNet", "meta_steps_per_epoch"]
 
@@ -119,50 +118,37 @@ class EpisodeLoader:
             yield MetaBatch(self.X, episodes, self.X.device)
 
 
+class _TaskLoss(torch.nn.Module):
+    """``loss(outputs, targets)`` as a module without parameters."""
+
+    def __init__(self, loss):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, outputs, targets):
+        return self.loss(outputs, targets)
+
+
 class MetaTrainingNet(NeuralNet):
-    """skorch ``NeuralNet`` whose training step is one FOMAML meta-step.
+    """skorch ``NeuralNet`` whose training step is one meta-step.
 
     Parameters (beyond ``NeuralNet``'s)
     -----------------------------------
-    inner_lr : float
-        Inner SGD rate alpha.
-    n_inner_steps : int
-        Inner SGD steps per task in meta-training.
-    n_inner_steps_test : int
-        Inner SGD steps per validation episode.
-    transductive : bool
-        Normalise the queries with their own batch statistics.
-    autocast_dtype : torch.dtype or None
-        Mixed precision for the forward passes.
-    algorithm : str
-        The update rule, a key of :data:`fomaml_sklearn.learner.ALGORITHMS`.
-    adapt_body : bool
-        Adapt the body on validation episodes (False for ANIL).
-    task_batching : {"auto", "loop", "grouped"}
-        Run the tasks of a meta-batch one by one or all at once
-        (:mod:`fomaml_sklearn.grouped`); ``"auto"`` groups on a GPU where
-        supported and loops on a CPU, where the loop was measured faster.
-    prototype_gradient : {"auto", True, False}
-        FOMAML with the prototype head: carry the head's gradient back
-        through the prototypes; ``"auto"``: unless the backbone batch-normalises
-        flat features, a BatchNorm layer and no convolution
-        (:func:`~fomaml_sklearn.learner.resolve_prototype_gradient`).
-        ``prototype_gradient_`` holds the resolved value.
+    config : MetaConfig
+        Everything resolved in the estimator's ``fit``: the rule (with its
+        options), the inner rate and steps, precision, task batching and
+        loss. The net only reads it.
     """
 
-    def __init__(self, module, *args, inner_lr=0.4, n_inner_steps=1, n_inner_steps_test=3,
-                 transductive=False, autocast_dtype=None, algorithm="fomaml",
-                 adapt_body=True, task_batching="auto", prototype_gradient="auto", **kwargs):
+    def __init__(self, module, *args, config=None, **kwargs):
         super().__init__(module, *args, **kwargs)
-        self.inner_lr = inner_lr
-        self.n_inner_steps = n_inner_steps
-        self.n_inner_steps_test = n_inner_steps_test
-        self.transductive = transductive
-        self.autocast_dtype = autocast_dtype
-        self.algorithm = algorithm
-        self.adapt_body = adapt_body
-        self.task_batching = task_batching
-        self.prototype_gradient = prototype_gradient
+        self.config = config
+
+    def initialize_criterion(self):
+        # The task loss of the configuration, as a module so that skorch's
+        # Checkpoint and save_params find the criterion_ they expect.
+        self.criterion_ = _TaskLoss(self.config.loss)
+        return self
 
     @property
     def _default_callbacks(self):
@@ -186,12 +172,7 @@ class MetaTrainingNet(NeuralNet):
 
     def fit_loop(self, X, y=None, epochs=None, **fit_params):
         # The scratch network lives only while training: it is not pickled.
-        self.grouped_ = resolve_task_batching(
-            self.task_batching, self.module_, self.algorithm, self.device) == "grouped"
-        self.prototype_gradient_ = resolve_prototype_gradient(
-            self.prototype_gradient, self.module_.backbone)
-        self.runner_ = TaskRunner(self.module_, self.autocast_dtype,
-                                  prototype_gradient=self.prototype_gradient_)
+        self.runner_ = TaskRunner(self.module_, self.config)
         self.interrupted_ = False
         self._stopped_by_callback = False
         try:
@@ -206,35 +187,24 @@ class MetaTrainingNet(NeuralNet):
 
     def train_step_single(self, batch, **fit_params):
         self._set_training(True)
-        if self.grouped_:
-            grads, loss, accuracy = grouped_meta_gradient(
-                self.module_, batch, batch.n_classes, self.inner_lr, self.n_inner_steps,
-                self.transductive, self.autocast_dtype, self.prototype_gradient_,
-            )
-        else:
-            grads, loss, accuracy = meta_gradient(
-                self.runner_, batch, batch.n_classes, self.inner_lr,
-                self.n_inner_steps, self.transductive, self.algorithm,
-            )
-        for param, grad in zip(self.module_.parameters(), grads):
+        result = self.config.algorithm.meta_gradient(
+            self.runner_, batch, batched=self.config.task_batching == "grouped")
+        for param, grad in zip(self.module_.parameters(), result.grads):
             param.grad = grad
-        self.history.record_batch("train_query_acc", accuracy)
-        return {"loss": torch.tensor(loss), "y_pred": None}
+        self.history.record_batch("train_query_acc", result.accuracy)
+        return {"loss": torch.tensor(result.loss), "y_pred": None}
 
     def validation_step(self, batch, **fit_params):
         """Few-shot query loss and accuracy of a meta-batch of validation episodes.
 
         Each episode adapts from the meta-parameters (which do not change)
-        with ``n_inner_steps_test`` steps, as :meth:`FOMAMLClassifier.evaluate`
-        does.
+        with the rule's test-time adaptation, as
+        :meth:`FOMAMLClassifier.evaluate` does.
         """
         total_loss, n_correct, n_queries = 0.0, 0, 0
         for x_s, y_s, x_q, y_q in batch:
-            logits = adapted_query_logits(
-                self.runner_, x_s, y_s, x_q, batch.n_classes, self.inner_lr,
-                self.n_inner_steps_test, self.transductive, self.adapt_body,
-            )
-            total_loss += float(torch.nn.functional.cross_entropy(logits.float(), y_q))
+            logits = adapted_query_logits(self.runner_, x_s, y_s, x_q, batch.n_classes)
+            total_loss += float(self.criterion_(logits.float(), y_q))
             n_correct += int((logits.argmax(1) == y_q).sum())
             n_queries += len(y_q)
         self.history.record_batch("valid_acc", n_correct / n_queries)

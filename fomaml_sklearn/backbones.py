@@ -24,6 +24,7 @@ __all__ = [
     "Conv4Backbone",
     "build_backbone",
     "convert_batchnorm",
+    "image_shape",
 ]
 
 
@@ -136,7 +137,8 @@ class Conv4Backbone(nn.Module):
 
     def forward(self, x):
         x = x.reshape((x.shape[0],) + self.input_shape)
-        x = x.contiguous(memory_format=torch.channels_last)
+        if not torch._C._functorch.is_batchedtensor(x):
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.blocks(x).flatten(1)
 
 
@@ -168,14 +170,46 @@ def convert_batchnorm(module):
     return module
 
 
-def _image_shape(n_features, input_shape):
+def image_shape(n_features, input_shape=None, *, argument="input_shape"):
+    """Resolve the ``(channels, height, width)`` of one image of ``n_features``.
+
+    Parameters
+    ----------
+    n_features : int
+        Number of features of a flattened image.
+    input_shape : tuple of int or None, default=None
+        The shape, if known: ``(channels, height, width)``, or ``(height,
+        width)`` for one channel; checked against ``n_features``. None: a
+        square single-channel image, when ``n_features`` is a square.
+    argument : str, default="input_shape"
+        The caller's name for ``input_shape``, used in the error messages.
+
+    Returns
+    -------
+    shape : tuple of int
+        ``(channels, height, width)`` with ``channels * height * width ==
+        n_features``.
+
+    Raises
+    ------
+    ValueError
+        ``input_shape`` does not have 2 or 3 entries or does not fit
+        ``n_features``; or it is None and ``n_features`` is not a square.
+
+    Examples
+    --------
+    >>> from fomaml_sklearn.backbones import image_shape
+    >>> image_shape(784), image_shape(64, (8, 8)), image_shape(3072, (3, 32, 32))
+    ((1, 28, 28), (1, 8, 8), (3, 32, 32))
+    """
+    n_features = int(n_features)
     if input_shape is not None:
         shape = tuple(int(s) for s in input_shape)
         if len(shape) == 2:
             shape = (1,) + shape
         if len(shape) != 3 or math.prod(shape) != n_features:
             raise ValueError(
-                f"input_shape={input_shape!r} does not fit the data: it must be "
+                f"{argument}={input_shape!r} does not fit the data: it must be "
                 f"(channels, height, width) with channels*height*width equal to "
                 f"the number of features, {n_features}."
             )
@@ -183,9 +217,8 @@ def _image_shape(n_features, input_shape):
     side = math.isqrt(n_features)
     if side * side != n_features:
         raise ValueError(
-            f"module='conv4' needs images, but the data has {n_features} features, "
-            "which is not a square single-channel image; pass "
-            "input_shape=(channels, height, width)."
+            f"the data has {n_features} features, which is not a square single-channel "
+            f"image; pass {argument}=(channels, height, width)."
         )
     return (1, side, side)
 
@@ -234,7 +267,11 @@ def build_backbone(module, n_features, *, input_shape=None,
         if name == "mlp":
             return MLPBackbone(n_features, tuple(hidden_layer_sizes))
         if name in ("conv4", "conv-4"):
-            return Conv4Backbone(_image_shape(n_features, input_shape), n_filters)
+            try:
+                shape = image_shape(n_features, input_shape)
+            except ValueError as exc:
+                raise ValueError(f"module={module!r} needs images: {exc}") from None
+            return Conv4Backbone(shape, n_filters)
         raise ValueError(
             f"module={module!r} is not a known backbone; use 'mlp', 'conv4', a "
             "torch.nn.Module subclass or a torch.nn.Module instance."

@@ -15,7 +15,10 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from skorch.dataset import Dataset
 from skorch.helper import predefined_split
 
+from ._config import TASK_BATCHING, resolve_config, resolve_device, resolve_precision
 from ._training import EpisodeLoader, MetaTrainingNet, meta_steps_per_epoch
+from .algorithms import get_algorithm
+from .algorithms._base import TaskRunner
 from .backbones import build_backbone
 from .episodes import resolve_episode_shape
 from .evaluation import (
@@ -24,70 +27,12 @@ from .evaluation import (
     episodic_accuracies,
     sample_episodes,
 )
-from .learner import ALGORITHMS, HEAD_ONLY_ALGORITHMS, HEADS, MetaModel, TaskRunner
+from .heads import HEADS, MetaModel
 
 __all__ = ["FOMAMLClassifier"]
 
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 _PREDICT_CHUNK = 4096
-_TASK_BATCHING = ("auto", "loop", "grouped")
-
-
-def _resolve_device(device):
-    """Turn ``"auto"``/``"cpu"``/``"cuda[:i]"``/``torch.device`` into a torch.device."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(
-            f"device={device!r} is not a valid device; use 'cpu', 'cuda', 'cuda:N' "
-            "or 'auto'."
-        ) from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={device!r} was requested, but CUDA is not available on this "
-            "machine (torch.cuda.is_available() is False); use device='cpu', or "
-            "device='auto' to take a GPU only where there is one."
-        )
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device={device!r} is not supported; use 'cpu', 'cuda' or 'auto'.")
-    return dev
-
-
-_PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _cpu_has_fast_bf16():
-    """True where the CPU runs bfloat16 natively (AMX or AVX512-BF16)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def _resolve_precision(precision, device):
-    """Return the precision name and the autocast dtype (None for float32)."""
-    if precision == "auto":
-        if device.type == "cuda":
-            # Native bf16 only: emulated bf16 on older GPUs is slow.
-            fast = torch.cuda.is_bf16_supported(including_emulation=False)
-        else:
-            fast = _cpu_has_fast_bf16()
-        precision = "bfloat16" if fast else "float32"
-    if precision not in _PRECISIONS:
-        raise ValueError(
-            f"precision={precision!r} is not supported; use 'auto', 'float32', "
-            "'bfloat16' or 'float16' (GPU only)."
-        )
-    if precision == "float16" and device.type != "cuda":
-        raise ValueError(
-            "precision='float16' runs only on a GPU; on the CPU use 'bfloat16' "
-            "or 'auto'."
-        )
-    return precision, _PRECISIONS[precision]
 
 
 def _flatten_images(X):
@@ -149,23 +94,28 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         taken from 4-D ``X``, or a square single-channel image for rows.
     module_params : dict or None, default=None
         Keyword arguments for a ``module`` given as a class.
-    algorithm : {"fomaml", "maml", "reptile", "anil", "fo-anil"}, default="fomaml"
-        The meta-learning rule. ``"fomaml"``: the query gradient at the
-        adapted parameters. ``"maml"``: the exact second-order meta-gradient,
-        differentiating through the inner steps (about 2-3x the cost).
+    algorithm : str or MetaAlgorithm, default="fomaml"
+        The meta-learning rule (:mod:`fomaml_sklearn.algorithms`), by name or
+        as an instance whose options are then searchable like any other
+        parameter (``algorithm__prototype_gradient``, ``algorithm__lam``).
+        ``"fomaml"``: the query gradient at the adapted parameters (option
+        ``prototype_gradient``). ``"maml"``: the exact second-order
+        meta-gradient, differentiating through the inner steps.
         ``"reptile"``: the direction ``theta - phi`` after ``n_inner_steps``
         steps on all of a task's examples, fed to the meta-optimizer.
         ``"anil"`` / ``"fo-anil"``: only the head adapts in the inner loop
-        (also in ``adapt``), second or first order; the body is meta-learned.
+        (also in ``adapt``), second or first order. ``"imaml"``: the implicit
+        gradient of a proximal inner problem (options ``lam``,
+        ``cg_steps``). ``algorithm_`` holds the rule used, its ``"auto"``
+        options resolved.
     head : {"prototype", "shared", "fixed"}, default="prototype"
         Initialisation of the task head, which has one row per class, so a
         task may have any number of classes. ``"prototype"``: rows from the
-        support-class mean embeddings (Proto-MAML; the most accurate in our
-        measurements); with ``"fomaml"`` the head's query gradient also
-        flows back through the prototypes into the body (fo-Proto-MAML; see
-        ``prototype_gradient``). ``"shared"``: one meta-learned row copied
-        for every class (under cross-entropy this is a zero-initialised
-        head).
+        support-class mean embeddings (Proto-MAML); with ``"fomaml"`` the
+        head's query gradient can also flow back through the prototypes into
+        the body (the rule's ``prototype_gradient`` option). ``"shared"``:
+        one meta-learned row copied for every class (under cross-entropy
+        this is a zero-initialised head).
         ``"fixed"``: the classic ``n_ways``-row head of the MAML paper (class
         ``j`` of a task starts from row ``j % n_ways``).
     n_ways : int, default=5
@@ -178,9 +128,9 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         Tasks per outer (meta) step.
     inner_lr : float or "auto", default="auto"
         Inner-loop SGD rate (alpha). ``"auto"``: 0.05 with the prototype head
-        (which starts close to a good classifier; 0.4 lost about 20 points of
-        5-way 1-shot accuracy on Omniglot in our runs) and 0.4, the MAML
-        paper's Omniglot value, with the ``"shared"`` and ``"fixed"`` heads.
+        (which starts close to a good classifier; a large rate hurts it, see
+        ``docs/design.md``) and 0.4, the MAML paper's Omniglot value, with
+        the ``"shared"`` and ``"fixed"`` heads.
     n_inner_steps : int, default=1
         Inner SGD steps during meta-training.
     n_inner_steps_test : int, default=3
@@ -218,25 +168,12 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         float32 elsewhere; ``precision_`` says which was used.
     task_batching : {"auto", "loop", "grouped"}, default="auto"
         How the tasks of a meta-batch run in meta-training. ``"loop"``: one
-        task after the other. ``"grouped"``: all tasks at once, one grouped
-        convolution / batched matrix product per layer (FOMAML with the
-        ``"mlp"`` and ``"conv4"`` backbones; the same meta-gradient, more
-        memory). ``"auto"``: grouped on a GPU where it is supported (many tiny
-        per-task kernels leave a GPU idle), the loop on a CPU (on a 2-core
-        CPU grouped was 1.15-1.3x faster with 1 query per class but 0.8x with
-        5 and 0.5x with 15); ``task_batching_`` says which ran.
-    prototype_gradient : {"auto", True, False}, default="auto"
-        With ``head="prototype"`` and ``algorithm="fomaml"``: if True, the
-        head's query gradient also flows back through the prototypes into
-        the body (fo-Proto-MAML; the prototypes are a function of the
-        meta-parameters, and only the inner steps' Jacobian is dropped); if
-        False, the prototypes are treated as constants. ``"auto"``: False
-        for backbones that batch-normalise flat features (a BatchNorm layer
-        and no convolution, as the built-in ``"mlp"``), True otherwise, as
-        measured: on Omniglot with Conv-4 it took 5-way 1-shot accuracy
-        after 600 meta-steps from 88.8 % to 94.9 %; on synthetic classes it
-        cost the BatchNorm MLP about 30 points in 1-shot and helped the same
-        MLP without BatchNorm by 9. ``prototype_gradient_`` says which ran.
+        task after the other. ``"grouped"``: all tasks at once through the
+        rule's batched path (FOMAML with the ``"mlp"`` and ``"conv4"``
+        backbones; the same meta-gradient, more memory). ``"auto"``: grouped
+        on a GPU where the rule supports it (many tiny per-task kernels leave
+        a GPU idle), the loop on a CPU, where it was measured faster
+        (``docs/performance.md``); ``task_batching_`` says which ran.
     adapt_on_fit : bool, default=True
         Adapt to all classes of ``y`` at the end of ``fit``. Set to False when
         meta-training on many classes only to call ``adapt`` later.
@@ -297,9 +234,11 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         The inner-loop rate used (``"auto"`` resolved).
     task_batching_ : str
         ``"loop"`` or ``"grouped"``, the task batching used in ``fit``.
-    prototype_gradient_ : bool
-        Whether the meta-gradient went through the prototypes
-        (``prototype_gradient`` resolved).
+    algorithm_ : MetaAlgorithm
+        The rule used, its ``"auto"`` options resolved (for example
+        ``algorithm_.prototype_gradient``).
+    config_ : MetaConfig
+        Every resolved setting of meta-training and adaptation.
     input_shape_ : tuple of int or None
         ``(channels, height, width)`` of an image for convolutional
         backbones (given or inferred), else None.
@@ -357,7 +296,6 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         transductive=False,
         precision="auto",
         task_batching="auto",
-        prototype_gradient="auto",
         adapt_on_fit=True,
         warm_start=False,
         device="auto",
@@ -389,7 +327,6 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         self.transductive = transductive
         self.precision = precision
         self.task_batching = task_batching
-        self.prototype_gradient = prototype_gradient
         self.adapt_on_fit = adapt_on_fit
         self.warm_start = warm_start
         self.device = device
@@ -430,22 +367,13 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
                 "hidden_layer_sizes must be a non-empty tuple of positive integers, "
                 f"e.g. (64, 64); got {sizes!r}."
             )
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(
-                f"algorithm={self.algorithm!r} is not supported; use one of "
-                f"{sorted(ALGORITHMS)}."
-            )
+        get_algorithm(self.algorithm).validate()
         if self.head not in HEADS:
             raise ValueError(f"head={self.head!r} is not supported; use one of {HEADS}.")
-        if self.task_batching not in _TASK_BATCHING:
+        if self.task_batching not in TASK_BATCHING:
             raise ValueError(
                 f"task_batching={self.task_batching!r} is not supported; use one of "
-                f"{_TASK_BATCHING}."
-            )
-        if not (self.prototype_gradient == "auto" or isinstance(self.prototype_gradient, bool)):
-            raise ValueError(
-                f"prototype_gradient={self.prototype_gradient!r} is not supported; use "
-                "'auto', True or False."
+                f"{TASK_BATCHING}."
             )
         return self._optimizer_class()
 
@@ -522,11 +450,8 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         )
         train_codes = np.unique(codes[train_mask], return_inverse=True)[1]
         shape = self._episode_shape(train_codes, classes[np.unique(codes[train_mask])])
-        device = self.device_ if warm else _resolve_device(self.device)
-        precision, autocast_dtype = _resolve_precision(self.precision, device)
-        if self.verbose:
-            print(f"Meta-training on {device} in {precision} precision, episodes "
-                  f"{shape.n_ways}-way {shape.k_shot}-shot with {shape.n_query} queries.")
+        device = self.device_ if warm else resolve_device(self.device)
+        resolve_precision(self.precision, device)  # fail before building anything
         X_t = self._to_tensor(X, device)
         train_split, valid_params = None, {}
         if valid is not None:
@@ -548,28 +473,28 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
             iterator_train__shape=shape,
             iterator_train__n_batches=self.meta_batches_per_epoch,
             train_split=train_split,
-            inner_lr=self._resolved_inner_lr(),
-            n_inner_steps=self.n_inner_steps,
-            n_inner_steps_test=self.n_inner_steps_test,
-            transductive=self.transductive,
-            autocast_dtype=autocast_dtype,
-            algorithm=self.algorithm,
-            adapt_body=self._adapt_body(),
-            task_batching=self.task_batching,
-            prototype_gradient=self.prototype_gradient,
             **valid_params,
         )
         input_shape = self.input_shape if self.input_shape is not None else image_shape
         X_train = X_t if train_mask.all() else X_t[torch.as_tensor(train_mask, device=device)]
         with self._seed_scope(device):
             torch.manual_seed(torch_seed)
+            meta_model = (self.net_.module_ if warm else
+                          self._build_meta_model(X.shape[1], input_shape, shape))
+            config = resolve_config(self.get_params(deep=False), get_algorithm(self.algorithm),
+                                    meta_model, device)
+            if self.verbose:
+                print(f"Meta-training on {device} in {config.precision} precision with "
+                      f"{type(config.algorithm).__name__}, episodes {shape.n_ways}-way "
+                      f"{shape.k_shot}-shot with {shape.n_query} queries.")
+            net_params["config"] = config
             if warm:
                 net = self.net_
                 for name, value in net_params.items():
                     setattr(net, name, value)
                 net.partial_fit(X_train, train_codes)
             else:
-                net = self._build_net(X.shape[1], input_shape, shape, optimizer_cls, device,
+                net = self._build_net(meta_model, optimizer_cls, device,
                                       np.random.default_rng(episode_seed), net_params)
                 net.fit(X_train, train_codes)
         # The validation data is not kept in the fitted estimator.
@@ -589,11 +514,12 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         self.meta_model_ = net.module_
         self.n_meta_steps_ = sum(meta_steps_per_epoch(net.history))
         self.episode_shape_ = shape
+        self.config_ = config
+        self.algorithm_ = config.algorithm
         self.device_ = device
-        self.precision_ = precision
-        self.inner_lr_ = self._resolved_inner_lr()
-        self.task_batching_ = "grouped" if net.grouped_ else "loop"
-        self.prototype_gradient_ = net.prototype_gradient_
+        self.precision_ = config.precision
+        self.inner_lr_ = config.inner_lr
+        self.task_batching_ = config.task_batching
         if not warm:
             self.input_shape_ = input_shape
         if self.adapt_on_fit:
@@ -603,9 +529,8 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
             self.task_model_ = None
         return self
 
-    def _build_net(self, n_features, input_shape, shape, optimizer_cls, device, episode_rng,
-                   net_params):
-        """A new meta-model (initialised from torch's seeded RNG) in a new skorch net."""
+    def _build_meta_model(self, n_features, input_shape, shape):
+        """A new meta-model, initialised from torch's (seeded) generator."""
         backbone = build_backbone(
             self.module,
             n_features,
@@ -614,7 +539,10 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
             n_filters=self.n_filters,
             module_params=self.module_params,
         )
-        meta_model = MetaModel(backbone, n_features, head=self.head, n_rows=shape.n_ways)
+        return MetaModel(backbone, n_features, head=self.head, n_rows=shape.n_ways)
+
+    def _build_net(self, meta_model, optimizer_cls, device, episode_rng, net_params):
+        """The skorch net that meta-trains ``meta_model``."""
         callbacks = copy.deepcopy(list(self.callbacks or []))
         if self.verbose:
             from skorch.callbacks import ProgressBar
@@ -625,7 +553,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
             callbacks.append(("progress_bar", ProgressBar(batches_per_epoch=n_batches)))
         return MetaTrainingNet(
             meta_model,
-            criterion=torch.nn.CrossEntropyLoss,
+            criterion=None,
             optimizer=optimizer_cls,
             lr=self.lr,
             iterator_train__rng=episode_rng,
@@ -681,25 +609,14 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         return ~valid_mask, (X[valid_mask], val_codes, classes[held_out])
 
     # ------------------------------------------------------------------- adapt
-    def _adapt_body(self):
-        return self.algorithm not in HEAD_ONLY_ALGORITHMS
-
-    def _resolved_inner_lr(self):
-        if isinstance(self.inner_lr, str):
-            return 0.05 if self.head == "prototype" else 0.4
-        return float(self.inner_lr)
-
     def _runner(self):
-        return TaskRunner(self.meta_model_, _PRECISIONS[self.precision_])
+        return TaskRunner(self.meta_model_, self.config_)
 
     def _adapt_codes(self, X_t, codes, classes):
         runner = self._runner()
         y_t = torch.as_tensor(codes, device=X_t.device)
-        weight, bias = runner.adapt(
-            X_t, y_t, len(classes), self.inner_lr_, self.n_inner_steps_test,
-            adapt_body=self._adapt_body(),
-        )
-        self.task_model_ = runner.task_model(weight, bias)
+        head = self.algorithm_.adapt(runner, X_t, y_t, len(classes))
+        self.task_model_ = runner.task_model(head)
         self.classes_ = classes
 
     def adapt(self, X_support, y_support):
@@ -845,11 +762,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
             random_state = seed if isinstance(seed, numbers.Integral) else 0
         episodes = sample_episodes(codes, shape, n_episodes, random_state)
         runner = self._runner()
-        accuracies = episodic_accuracies(
-            runner, self._to_tensor(X, self.device_), episodes,
-            self.inner_lr_, self.n_inner_steps_test, self.transductive,
-            adapt_body=self._adapt_body(),
-        )
+        accuracies = episodic_accuracies(runner, self._to_tensor(X, self.device_), episodes)
         mean, ci95 = confidence_interval(accuracies)
         return FewShotResult(mean=mean, ci95=ci95, accuracies=accuracies, shape=shape)
 

@@ -28,10 +28,11 @@ import numpy as np
 __all__ = ["main", "build_parser", "CommandError"]
 
 PROG = "fomaml-sklearn"
+# fomaml_sklearn.heads.HEADS, spelled out so that --help does not import torch
+# (a test checks that the two agree).
+HEAD_CHOICES = ("prototype", "shared", "fixed")
 DEFAULT_MODEL = "fomaml_model.joblib"
 BUILTIN_DATA = ("digits", "omniglot")
-DIGITS_TRAIN_MAX = 5  # meta-train on digits 0-5, evaluate on 6-9
-OMNIGLOT_SPLIT_SEED = 0  # the MAML split, fixed so train and evaluate agree
 
 EPILOG = """\
 examples:
@@ -81,210 +82,15 @@ class CommandError(Exception):
 
 
 # --------------------------------------------------------------------- data
-def _digits(part):
-    """scikit-learn's digits as float rows in [0, 1]: digits 0-5 or 6-9.
-
-    Parameters
-    ----------
-    part : {"train", "test"}
-        ``"train"``: digits 0-5; ``"test"``: digits 6-9.
-
-    Returns
-    -------
-    X : ndarray of shape (n_samples, 64)
-    y : ndarray of shape (n_samples,)
-    description : str
-    """
-    from sklearn.datasets import load_digits
-
-    X, y = load_digits(return_X_y=True)
-    X = (X / 16.0).astype(np.float32)
-    mask = y <= DIGITS_TRAIN_MAX if part == "train" else y > DIGITS_TRAIN_MAX
-    name = "digits 0-5" if part == "train" else "digits 6-9"
-    return X[mask], y[mask], name
-
-
-def _omniglot(part, data_home, offline, image_size):
-    """Omniglot's MAML split: 1200 characters x 4 rotations, or the other 423.
-
-    Parameters
-    ----------
-    part : {"train", "test"}
-        ``"train"``: the meta-training characters, each rotation its own
-        class (:func:`~fomaml_sklearn.datasets.rotate_classes`); ``"test"``:
-        the unseen characters.
-    data_home : str or None
-        Folder holding ``omniglot/``.
-    offline : bool
-        Never download.
-    image_size : int
-        Side of the images.
-
-    Returns
-    -------
-    X : ndarray of shape (n_samples, 1, image_size, image_size)
-    y : ndarray of shape (n_samples,)
-    description : str
-    """
-    from .datasets import fetch_omniglot, omniglot_split, rotate_classes
-
-    X, y = fetch_omniglot(data_home=data_home, subset="all", image_size=image_size,
-                          download_if_missing=not offline, return_X_y=True)
-    train, _, test = omniglot_split(y, protocol="maml", n_train=1200,
-                                    random_state=OMNIGLOT_SPLIT_SEED)
-    if part == "train":
-        X, y = rotate_classes(X[train], y[train])
-        return X, y, "omniglot (1200 characters x 4 rotations, MAML split)"
-    return X[test], y[test], "omniglot (423 test characters, MAML split)"
-
-
-def _image_to_array(image, size, channels):
-    """A PIL image as a float32 ``(channels, size, size)`` array in [0, 1]."""
-    import torch
-    from torch.nn import functional as F
-
-    image = image.convert("L" if channels == 1 else "RGB")
-    t = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
-    t = t[None] if channels == 1 else t.permute(2, 0, 1)
-    if tuple(t.shape[1:]) != (size, size):
-        # Area averaging when shrinking (as fetch_omniglot does), else bilinear.
-        if t.shape[1] >= size and t.shape[2] >= size:
-            t = F.interpolate(t[None], size=(size, size), mode="area")[0]
-        else:
-            t = F.interpolate(t[None], size=(size, size), mode="bilinear",
-                              align_corners=False)[0]
-    return t.clamp(0.0, 1.0).numpy()
-
-
-def _read_images(paths, size, channels):
-    """Read image files into one float32 ``(n, channels, size, size)`` array."""
-    from torchvision.datasets.folder import default_loader
-
-    arrays = []
-    for path in paths:
-        try:
-            image = default_loader(str(path))
-        except OSError as exc:
-            raise CommandError(f"cannot read the image {path}: {exc}") from exc
-        arrays.append(_image_to_array(image, size, channels))
-    return np.stack(arrays).astype(np.float32)
-
-
-def _class_folders(path):
-    """Class subfolder names of ``path`` (hidden ones skipped), at least two."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CommandError(f"{path} is not a folder")
-    classes = sorted(e.name for e in os.scandir(path)
-                     if e.is_dir() and not e.name.startswith("."))
-    if len(classes) < 2:
-        found = f"only {classes[0]!r}" if classes else "none"
-        raise CommandError(
-            f"{path} needs at least 2 class subfolders of images (one per class, e.g. "
-            f"{path}/cat/1.png, {path}/dog/1.png); found {found}"
-        )
-    return classes
-
-
-def read_image_folder(path, size, channels=1):
-    """Read images in class subfolders with torchvision's ``ImageFolder``.
-
-    Parameters
-    ----------
-    path : str or path-like
-        Folder with one subfolder of images per class (at least two).
-    size : int
-        Every image is resized to ``size x size``.
-    channels : {1, 3}, default=1
-        1: grayscale; 3: RGB.
-
-    Returns
-    -------
-    X : ndarray of shape (n_images, channels, size, size)
-        Values in [0, 1], as stored (see :func:`apply_ink`).
-    y : ndarray of str of shape (n_images,)
-        The class (subfolder name) of each image.
-    """
-    from torchvision.datasets import ImageFolder
-
-    classes = _class_folders(path)
-
-    class _Folder(ImageFolder):
-        def find_classes(self, directory):
-            return classes, {c: i for i, c in enumerate(classes)}
-
-    try:
-        dataset = _Folder(str(path))
-    except FileNotFoundError as exc:  # a class subfolder without images
-        raise CommandError(f"{path}: {exc}") from exc
-    files = [p for p, _ in dataset.samples]
-    X = _read_images(files, size, channels)
-    y = np.asarray(classes, dtype=object)[[t for _, t in dataset.samples]].astype(str)
-    return X, y
-
-
-def list_images(paths):
-    """List the image files given directly or found (recursively) in folders.
-
-    Parameters
-    ----------
-    paths : list of str
-        Image files and/or folders.
-
-    Returns
-    -------
-    files : list of str
-        The image files, in the order given; a folder's in sorted order.
-    """
-    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
-
-    files = []
-    for given in paths:
-        path = Path(given)
-        if path.is_file():
-            files.append(str(path))
-        elif path.is_dir():
-            found = []
-            for root, dirs, names in os.walk(path):
-                dirs[:] = [d for d in dirs if not d.startswith(".")]
-                found += [os.path.join(root, n) for n in names if not n.startswith(".")
-                          and has_file_allowed_extension(n, IMG_EXTENSIONS)]
-            if not found:
-                raise CommandError(
-                    f"no images found in {path} (looked for {', '.join(IMG_EXTENSIONS)})"
-                )
-            files += sorted(found)
-        else:
-            raise CommandError(f"{path} does not exist")
-    return files
-
-
-def apply_ink(X, ink):
-    """Make ink bright (1) and the background dark (0), as in Omniglot and digits.
-
-    Parameters
-    ----------
-    X : ndarray
-        Images with values in [0, 1].
-    ink : {"auto", "dark", "light"}
-        ``"dark"``: dark strokes on a light background, inverted;
-        ``"light"``: kept as they are; ``"auto"``: inverted when the mean
-        value is above 0.5 (mostly light pixels).
-
-    Returns
-    -------
-    X : ndarray
-        The images, inverted or not.
-    inverted : bool
-        Whether they were inverted.
-    """
-    invert = ink == "dark" or (ink == "auto" and X.size > 0 and float(X.mean()) > 0.5)
-    return (1.0 - X if invert else X), invert
-
-
 def load_data(spec, part, *, data_home=None, offline=False, image_size=28, channels=1,
               ink="auto"):
     """Load a data set named on the command line.
+
+    The loading itself is in :mod:`fomaml_sklearn.datasets`
+    (:func:`~fomaml_sklearn.datasets.load_digits_split`,
+    :func:`~fomaml_sklearn.datasets.fetch_omniglot_maml`,
+    :func:`~fomaml_sklearn.datasets.load_image_folder` and
+    :func:`~fomaml_sklearn.datasets.apply_ink`), shared with the benchmarks.
 
     Parameters
     ----------
@@ -302,7 +108,8 @@ def load_data(spec, part, *, data_home=None, offline=False, image_size=28, chann
     channels : {1, 3}, default=1
         Channels of folder images.
     ink : {"auto", "dark", "light"}, default="auto"
-        How folder images are normalised (see :func:`apply_ink`).
+        How folder images are normalised (see
+        :func:`~fomaml_sklearn.datasets.apply_ink`).
 
     Returns
     -------
@@ -313,17 +120,30 @@ def load_data(spec, part, *, data_home=None, offline=False, image_size=28, chann
     description : str
         What was loaded, for messages.
     """
+    from . import datasets
+
+    if part not in ("train", "test"):
+        raise ValueError(f"part={part!r} is not 'train' or 'test'")
     if spec == "digits":
-        return _digits(part)
+        data = datasets.load_digits_split()
+        if part == "train":
+            return data.X_train, data.y_train, "digits 0-5"
+        return data.X_test, data.y_test, "digits 6-9"
     if spec == "omniglot":
-        return _omniglot(part, data_home, offline, image_size)
+        data = datasets.fetch_omniglot_maml(data_home, subset=part, image_size=image_size,
+                                            download_if_missing=not offline)
+        if part == "train":
+            return (data.X_train, data.y_train,
+                    "omniglot (1200 characters x 4 rotations, MAML split)")
+        return data.X_test, data.y_test, "omniglot (423 test characters, MAML split)"
     if not Path(spec).is_dir():
         raise CommandError(
             f"data set {spec!r} is not 'digits', 'omniglot' or a folder of images in "
             "class subfolders"
         )
-    X, y = read_image_folder(spec, image_size, channels)
-    X, inverted = apply_ink(X, ink)
+    X, y = datasets.load_image_folder(spec, image_size=image_size, channels=channels,
+                                      return_X_y=True)
+    X, inverted = datasets.apply_ink(X, ink)
     note = ", inverted to light ink on dark" if inverted else ""
     return X, y, f"{spec} ({image_size}x{image_size}{note})"
 
@@ -403,19 +223,22 @@ def model_image_shape(clf):
     Returns
     -------
     shape : tuple of int or None
-        From the model's ``input_shape_`` or its backbone's ``input_shape``;
-        else a square single-channel image when ``n_features_in_`` is a
-        square (digits: 8x8); else None.
+        The shape :func:`~fomaml_sklearn.backbones.image_shape` resolves for
+        ``n_features_in_`` from the model's ``input_shape_`` or, where that
+        is None, its backbone's ``input_shape`` (a square single-channel
+        image when neither is known: digits are 8x8); None when the
+        features are not such an image.
     """
+    from .backbones import image_shape
+
     shape = getattr(clf, "input_shape_", None)
     if shape is None:  # else a backbone that knows it, such as Conv-4
         shapes = [getattr(m, "input_shape", None) for m in clf.meta_model_.modules()]
         shape = next((s for s in shapes if isinstance(s, tuple)), None)
-    if shape is not None:
-        shape = tuple(int(s) for s in shape)
-        return (1,) + shape if len(shape) == 2 else shape
-    side = math.isqrt(clf.n_features_in_)
-    return (1, side, side) if side * side == clf.n_features_in_ else None
+    try:
+        return image_shape(clf.n_features_in_, shape)
+    except ValueError:
+        return None
 
 
 def _image_options(clf, model_path):
@@ -568,11 +391,14 @@ def cmd_predict(args):
     code : int
         0 on success.
     """
+    from .datasets import apply_ink, load_image_folder, load_images
+
     clf = load_model(args.model)
     size, channels = _image_options(clf, args.model)
-    X_support, y_support = read_image_folder(args.support, size, channels)
-    files = list_images(args.query)
-    X_query = _read_images(files, size, channels)
+    X_support, y_support = load_image_folder(args.support, image_size=size,
+                                             channels=channels, return_X_y=True)
+    query = load_images(args.query, image_size=size, channels=channels)
+    X_query, files = query.data, query.filenames
     # One decision for both sets (from the labelled ones), so they match.
     _, inverted = apply_ink(X_support, args.ink)
     if inverted:
@@ -692,7 +518,7 @@ def build_parser():
         The parser; each subcommand sets ``handler``, the function to run.
     """
     from . import __version__
-    from .learner import ALGORITHMS, HEADS
+    from .algorithms import available_algorithms  # names only: no torch import
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -724,9 +550,9 @@ def build_parser():
     model.add_argument("--module", choices=["mlp", "conv4"], default=None,
                        help="network: 'mlp' or the MAML paper's 'conv4' (default: mlp "
                             "for digits, conv4 for images)")
-    model.add_argument("--algorithm", choices=list(ALGORITHMS), default="fomaml",
+    model.add_argument("--algorithm", choices=available_algorithms(), default="fomaml",
                        help="meta-learning rule (default: fomaml)")
-    model.add_argument("--head", choices=list(HEADS), default="prototype",
+    model.add_argument("--head", choices=HEAD_CHOICES, default="prototype",
                        help="task-head initialisation (default: prototype)")
     episodes = train.add_argument_group("episodes and inner loop")
     episodes.add_argument("--ways", type=_count(2), default=None, metavar="N",

@@ -8,6 +8,16 @@ the file, taken from the upstream file names ``XXXX_YY.png``). When a file is
 missing it is downloaded once from the upstream repository (torchvision's
 download code, MD5-checked), converted, and written atomically; a
 ``SHA256SUMS`` file beside the cache, where present, is checked on every load.
+
+The few-shot splits used by the command line and the benchmarks are built
+here, so that both see the same classes: :func:`fetch_omniglot_maml` (the MAML
+paper's Omniglot split, with a fixed split seed) and :func:`load_digits_split`
+(digits 0-5 to meta-train, 6-9 to test). Folders of images in class
+subfolders are read by :func:`load_image_folder`, loose image files by
+:func:`load_images`, and :func:`apply_ink` makes their strokes bright on a
+dark background, as in Omniglot and digits.
+
+torch and torchvision are imported only when a loader needs them.
 """
 
 import hashlib
@@ -20,8 +30,9 @@ import numpy as np
 from sklearn.utils import Bunch
 
 __all__ = [
-    "get_data_home", "fetch_omniglot", "omniglot_split", "rotate_classes", "load_mnist",
-    "make_subspace_classes",
+    "get_data_home", "fetch_omniglot", "omniglot_split", "rotate_classes",
+    "fetch_omniglot_maml", "load_digits_split", "load_mnist", "load_image_folder",
+    "load_images", "apply_ink", "make_subspace_classes",
 ]
 
 OMNIGLOT_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
@@ -30,6 +41,8 @@ OMNIGLOT_MD5 = {
     "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
 }
 _N_BACKGROUND = 964
+MAML_SPLIT_SEED = 0  # the Omniglot class split of the command line and the benchmarks
+_DIGITS_TRAIN_MAX = 5  # load_digits_split: meta-train on 0-5, test on 6-9
 
 
 def get_data_home(data_home=None):
@@ -330,6 +343,106 @@ def rotate_classes(X, y, rotations=(0, 90, 180, 270)):
     return np.ascontiguousarray(X_rot), y_rot
 
 
+def fetch_omniglot_maml(data_home=None, *, subset="all", image_size=28,
+                        split_seed=MAML_SPLIT_SEED, download_if_missing=True):
+    """Omniglot's MAML split: 1200 characters x 4 rotations, and 423 unseen ones.
+
+    The protocol of Finn et al. (2017): the 1623 characters are shuffled with
+    ``split_seed``; the first 1200 are for meta-training, each rotated by 0,
+    90, 180 and 270 degrees into its own class (4800 classes,
+    :func:`rotate_classes`); the other 423 are the unseen test characters.
+    The command line (``fomaml-sklearn train omniglot`` / ``evaluate``) and the
+    benchmarks load Omniglot with this function and the default
+    ``split_seed``, so they meta-train and test on the same characters
+    whatever seed their training uses.
+
+    Parameters
+    ----------
+    data_home : str or path-like or None, default=None
+        Data folder (see :func:`get_data_home`); files live in its
+        ``omniglot/`` sub-folder.
+    subset : {"all", "train", "test"}, default="all"
+        Which part to build: both, only the rotated meta-training
+        characters, or only the test characters. The part not built is None
+        in the result (``"test"`` skips the 4 rotated copies of the training
+        images, about 300 MB at 28x28).
+    image_size : int or None, default=28
+        Side of the images (see :func:`fetch_omniglot`).
+    split_seed : int, default=0
+        Seed of the character shuffle (:func:`omniglot_split`). Keep the
+        default to get the split of the command line and the benchmarks; it
+        is independent of any training seed.
+    download_if_missing : bool, default=True
+        Download the upstream files when the cache is missing.
+
+    Returns
+    -------
+    data : Bunch
+        ``X_train``: float32 ``(n_train, 1, image_size, image_size)``, ink = 1;
+        ``y_train``: int64 labels ``character * 4 + k`` for the ``k``-th
+        rotation (4800 classes); ``X_test``, ``y_test``: the images and
+        character labels of the 423 test characters; ``DESCR``. The entries
+        of a part not in ``subset`` are None.
+
+    See Also
+    --------
+    fetch_omniglot : All the characters, with their alphabets.
+    omniglot_split : Other splits (validation characters, Lake's protocol).
+
+    Examples
+    --------
+    >>> from fomaml_sklearn.datasets import fetch_omniglot_maml
+    >>> data = fetch_omniglot_maml()  # doctest: +SKIP
+    >>> data.X_train.shape, len(set(data.y_train)), len(set(data.y_test))  # doctest: +SKIP
+    ((96000, 1, 28, 28), 4800, 423)
+    """
+    if subset not in ("all", "train", "test"):
+        raise ValueError(f"subset={subset!r} is not one of 'all', 'train', 'test'.")
+    X, y = fetch_omniglot(data_home, subset="all", image_size=image_size,
+                          download_if_missing=download_if_missing, return_X_y=True)
+    train, _, test = omniglot_split(y, protocol="maml", n_train=1200, random_state=split_seed)
+    X_train = y_train = X_test = y_test = None
+    if subset in ("all", "train"):
+        X_train, y_train = rotate_classes(X[train], y[train])
+    if subset in ("all", "test"):
+        X_test, y_test = X[test], y[test]
+    return Bunch(X_train=X_train, y_train=y_train, X_test=X_test, y_test=y_test,
+                 DESCR=f"Omniglot, MAML split (split_seed={split_seed}): 1200 characters "
+                       "x 4 rotations to meta-train, 423 characters to test.")
+
+
+def load_digits_split():
+    """scikit-learn's 8x8 digits split by class: 0-5 to meta-train, 6-9 to test.
+
+    The split of the command line's ``digits`` data set and of the
+    benchmarks. Six training classes are too few for meta-learning to pay;
+    it is a quick, offline smoke test.
+
+    Returns
+    -------
+    data : Bunch
+        ``X_train``, ``X_test``: float32 rows of 64 pixels in [0, 1] (the
+        8x8 images flattened); ``y_train`` (digits 0-5), ``y_test`` (digits
+        6-9); ``DESCR``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fomaml_sklearn.datasets import load_digits_split
+    >>> data = load_digits_split()
+    >>> data.X_train.shape[1], np.unique(data.y_train), np.unique(data.y_test)
+    (64, array([0, 1, 2, 3, 4, 5]), array([6, 7, 8, 9]))
+    """
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32)
+    train = y <= _DIGITS_TRAIN_MAX
+    return Bunch(X_train=X[train], y_train=y[train], X_test=X[~train], y_test=y[~train],
+                 DESCR="scikit-learn's digits (8x8, scaled to [0, 1]): 0-5 to meta-train, "
+                       "6-9 to test.")
+
+
 def load_mnist(root, *, train=True, return_X_y=False):
     """MNIST from a local folder, through ``torchvision.datasets.MNIST``.
 
@@ -366,6 +479,243 @@ def load_mnist(root, *, train=True, return_X_y=False):
     if return_X_y:
         return X, y
     return Bunch(data=X, images=X, target=y, DESCR="MNIST handwritten digits (LeCun et al.)")
+
+
+def _class_folders(path):
+    """Class subfolder names of ``path`` (hidden ones skipped), at least two."""
+    path = Path(path)
+    if not path.is_dir():
+        error = NotADirectoryError if path.exists() else FileNotFoundError
+        raise error(f"{path} is not a folder; pass a folder with one subfolder of images "
+                    f"per class ({path}/cat/1.png, {path}/dog/1.png, ...)")
+    classes = sorted(e.name for e in os.scandir(path)
+                     if e.is_dir() and not e.name.startswith("."))
+    if len(classes) < 2:
+        found = f"only {classes[0]!r}" if classes else "none"
+        raise ValueError(
+            f"{path} needs at least 2 class subfolders of images (one per class, e.g. "
+            f"{path}/cat/1.png, {path}/dog/1.png); found {found}"
+        )
+    return classes
+
+
+def _image_to_array(image, size, channels):
+    """A PIL image as a float32 ``(channels, size, size)`` array in [0, 1]."""
+    import torch
+    from torch.nn import functional as F
+
+    image = image.convert("L" if channels == 1 else "RGB")
+    t = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
+    t = t[None] if channels == 1 else t.permute(2, 0, 1)
+    if tuple(t.shape[1:]) != (size, size):
+        # Area averaging when shrinking (as fetch_omniglot does), else bilinear.
+        if t.shape[1] >= size and t.shape[2] >= size:
+            t = F.interpolate(t[None], size=(size, size), mode="area")[0]
+        else:
+            t = F.interpolate(t[None], size=(size, size), mode="bilinear",
+                              align_corners=False)[0]
+    return t.clamp(0.0, 1.0).numpy()
+
+
+def _check_image_options(image_size, channels):
+    if not (isinstance(image_size, (int, np.integer)) and image_size >= 1):
+        raise ValueError(f"image_size={image_size!r} is not a positive integer; pass the "
+                         "side of the square images in pixels, such as 28.")
+    if channels not in (1, 3):
+        raise ValueError(f"channels={channels!r} is not 1 or 3; pass 1 for grayscale "
+                         "or 3 for RGB images.")
+
+
+def _read_images(paths, size, channels):
+    """Read image files into one float32 ``(n, channels, size, size)`` array."""
+    from torchvision.datasets.folder import default_loader
+
+    arrays = []
+    for path in paths:
+        try:
+            image = default_loader(str(path))
+        except OSError as exc:
+            raise OSError(f"cannot read the image {path}: {exc}") from exc
+        arrays.append(_image_to_array(image, size, channels))
+    if not arrays:
+        return np.zeros((0, channels, size, size), dtype=np.float32)
+    return np.stack(arrays).astype(np.float32)
+
+
+def load_image_folder(path, *, image_size=28, channels=1, return_X_y=False):
+    """Images in class subfolders, read with torchvision's ``ImageFolder``.
+
+    ``path/<class>/<image>``: every subfolder (except hidden ones, whose
+    names start with a dot) is a class, named after the subfolder. Images
+    are converted to grayscale or RGB and resized to ``image_size`` pixels
+    square: area averaging when shrinking (as :func:`fetch_omniglot` does),
+    bilinear when enlarging. Values are kept as stored, in [0, 1]; see
+    :func:`apply_ink` to make the strokes bright.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Folder with one subfolder of images per class, at least two.
+    image_size : int, default=28
+        Side of the returned images.
+    channels : {1, 3}, default=1
+        1: grayscale; 3: RGB.
+    return_X_y : bool, default=False
+        Return ``(X, y)`` instead of a Bunch, with ``y`` the class names.
+
+    Returns
+    -------
+    data : Bunch or tuple
+        ``data`` / ``images``: float32 ``(n_images, channels, image_size,
+        image_size)``; ``target``: int64 index of each image's class in
+        ``target_names``, the sorted subfolder names (ndarray of str);
+        ``filenames``: the image files, in the order of ``data``; ``DESCR``.
+        With ``return_X_y=True``: ``(data, target_names[target])``.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist, or a class subfolder has no image.
+    ValueError
+        ``path`` has fewer than two class subfolders.
+
+    Examples
+    --------
+    >>> import shutil, tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> from fomaml_sklearn.datasets import load_image_folder
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for name in ("cat", "dog"):
+    ...     (root / name).mkdir()
+    ...     Image.fromarray(np.zeros((12, 12), np.uint8)).save(root / name / "1.png")
+    >>> X, y = load_image_folder(root, image_size=8, return_X_y=True)
+    >>> X.shape, y.tolist()
+    ((2, 1, 8, 8), ['cat', 'dog'])
+    >>> shutil.rmtree(root)
+    """
+    from torchvision.datasets import ImageFolder
+
+    _check_image_options(image_size, channels)
+    classes = _class_folders(path)
+
+    class _Folder(ImageFolder):
+        def find_classes(self, directory):
+            return classes, {c: i for i, c in enumerate(classes)}
+
+    try:
+        dataset = _Folder(str(path))
+    except FileNotFoundError as exc:  # a class subfolder without images
+        raise FileNotFoundError(f"{path}: {exc}") from exc
+    files = [p for p, _ in dataset.samples]
+    X = _read_images(files, image_size, channels)
+    target = np.asarray([t for _, t in dataset.samples], dtype=np.int64)
+    target_names = np.asarray(classes, dtype=str)
+    if return_X_y:
+        return X, target_names[target]
+    return Bunch(data=X, images=X, target=target, target_names=target_names,
+                 filenames=files,
+                 DESCR=f"Images of {len(classes)} classes read from {path}.")
+
+
+def load_images(paths, *, image_size=28, channels=1):
+    """Image files, given one by one or found (recursively) in folders.
+
+    Parameters
+    ----------
+    paths : str or path-like, or list of them
+        Image files and/or folders. A folder is searched recursively for
+        files with an image extension that torchvision reads (hidden files
+        and folders skipped); it must hold at least one.
+    image_size : int, default=28
+        Side of the returned images (resized as in :func:`load_image_folder`).
+    channels : {1, 3}, default=1
+        1: grayscale; 3: RGB.
+
+    Returns
+    -------
+    data : Bunch
+        ``data`` / ``images``: float32 ``(n_images, channels, image_size,
+        image_size)`` in [0, 1]; ``filenames``: the files read, in the order
+        given, each folder's in sorted order.
+
+    Raises
+    ------
+    FileNotFoundError
+        A path does not exist, or a folder holds no image.
+
+    Examples
+    --------
+    >>> from fomaml_sklearn.datasets import load_images
+    >>> data = load_images(["queries/", "extra.png"])  # doctest: +SKIP
+    >>> data.images.shape, data.filenames[-1]  # doctest: +SKIP
+    ((13, 1, 28, 28), 'extra.png')
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    _check_image_options(image_size, channels)
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files = []
+    for given in paths:
+        path = Path(given)
+        if path.is_file():
+            files.append(str(path))
+        elif path.is_dir():
+            found = []
+            for root, dirs, names in os.walk(path):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                found += [os.path.join(root, n) for n in names if not n.startswith(".")
+                          and has_file_allowed_extension(n, IMG_EXTENSIONS)]
+            if not found:
+                raise FileNotFoundError(
+                    f"no images found in {path} (looked for {', '.join(IMG_EXTENSIONS)})"
+                )
+            files += sorted(found)
+        else:
+            raise FileNotFoundError(f"{path} does not exist; pass image files or folders "
+                                    "of images")
+    X = _read_images(files, image_size, channels)
+    return Bunch(data=X, images=X, filenames=files,
+                 DESCR=f"{len(files)} images read from {', '.join(map(str, paths))}.")
+
+
+def apply_ink(X, ink="auto"):
+    """Make ink bright (1) and the background dark (0), as in Omniglot and digits.
+
+    Parameters
+    ----------
+    X : ndarray
+        Images with values in [0, 1].
+    ink : {"auto", "dark", "light"}, default="auto"
+        The ink of the images as given. ``"dark"``: dark strokes on a light
+        background, inverted; ``"light"``: kept as they are; ``"auto"``:
+        inverted when the mean value is above 0.5 (mostly light pixels).
+
+    Returns
+    -------
+    X : ndarray
+        The images, inverted or not (a new array when inverted, else ``X``).
+    inverted : bool
+        Whether they were inverted.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fomaml_sklearn.datasets import apply_ink
+    >>> paper = np.ones((1, 1, 3, 3)); paper[0, 0, 1] = 0.0   # a dark stroke
+    >>> X, inverted = apply_ink(paper)
+    >>> inverted, X[0, 0, 1].tolist(), X[0, 0, 0].tolist()
+    (True, [1.0, 1.0, 1.0], [0.0, 0.0, 0.0])
+    """
+    if ink not in ("auto", "dark", "light"):
+        raise ValueError(f"ink={ink!r} is not one of 'auto', 'dark', 'light'; pass 'dark' "
+                         "for dark strokes on a light background, 'light' for the "
+                         "reverse, or 'auto' to decide from the mean pixel value.")
+    X = np.asarray(X)
+    invert = ink == "dark" or (ink == "auto" and X.size > 0 and float(X.mean()) > 0.5)
+    return (1.0 - X if invert else X), invert
 
 
 def make_subspace_classes(n_classes=60, n_per_class=20, n_features=40, n_informative=4,

@@ -63,26 +63,18 @@ def confidence_interval(accuracies):
     return float(acc.mean()), float(1.96 * acc.std(ddof=1) / np.sqrt(len(acc)))
 
 
-def episodic_accuracies(runner, X, episodes, inner_lr, n_steps, transductive=False,
-                        adapt_body=True):
+def episodic_accuracies(runner, X, episodes):
     """Query accuracy of each episode after adapting on its support set.
 
     Parameters
     ----------
     runner : TaskRunner
-        Adapts from the meta-parameters on a scratch network.
+        The meta-model and its configuration; each episode is adapted to
+        with the configuration's rule (its test-time adaptation).
     X : torch.Tensor
         All examples, on the runner's device.
     episodes : EpisodeBatch
         The episodes (indices into ``X``).
-    inner_lr : float
-        Inner SGD rate.
-    n_steps : int
-        Inner SGD steps.
-    transductive : bool, default=False
-        Normalise queries with their own batch statistics.
-    adapt_body : bool, default=True
-        If False, adapt only the head (ANIL).
 
     Returns
     -------
@@ -96,43 +88,34 @@ def episodic_accuracies(runner, X, episodes, inner_lr, n_steps, transductive=Fal
     qry = torch.as_tensor(episodes.query_idx, device=device)
     accuracies = np.empty(len(episodes))
     for t in range(len(episodes)):
-        logits = adapted_query_logits(runner, X[sup[t]], y_s, X[qry[t]], n_classes,
-                                      inner_lr, n_steps, transductive, adapt_body)
+        logits = adapted_query_logits(runner, X[sup[t]], y_s, X[qry[t]], n_classes)
         accuracies[t] = (logits.argmax(1) == y_q).float().mean().item()
     return accuracies
 
 
-def adapted_query_logits(runner, x_support, y_support, x_query, n_classes, inner_lr,
-                         n_steps, transductive=False, adapt_body=True):
+def adapted_query_logits(runner, x_support, y_support, x_query, n_classes):
     """Adapt from the meta-parameters on one support set; logits of its queries.
 
     Parameters
     ----------
     runner : TaskRunner
-        Adapts from the meta-parameters on a scratch network.
+        The meta-model and its configuration (rule, inner rate, test-time
+        steps, transduction).
     x_support, y_support : torch.Tensor
         The support set, labels coded ``0 .. n_classes-1``.
     x_query : torch.Tensor
         The queries.
     n_classes : int
         Number of classes of the task.
-    inner_lr : float
-        Inner SGD rate.
-    n_steps : int
-        Inner SGD steps.
-    transductive : bool, default=False
-        Normalise queries with their own batch statistics.
-    adapt_body : bool, default=True
-        If False, adapt only the head (ANIL).
 
     Returns
     -------
     logits : torch.Tensor of shape (n_queries, n_classes)
         Computed without a graph.
     """
-    weight, bias = runner.adapt(x_support, y_support, n_classes, inner_lr, n_steps, adapt_body)
+    head = runner.algorithm.adapt(runner, x_support, y_support, n_classes)
     with torch.no_grad():
-        return runner.query_logits(x_query, weight, bias, transductive)
+        return runner.query_logits(x_query, head)
 
 
 def sample_episodes(y, shape, n_episodes, random_state):

@@ -153,22 +153,21 @@ def plot_episode(estimator, X_support, y_support, X_query, y_query=None, *,
 
 
 def _image_shape(estimator, X, image_shape):
-    if image_shape is not None:
-        return tuple(int(s) for s in image_shape)
-    if X.ndim > 2:
-        return X.shape[1:]
-    from .model_selection import final_estimator
+    """The shape of one image of ``X``: ``image_shape``, else that of 3-D or
+    4-D ``X``, else the estimator's ``input_shape_`` where it fits the
+    rows, else a square (see :func:`~fomaml_sklearn.backbones.image_shape`)."""
+    from .backbones import image_shape as resolve
 
-    fitted_shape = getattr(final_estimator(estimator)[0], "input_shape_", None)
-    if fitted_shape is not None:
-        return tuple(fitted_shape)
-    side = math.isqrt(X.shape[1])
-    if side * side != X.shape[1]:
-        raise ValueError(
-            f"Cannot show rows of {X.shape[1]} features as images: pass "
-            "image_shape=(height, width) or (channels, height, width)."
-        )
-    return (side, side)
+    n_features = math.prod(X.shape[1:])
+    if image_shape is None and X.ndim > 2:
+        image_shape = X.shape[1:]
+    if image_shape is None:
+        from .model_selection import final_estimator
+
+        fitted = getattr(final_estimator(estimator)[0], "input_shape_", None)
+        if fitted is not None and math.prod(fitted) == n_features:
+            image_shape = fitted
+    return resolve(n_features, image_shape, argument="image_shape")
 
 
 def _as_image(x, shape):

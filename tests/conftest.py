@@ -1,4 +1,5 @@
-"""Shared fixtures: small synthetic few-shot data and an Omniglot slice."""
+"""Shared fixtures: small synthetic few-shot data, an Omniglot slice, a fake
+Omniglot cache and folders of images."""
 
 import os
 from pathlib import Path
@@ -48,3 +49,60 @@ def omniglot_slice():
     X = F.interpolate(ink, size=(28, 28), mode="area").numpy()
     y = np.repeat(np.arange(80), 20)
     return X, y
+
+
+# The fake Omniglot: character k (0..1622 under subset="all") is drawn as the
+# 11 bits of k, one 7x7 block of ink per set bit along the top row, plus a
+# corner block that makes its rotations differ. At image_size=15 each block is
+# one pixel: X[..., 0, 0, :11] holds the bits of the label.
+FAKE_OMNIGLOT_BITS = 11
+
+
+def write_fake_omniglot(home, n_drawers=2):
+    """Write ``home/omniglot/images_{background,evaluation}.npz`` (964 + 659
+    characters x ``n_drawers``) in the cache format of ``fetch_omniglot``."""
+    folder = Path(home) / "omniglot"
+    folder.mkdir(parents=True, exist_ok=True)
+    first = 0
+    for name, n_chars in (("images_background", 964), ("images_evaluation", 659)):
+        images = np.ones((n_chars, n_drawers, 105, 105), dtype=bool)  # True: paper
+        for c in range(n_chars):
+            for bit in range(FAKE_OMNIGLOT_BITS):
+                if (first + c) >> bit & 1:
+                    images[c, :, :7, 7 * bit: 7 * bit + 7] = False
+        images[:, :, -7:, :7] = False
+        labels = np.repeat(np.arange(n_chars), n_drawers).reshape(n_chars, n_drawers)
+        np.savez_compressed(folder / f"{name}.npz", images=images, labels=labels)
+        first += n_chars
+    return Path(home)
+
+
+@pytest.fixture(scope="session")
+def fake_omniglot_home(tmp_path_factory):
+    """A data home with a small stand-in for Omniglot (1623 characters x 2)."""
+    return write_fake_omniglot(tmp_path_factory.mktemp("fake_omniglot_home"))
+
+
+def write_image_folder(root, classes, n_per_class, size=10, seed=0, flat=False):
+    """Class-specific stroke patterns, dark ink on white, as PNG files."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for k, name in enumerate(classes):
+        folder = root if flat else root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            ink = np.zeros((size, size), dtype=bool)
+            if k % 3 == 0:
+                ink[size // 2] = True             # horizontal bar
+            elif k % 3 == 1:
+                ink[:, size // 2] = True          # vertical bar
+            else:
+                np.fill_diagonal(ink, True)       # diagonal
+            ink ^= rng.random((size, size)) < 0.05
+            pixels = np.where(ink, 0, 255).astype(np.uint8)
+            path = folder / f"{name}_{i}.png"
+            Image.fromarray(pixels, mode="L").save(path)
+            paths.append(path)
+    return paths

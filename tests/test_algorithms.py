@@ -9,11 +9,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from fomaml_sklearn import FOMAMLClassifier
+from fomaml_sklearn._config import MetaConfig
+from fomaml_sklearn.algorithms import ANIL, TaskRunner, available_algorithms, meta_gradient
 from fomaml_sklearn.backbones import MLPBackbone
-from fomaml_sklearn.learner import ALGORITHMS, MetaModel, TaskRunner, meta_gradient
+from fomaml_sklearn.heads import MetaModel
 
 from conftest import make_subspace_classes, make_tasks
-
 
 _tasks = make_tasks
 
@@ -57,12 +58,12 @@ def _unrolled_maml(meta, tasks, n_ways, alpha, steps):
 def test_maml_matches_unrolled_autograd(steps):
     meta = _mlp_meta()
     tasks = _tasks(2, 3, 2, 4, 5, seed=0)
-    grads, _, _ = meta_gradient(TaskRunner(meta), tasks, 3, 0.5, steps, algorithm="maml")
+    grads, _, _ = meta_gradient(meta, tasks, 3, "maml", inner_lr=0.5, n_inner_steps=steps)
     expected = _unrolled_maml(meta, tasks, 3, 0.5, steps)
     got = _by_name(meta, grads)
     for name, g in expected.items():
         torch.testing.assert_close(got[name], g, rtol=1e-4, atol=1e-6, msg=name)
-    fo, _, _ = meta_gradient(TaskRunner(meta), tasks, 3, 0.5, steps, algorithm="fomaml")
+    fo, _, _ = meta_gradient(meta, tasks, 3, "fomaml", inner_lr=0.5, n_inner_steps=steps)
     assert not torch.allclose(fo[0], grads[0], rtol=1e-3)  # second-order term is there
 
 
@@ -114,9 +115,9 @@ def test_quadratic_meta_gradients_match_closed_form(steps, curvature):
 
     x = torch.eye(d)
     task = [(x, torch.tensor(c_s, dtype=torch.float32), x, torch.tensor(c_q, dtype=torch.float32))]
-    runner = TaskRunner(meta, loss_fn=_quadratic_loss(A))
     for algorithm, want in expected.items():
-        grads, _, _ = meta_gradient(runner, task, 1, alpha, steps, algorithm=algorithm)
+        grads, _, _ = meta_gradient(meta, task, 1, algorithm, inner_lr=alpha,
+                                    n_inner_steps=steps, loss=_quadratic_loss(A))
         got = np.concatenate([grads[0].numpy()[0], grads[1].numpy()])
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=algorithm)
     if curvature == 0.0:
@@ -134,9 +135,9 @@ def test_fomaml_equals_maml_for_a_loss_linear_in_the_parameters():
         return out[:, 0] @ g
 
     x = torch.eye(d)
-    runner = TaskRunner(meta, loss_fn=linear_loss)
-    fo, _, _ = meta_gradient(runner, [(x, g_s, x, g_q)], 1, 0.3, 3, algorithm="fomaml")
-    so, _, _ = meta_gradient(runner, [(x, g_s, x, g_q)], 1, 0.3, 3, algorithm="maml")
+    settings = dict(inner_lr=0.3, n_inner_steps=3, loss=linear_loss)
+    fo, _, _ = meta_gradient(meta, [(x, g_s, x, g_q)], 1, "fomaml", **settings)
+    so, _, _ = meta_gradient(meta, [(x, g_s, x, g_q)], 1, "maml", **settings)
     for a, b in zip(fo, so):
         torch.testing.assert_close(a, b)
 
@@ -148,7 +149,7 @@ def test_reptile_one_step_is_an_sgd_step_on_the_full_batch_loss():
     alpha = 0.25
     meta = MetaModel(MLPBackbone(6, (8,)), 6, head="fixed", n_rows=3)
     (xs, ys, xq, yq), = _tasks(1, 3, 2, 3, 6, seed=2)
-    grads, _, _ = meta_gradient(TaskRunner(meta), [(xs, ys, xq, yq)], 3, alpha, 1,
+    grads, _, _ = meta_gradient(meta, [(xs, ys, xq, yq)], 3, inner_lr=alpha, n_inner_steps=1,
                                 algorithm="reptile")
     meta.zero_grad()
     feats = meta.backbone.train()(torch.cat([xs, xq]))
@@ -162,7 +163,7 @@ def test_reptile_several_steps_is_theta_minus_phi():
     torch.manual_seed(0)
     meta = MetaModel(MLPBackbone(6, (8,)), 6, head="fixed", n_rows=3)
     (xs, ys, xq, yq), = _tasks(1, 3, 2, 3, 6, seed=2)
-    grads, _, _ = meta_gradient(TaskRunner(meta), [(xs, ys, xq, yq)], 3, 0.2, 4,
+    grads, _, _ = meta_gradient(meta, [(xs, ys, xq, yq)], 3, inner_lr=0.2, n_inner_steps=4,
                                 algorithm="reptile")
     body = MLPBackbone(6, (8,))
     body.load_state_dict(meta.backbone.state_dict())
@@ -190,7 +191,8 @@ def test_anil_adapts_only_the_head(second_order):
     tasks = _tasks(2, 3, 2, 4, 5, seed=1)
     alpha, steps = 0.4, 3
     algorithm = "anil" if second_order else "fo-anil"
-    grads, _, _ = meta_gradient(TaskRunner(meta), tasks, 3, alpha, steps, algorithm=algorithm)
+    grads, _, _ = meta_gradient(meta, tasks, 3, algorithm, inner_lr=alpha,
+                                n_inner_steps=steps)
     theta = [p.detach().clone().requires_grad_(True) for p in meta.parameters()]
     names = [n for n, _ in meta.named_parameters()]
     p = dict(zip(names, theta))
@@ -222,18 +224,18 @@ def test_anil_adapts_only_the_head(second_order):
 def test_anil_adapt_keeps_the_body_at_theta():
     torch.manual_seed(0)
     meta = MetaModel(MLPBackbone(5, (6,)), 5, head="prototype")
-    runner = TaskRunner(meta)
+    runner = TaskRunner(meta, MetaConfig(inner_lr=0.5, n_inner_steps_test=3))
     xs, ys = torch.randn(6, 5), torch.arange(3).repeat_interleave(2)
-    runner.adapt(xs, ys, 3, 0.5, 3, adapt_body=False)
+    ANIL().adapt(runner, xs, ys, 3)
     for a, b in zip(runner.scratch.parameters(), meta.backbone.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    runner.adapt(xs, ys, 3, 0.5, 3, adapt_body=True)
+    runner.algorithm.adapt(runner, xs, ys, 3)  # FOMAML: the body adapts too
     assert any(not torch.equal(a, b) for a, b in
                zip(runner.scratch.parameters(), meta.backbone.parameters()))
 
 
 # ----------------------------------------------------------- every algorithm
-@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+@pytest.mark.parametrize("algorithm", available_algorithms())
 def test_every_algorithm_meta_trains_above_random_init(algorithm):
     X, y = make_subspace_classes(noise=1.0, random_state=0)
     train = y < 40
@@ -255,14 +257,14 @@ def test_algorithm_is_a_searchable_parameter():
     search = GridSearchCV(
         FOMAMLClassifier(n_ways=3, max_epochs=1, meta_batches_per_epoch=5,
                          n_eval_episodes=5, device="cpu", random_state=0),
-        {"algorithm": sorted(ALGORITHMS)}, cv=GroupKFold(2),
+        {"algorithm": available_algorithms()}, cv=GroupKFold(2),
     ).fit(X, y, groups=y)
-    assert [p["algorithm"] for p in search.cv_results_["params"]] == sorted(ALGORITHMS)
+    assert [p["algorithm"] for p in search.cv_results_["params"]] == available_algorithms()
     with pytest.raises(ValueError, match="algorithm='mamal' is not supported"):
         FOMAMLClassifier(algorithm="mamal").fit(X, y)
 
 
-@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+@pytest.mark.parametrize("algorithm", available_algorithms())
 def test_every_algorithm_beats_random_init_on_an_omniglot_slice(omniglot_slice, algorithm):
     X, y = omniglot_slice
     train = y < 60

@@ -72,3 +72,19 @@ def test_build_backbone_errors(kwargs, error, match):
     n = kwargs.pop("n_features")
     with pytest.raises(error, match=match):
         build_backbone(module, n, **kwargs)
+
+
+def test_image_shape_resolves_and_checks_the_shape():
+    from fomaml_sklearn.backbones import image_shape
+
+    assert image_shape(784) == (1, 28, 28)
+    assert image_shape(64, (8, 8)) == (1, 8, 8)
+    assert image_shape(3 * 32 * 32, [3, 32, 32]) == (3, 32, 32)
+    with pytest.raises(ValueError, match=r"input_shape=\(3, 8, 8\) does not fit the data.* 64"):
+        image_shape(64, (3, 8, 8))
+    with pytest.raises(ValueError, match=r"image_shape=\(1, 2, 3, 4\) does not fit"):
+        image_shape(24, (1, 2, 3, 4), argument="image_shape")
+    with pytest.raises(ValueError, match=r"50 features.*pass image_shape=\(channels"):
+        image_shape(50, argument="image_shape")
+    with pytest.raises(ValueError, match="module='conv4' needs images: the data has 50"):
+        build_backbone("conv4", 50)

@@ -15,7 +15,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from skorch.callbacks import Callback
 
-from fomaml_sklearn import FOMAMLClassifier, FewShotResult
+from fomaml_sklearn import FewShotResult, FOMAMLClassifier
+from fomaml_sklearn.algorithms import FOMAML
 
 FAST = dict(max_epochs=2, meta_batches_per_epoch=10, n_eval_episodes=10, device="cpu")
 
@@ -309,8 +310,10 @@ def test_fit_errors_name_the_problem(fitted, digits):
         clone(clf).set_params(n_ways=1).fit(X, y)
     with pytest.raises(ValueError, match="head='wide' is not supported"):
         clone(clf).set_params(head="wide").fit(X, y)
-    with pytest.raises(ValueError, match="prototype_gradient='yes' is not supported"):
-        clone(clf).set_params(prototype_gradient="yes").fit(X, y)
+    with pytest.raises(ValueError, match="prototype_gradient='yes' is not supported by FOMAML"):
+        clone(clf).set_params(algorithm=FOMAML(prototype_gradient="yes")).fit(X, y)
+    with pytest.raises(ValueError, match="algorithm='mamal' is not supported.*'maml'"):
+        clone(clf).set_params(algorithm="mamal").fit(X, y)
     with pytest.raises(ValueError, match="optimizer='adamm' is not known"):
         clone(clf).set_params(optimizer="adamm").fit(X, y)
     with pytest.raises(ValueError, match="module='resnet' is not a known backbone"):
@@ -329,10 +332,12 @@ def test_prototype_gradient_auto_follows_the_backbone(digits):
     # An MLP without BatchNorm: nothing normalises flat features.
     plain = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU())
     no_norm = FOMAMLClassifier(plain, **params).fit(X, y)
-    assert (mlp.prototype_gradient_, conv.prototype_gradient_, no_norm.prototype_gradient_) == (
-        False, True, True)
-    forced = FOMAMLClassifier(prototype_gradient=True, **params).fit(X, y)
-    assert forced.prototype_gradient_ is True
+    resolved = [c.algorithm_.prototype_gradient for c in (mlp, conv, no_norm)]
+    assert resolved == [False, True, True]
+    assert mlp.algorithm == "fomaml"  # the parameter itself is not changed
+    forced = FOMAMLClassifier(algorithm=FOMAML(prototype_gradient=True), **params).fit(X, y)
+    assert forced.algorithm_.prototype_gradient is True
+    assert forced.algorithm.prototype_gradient is True
     # The switch changes the meta-gradient, hence the meta-parameters.
     assert any(not torch.allclose(a, b) for a, b in
                zip(mlp.meta_model_.parameters(), forced.meta_model_.parameters()))

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from fomaml_sklearn import FOMAMLClassifier
-from fomaml_sklearn.cli import main
+from fomaml_sklearn.cli import build_parser, load_data, main, model_image_shape
+
+from conftest import REPO, write_image_folder
 
 # Tiny budgets: every meta-training here takes a fraction of a second.
 FAST = ["--epochs", "1", "--meta-batches-per-epoch", "3", "--meta-batch-size", "2",
@@ -28,31 +30,6 @@ def run(argv):
     with redirect_stdout(out), redirect_stderr(err):
         code = main(argv)
     return code, out.getvalue(), err.getvalue()
-
-
-def write_image_folder(root, classes, n_per_class, size=10, seed=0, flat=False):
-    """Class-specific stroke patterns, dark ink on white, as PNG files."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    paths = []
-    for k, name in enumerate(classes):
-        folder = root if flat else root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(n_per_class):
-            ink = np.zeros((size, size), dtype=bool)
-            if k % 3 == 0:
-                ink[size // 2] = True             # horizontal bar
-            elif k % 3 == 1:
-                ink[:, size // 2] = True          # vertical bar
-            else:
-                np.fill_diagonal(ink, True)       # diagonal
-            ink ^= rng.random((size, size)) < 0.05
-            pixels = np.where(ink, 0, 255).astype(np.uint8)
-            path = folder / f"{name}_{i}.png"
-            Image.fromarray(pixels, mode="L").save(path)
-            paths.append(path)
-    return paths
 
 
 def assert_one_line_error(code, out, err, expected_code=1, contains=None):
@@ -188,6 +165,88 @@ def test_module_override(tmp_path):
     assert joblib.load(model).module == "conv4"
 
 
+# --------------------------------------------------------------- data sets
+def _benchmark_module():
+    """benchmarks/few_shot.py, the loader of every Omniglot benchmark."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "few_shot_benchmark", REPO / "benchmarks" / "few_shot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_and_benchmarks_load_the_same_omniglot_split(fake_omniglot_home):
+    from argparse import Namespace
+
+    few_shot = _benchmark_module()
+    X_train, y_train, _ = load_data("omniglot", "train", data_home=fake_omniglot_home,
+                                    offline=True)
+    X_test, y_test, description = load_data("omniglot", "test",
+                                            data_home=fake_omniglot_home, offline=True)
+    assert description == "omniglot (423 test characters, MAML split)"
+    assert X_train.shape == (1200 * 2 * 4, 1, 28, 28) and X_test.shape == (423 * 2, 1, 28, 28)
+    assert len(np.unique(y_train)) == 4800 and len(np.unique(y_test)) == 423
+    assert not set(y_train // 4) & set(y_test)
+    # The benchmarks' --seed seeds the training, never the class split.
+    for seed in (0, 3):
+        bench = few_shot.load_omniglot(Namespace(data_home=fake_omniglot_home,
+                                                 offline=True, seed=seed))
+        for ours, theirs in zip((X_train, y_train, X_test, y_test), bench):
+            np.testing.assert_array_equal(ours, theirs)
+
+
+def test_cli_and_benchmarks_load_the_same_digits_split():
+    few_shot = _benchmark_module()
+    X_train, y_train, train_name = load_data("digits", "train")
+    X_test, y_test, test_name = load_data("digits", "test")
+    assert (train_name, test_name) == ("digits 0-5", "digits 6-9")
+    assert set(y_train) == set(range(6)) and set(y_test) == set(range(6, 10))
+    assert X_train.dtype == np.float32 and 0.0 <= X_train.min() and X_train.max() == 1.0
+    for ours, theirs in zip((X_train, y_train, X_test, y_test), few_shot.load_digits_split()):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_load_data_reads_a_folder_with_names_and_ink(tmp_path):
+    write_image_folder(tmp_path / "data", ["b", "a"], 2, size=10)
+    X, y, description = load_data(str(tmp_path / "data"), "train", image_size=10)
+    assert X.shape == (4, 1, 10, 10) and list(y) == ["a", "a", "b", "b"]
+    assert description.endswith("(10x10, inverted to light ink on dark)")
+    assert X.mean() < 0.5                                      # ink is now bright
+    kept, _, description = load_data(str(tmp_path / "data"), "train", image_size=10,
+                                     ink="light")
+    np.testing.assert_allclose(kept, 1.0 - X)
+    assert description.endswith("(10x10)")
+
+
+def test_train_and_evaluate_on_omniglot(fake_omniglot_home, tmp_path):
+    model = tmp_path / "omniglot.joblib"
+    data = ["omniglot", "--offline", "--data-home", str(fake_omniglot_home)]
+    code, out, err = run(["train", *data, "--image-size", "15", "-o", str(model), *FAST])
+    assert code == 0, err
+    assert ("Meta-training the conv4 network on omniglot (1200 characters x 4 rotations, "
+            "MAML split): 4800 classes, 9600 examples.") in err
+    code, out, err = run(["evaluate", str(model), *data, "--episodes", "2", "--queries",
+                          "1", "--threads", "1"])
+    assert code == 0, err
+    assert "omniglot (423 test characters, MAML split): 423 classes, 846 examples" in err
+    assert ACCURACY.match(out.strip()).group(1) == "5"
+
+
+def test_model_image_shape_checks_the_shape_against_the_features(digits_model):
+    import joblib
+
+    clf = joblib.load(digits_model)                       # an MLP on 8x8 rows
+    assert clf.input_shape_ is None and model_image_shape(clf) == (1, 8, 8)
+    clf.input_shape_ = (8, 8)
+    assert model_image_shape(clf) == (1, 8, 8)
+    clf.input_shape_ = (1, 4, 4)                          # 16 features, not 64
+    assert model_image_shape(clf) is None
+    clf.input_shape_, clf.n_features_in_ = None, 60       # rows that are no image
+    assert model_image_shape(clf) is None
+
+
 # ------------------------------------------------------------------- errors
 def test_missing_model_file(tmp_path):
     assert_one_line_error(*run(["evaluate", str(tmp_path / "nope.joblib")]),
@@ -278,3 +337,28 @@ def test_python_dash_m_help():
     assert proc.returncode == 0, proc.stderr
     for word in ("train", "evaluate", "predict", "examples:"):
         assert word in proc.stdout
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["evaluate", "--help"]])
+def test_help_does_not_import_torch(args):
+    code = ("import sys; from fomaml_sklearn.cli import main\n"
+            "try:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+            % (args,))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_cli_choices_follow_the_package():
+    from fomaml_sklearn.algorithms import available_algorithms
+    from fomaml_sklearn.cli import HEAD_CHOICES
+    from fomaml_sklearn.heads import HEADS
+
+    assert set(HEAD_CHOICES) == set(HEADS)
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]
+    algorithm = next(a for a in train._actions if a.dest == "algorithm")
+    assert list(algorithm.choices) == available_algorithms()
+    assert "imaml" in algorithm.choices

@@ -1,5 +1,6 @@
-"""Omniglot loading: the shared cache, the download path (loopback server),
-corrupted files, splits and rotations."""
+"""Data sets: Omniglot (the shared cache, the download path on a loopback
+server, corrupted files, splits, rotations, the MAML split of the command
+line), the digits split, MNIST, and folders of images."""
 
 import hashlib
 import http.server
@@ -11,9 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fomaml_sklearn.datasets import fetch_omniglot, omniglot_split, rotate_classes
+from fomaml_sklearn.datasets import (
+    apply_ink,
+    fetch_omniglot,
+    fetch_omniglot_maml,
+    load_digits_split,
+    load_image_folder,
+    load_images,
+    omniglot_split,
+    rotate_classes,
+)
 
-from conftest import SHARED_OMNIGLOT
+from conftest import FAKE_OMNIGLOT_BITS, SHARED_OMNIGLOT, write_image_folder
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +75,133 @@ def test_rotations_make_distinct_classes():
     assert X_rot.shape == (24, 1, 5, 5) and len(np.unique(y_rot)) == 12
     np.testing.assert_array_equal(X_rot[6:12], np.rot90(X, 1, axes=(2, 3)))
     np.testing.assert_array_equal(y_rot[6:12], y * 4 + 1)
+
+
+def _drawn_labels(X):
+    """The character each fake Omniglot image draws (see conftest)."""
+    bits = X[:, 0, 0, :FAKE_OMNIGLOT_BITS] > 0.5
+    return bits.astype(np.int64) @ (1 << np.arange(FAKE_OMNIGLOT_BITS))
+
+
+def test_maml_split_is_omniglot_split_with_seed_0_and_rotations(fake_omniglot_home):
+    data = fetch_omniglot_maml(fake_omniglot_home, image_size=15, download_if_missing=False)
+    X, y = fetch_omniglot(fake_omniglot_home, image_size=15, download_if_missing=False,
+                          return_X_y=True)
+    np.testing.assert_array_equal(_drawn_labels(X), y)       # the fake data is sound
+    train, _, test = omniglot_split(y, protocol="maml", n_train=1200, random_state=0)
+    X_rot, y_rot = rotate_classes(X[train], y[train])
+    np.testing.assert_array_equal(data.X_train, X_rot)
+    np.testing.assert_array_equal(data.y_train, y_rot)
+    np.testing.assert_array_equal(data.X_test, X[test])
+    np.testing.assert_array_equal(data.y_test, y[test])
+    assert data.X_train.shape == (1200 * 2 * 4, 1, 15, 15) and data.X_train.dtype == np.float32
+    assert len(np.unique(data.y_train)) == 4800 and len(np.unique(data.y_test)) == 423
+    assert not set(data.y_train // 4) & set(data.y_test)
+    np.testing.assert_array_equal(_drawn_labels(data.X_test), data.y_test)
+    unrotated = data.y_train % 4 == 0
+    np.testing.assert_array_equal(_drawn_labels(data.X_train[unrotated]),
+                                  data.y_train[unrotated] // 4)
+    assert "split_seed=0" in data.DESCR
+
+
+def test_maml_split_seed_and_subsets(fake_omniglot_home):
+    kw = dict(image_size=15, download_if_missing=False)
+    full = fetch_omniglot_maml(fake_omniglot_home, **kw)
+    test_only = fetch_omniglot_maml(fake_omniglot_home, subset="test", **kw)
+    assert test_only.X_train is None and test_only.y_train is None
+    np.testing.assert_array_equal(test_only.X_test, full.X_test)
+    train_only = fetch_omniglot_maml(fake_omniglot_home, subset="train", **kw)
+    assert train_only.X_test is None and train_only.y_test is None
+    np.testing.assert_array_equal(train_only.y_train, full.y_train)
+    other = fetch_omniglot_maml(fake_omniglot_home, subset="test", split_seed=1, **kw)
+    assert len(np.unique(other.y_test)) == 423
+    assert set(other.y_test) != set(full.y_test)
+    with pytest.raises(ValueError, match="subset='val' is not one of 'all', 'train', 'test'"):
+        fetch_omniglot_maml(fake_omniglot_home, subset="val", **kw)
+    with pytest.raises(OSError, match="not found and download_if_missing=False"):
+        fetch_omniglot_maml(fake_omniglot_home / "elsewhere", download_if_missing=False)
+
+
+def test_digits_split():
+    from sklearn.datasets import load_digits
+
+    data = load_digits_split()
+    X, y = load_digits(return_X_y=True)
+    assert set(data.y_train) == set(range(6)) and set(data.y_test) == set(range(6, 10))
+    assert len(data.y_train) + len(data.y_test) == len(y)
+    assert data.X_train.dtype == np.float32 and data.X_train.shape[1] == 64
+    np.testing.assert_allclose(data.X_test, X[y >= 6] / 16.0, rtol=1e-6)
+
+
+# ------------------------------------------------------------- image folders
+def test_load_image_folder(tmp_path):
+    from PIL import Image
+
+    write_image_folder(tmp_path / "data", ["dog", "cat"], 2, size=10)
+    (tmp_path / "data" / ".hidden").mkdir()
+    data = load_image_folder(tmp_path / "data", image_size=10)
+    assert data.images.shape == (4, 1, 10, 10) and data.images.dtype == np.float32
+    assert list(data.target_names) == ["cat", "dog"]
+    np.testing.assert_array_equal(data.target, [0, 0, 1, 1])
+    assert [Path(f).name for f in data.filenames] == ["cat_0.png", "cat_1.png",
+                                                      "dog_0.png", "dog_1.png"]
+    stored = np.asarray(Image.open(data.filenames[0]), dtype=np.float32) / 255.0
+    np.testing.assert_allclose(data.images[0, 0], stored)       # as stored, no resize
+    X, y = load_image_folder(tmp_path / "data", image_size=5, channels=3, return_X_y=True)
+    assert X.shape == (4, 3, 5, 5) and list(y) == ["cat", "cat", "dog", "dog"]
+    np.testing.assert_allclose(X[:, 0], X[:, 2])                 # gray as RGB
+    assert 0.0 <= X.min() and X.max() <= 1.0
+
+
+def test_load_image_folder_errors(tmp_path):
+    write_image_folder(tmp_path / "one", ["only"], 2)
+    with pytest.raises(ValueError, match="needs at least 2 class subfolders.*found only"):
+        load_image_folder(tmp_path / "one")
+    with pytest.raises(FileNotFoundError, match="missing is not a folder"):
+        load_image_folder(tmp_path / "missing")
+    (tmp_path / "one" / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no valid file for the classes empty"):
+        load_image_folder(tmp_path / "one")
+    with pytest.raises(ValueError, match="channels=2 is not 1 or 3"):
+        load_image_folder(tmp_path / "one", channels=2)
+    with pytest.raises(ValueError, match="image_size=0 is not a positive integer"):
+        load_image_folder(tmp_path / "one", image_size=0)
+
+
+def test_load_images_in_the_order_given(tmp_path):
+    folder = write_image_folder(tmp_path / "q", ["b", "a"], 2, flat=True)
+    nested = write_image_folder(tmp_path / "q" / "sub", ["c"], 1, flat=True)
+    write_image_folder(tmp_path / "q" / ".hidden", ["h"], 1, flat=True)
+    (tmp_path / "q" / "notes.txt").write_text("not an image")
+    single = write_image_folder(tmp_path / "single", ["z"], 1, flat=True)
+    data = load_images([single[0], tmp_path / "q"], image_size=6)
+    expected = [single[0]] + sorted(folder + nested, key=str)
+    assert data.filenames == [str(p) for p in expected]
+    assert data.images.shape == (6, 1, 6, 6)
+    one = load_images(str(tmp_path / "q"), image_size=6)            # one path, not a list
+    np.testing.assert_array_equal(one.images, data.images[1:])
+    with pytest.raises(FileNotFoundError, match="x.png does not exist"):
+        load_images([tmp_path / "single", tmp_path / "q" / "x.png"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no images found in"):
+        load_images([tmp_path / "empty"])
+    bad = tmp_path / "bad.png"
+    bad.write_text("not a png")
+    with pytest.raises(OSError, match="cannot read the image"):
+        load_images([bad])
+
+
+def test_apply_ink():
+    paper = np.full((2, 1, 4, 4), 0.9, dtype=np.float32)
+    X, inverted = apply_ink(paper)
+    assert inverted and np.allclose(X, 0.1)
+    kept, inverted = apply_ink(paper, "light")
+    assert kept is paper and not inverted
+    dark = 1.0 - paper
+    assert apply_ink(dark)[1] is False and apply_ink(dark, "dark")[1] is True
+    assert apply_ink(np.zeros((0, 1, 4, 4)))[1] is False
+    with pytest.raises(ValueError, match="ink='bright' is not one of"):
+        apply_ink(paper, "bright")
 
 
 # ------------------------------------------------------------- download path

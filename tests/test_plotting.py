@@ -78,3 +78,13 @@ def test_clear_errors_without_history_or_matplotlib(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match="pip install matplotlib"):
         plot_history(FOMAMLClassifier())
+
+
+def test_plot_episode_image_shapes(fitted):
+    clf, X, y = fitted
+    support = np.concatenate([np.flatnonzero(y == c)[:1] for c in (8, 9)])
+    clf.adapt(X[support], y[support])
+    fig = plot_episode(clf, X[support], y[support], X[support], image_shape=(4, 16))
+    assert fig.axes[0].get_images()[0].get_array().shape == (4, 16)
+    with pytest.raises(ValueError, match=r"image_shape=\(3, 8, 8\) does not fit the data"):
+        plot_episode(clf, X[support], y[support], X[support], image_shape=(3, 8, 8))

@@ -1,4 +1,4 @@
-"""The FOMAML update rule, checked against independent computations."""
+"""The FOMAML rule (algorithms/fomaml.py), checked against independent computations."""
 
 import copy
 
@@ -8,16 +8,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fomaml_sklearn._config import MetaConfig
+from fomaml_sklearn.algorithms import FOMAML, TaskRunner, meta_gradient
 from fomaml_sklearn.backbones import MLPBackbone, SupportBatchNorm, build_backbone
-from fomaml_sklearn.learner import (
-    MetaModel,
-    TaskRunner,
-    fomaml_meta_gradient,
-    resolve_prototype_gradient,
-)
+from fomaml_sklearn.heads import MetaModel, resolve_prototype_gradient
 
 from conftest import make_tasks
-
 
 _tasks = make_tasks
 
@@ -84,9 +80,9 @@ def test_meta_gradient_matches_per_task_copies(steps, head, transductive):
             meta.head_weight.normal_()
             meta.head_bias.normal_()
     tasks = _tasks(3, n_ways, 2, 3, 6, seed=1)
-    grads, loss, acc = fomaml_meta_gradient(
-        TaskRunner(meta), tasks, n_ways, 0.3, steps, transductive
-    )
+    grads, loss, acc = meta_gradient(meta, tasks, n_ways, FOMAML(prototype_gradient=True),
+                                     inner_lr=0.3, n_inner_steps=steps,
+                                     transductive=transductive)
     expected = _reference_meta_gradient(meta, tasks, n_ways, 0.3, steps, transductive)
     names = [name for name, _ in meta.named_parameters()]
     assert len(grads) == len(names)
@@ -101,8 +97,8 @@ def test_prototype_gradient_switch(through):
     torch.manual_seed(0)
     meta = MetaModel(MLPBackbone(6, (8, 5)), 6, head="prototype")
     tasks = _tasks(3, 4, 2, 3, 6, seed=1)
-    grads, _, _ = fomaml_meta_gradient(TaskRunner(meta, prototype_gradient=through),
-                                       tasks, 4, 0.3, 1)
+    grads, _, _ = meta_gradient(meta, tasks, 4, FOMAML(prototype_gradient=through),
+                                inner_lr=0.3, n_inner_steps=1)
     expected = _reference_meta_gradient(meta, tasks, 4, 0.3, 1, through_prototypes=through)
     other = _reference_meta_gradient(meta, tasks, 4, 0.3, 1, through_prototypes=not through)
     for (name, _), g in zip(meta.named_parameters(), grads):
@@ -130,7 +126,7 @@ def test_meta_gradient_leaves_meta_parameters_and_their_grads_untouched():
     torch.manual_seed(0)
     meta = MetaModel(MLPBackbone(5, (7,)), 5, head="fixed", n_rows=3)
     before = copy.deepcopy(meta.state_dict())
-    fomaml_meta_gradient(TaskRunner(meta), _tasks(2, 3, 1, 2, 5, seed=0), 3, 0.5, 2)
+    meta_gradient(meta, _tasks(2, 3, 1, 2, 5, seed=0), 3, inner_lr=0.5, n_inner_steps=2)
     for k, v in meta.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
     assert all(p.grad is None for p in meta.parameters())
@@ -161,9 +157,9 @@ def test_first_order_gradient_by_hand_linear_model_squared_loss():
     def squared(out, target):
         return ((out[:, 0] - target) ** 2).mean()
 
-    runner = TaskRunner(meta, loss_fn=squared)
     t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
-    grads, loss, _ = fomaml_meta_gradient(runner, [(t(xs), t(ts), t(xq), t(tq))], 1, alpha, steps)
+    grads, loss, _ = meta_gradient(meta, [(t(xs), t(ts), t(xq), t(tq))], 1, loss=squared,
+                                   inner_lr=alpha, n_inner_steps=steps)
     by_name = dict(zip([n for n, _ in meta.named_parameters()], grads))
     np.testing.assert_allclose(by_name["head_weight"].numpy()[0], expected_w, rtol=1e-5)
     np.testing.assert_allclose(by_name["head_bias"].numpy()[0], expected_b, rtol=1e-5)
@@ -175,7 +171,8 @@ def test_shared_head_row_gradient_vanishes_under_cross_entropy():
     row's meta-gradient (the sum over its copies) is zero."""
     torch.manual_seed(0)
     meta = MetaModel(MLPBackbone(6, (8,)), 6, head="shared")
-    grads, _, _ = fomaml_meta_gradient(TaskRunner(meta), _tasks(2, 4, 2, 3, 6, seed=3), 4, 0.4, 2)
+    grads, _, _ = meta_gradient(meta, _tasks(2, 4, 2, 3, 6, seed=3), 4, inner_lr=0.4,
+                                n_inner_steps=2)
     by_name = dict(zip([n for n, _ in meta.named_parameters()], grads))
     for name in ("head_weight", "head_bias"):
         zeros = torch.zeros_like(by_name[name])
@@ -198,9 +195,9 @@ def test_support_batchnorm_uses_support_statistics_in_eval():
 def test_adapt_with_zero_steps_returns_initial_head_and_theta():
     torch.manual_seed(0)
     meta = MetaModel(MLPBackbone(4, (5,)), 4, head="fixed", n_rows=2)
-    runner = TaskRunner(meta)
+    runner = TaskRunner(meta, MetaConfig(inner_lr=0.5))
     xs, ys = torch.randn(4, 4), torch.tensor([0, 0, 1, 1])
-    w, b = runner.adapt(xs, ys, 2, 0.5, 0)
+    w, b = runner.adapt(xs, ys, 2, 0)
     torch.testing.assert_close(w, meta.head_weight.detach())
     for p, q in zip(runner.scratch.parameters(), meta.backbone.parameters()):
         torch.testing.assert_close(p, q)

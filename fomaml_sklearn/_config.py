@@ -1,0 +1,219 @@
+"""Every ``"auto"`` setting, resolved once in ``fit`` into one frozen object.
+
+:func:`resolve_config` turns an estimator's parameters and its freshly built
+meta-model into a :class:`MetaConfig`: the device, the precision, the inner
+rate, the rule (with its own ``"auto"`` options decided) and the task
+batching. ``fit`` passes it down to the training loop and keeps it; nothing
+is read back from the skorch net.
+"""
+
+import dataclasses
+from typing import Callable, Optional
+
+import torch
+from torch.nn import functional as F
+
+__all__ = [
+    "MetaConfig",
+    "PRECISIONS",
+    "resolve_config",
+    "resolve_device",
+    "resolve_precision",
+    "resolve_task_batching",
+]
+
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TASK_BATCHING = ("auto", "loop", "grouped")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaConfig:
+    """The resolved settings of meta-training and adaptation.
+
+    Attributes
+    ----------
+    algorithm : MetaAlgorithm or None
+        The rule, its options resolved (``None``: FOMAML's defaults).
+    inner_lr : float
+        Inner SGD rate alpha.
+    n_inner_steps : int
+        Inner steps per task in meta-training.
+    n_inner_steps_test : int
+        Inner steps when adapting to a new task.
+    transductive : bool
+        Normalise queries with their own batch statistics.
+    device : torch.device
+        Where the network runs.
+    precision : str
+        ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+    task_batching : {"loop", "grouped"}
+        Whether meta-batches run through the rule's batched path.
+    loss : callable
+        ``loss(outputs, targets)``, a scalar mean over the examples.
+    """
+
+    algorithm: Optional[object] = None
+    inner_lr: float = 0.4
+    n_inner_steps: int = 1
+    n_inner_steps_test: int = 3
+    transductive: bool = False
+    device: torch.device = torch.device("cpu")
+    precision: str = "float32"
+    task_batching: str = "loop"
+    loss: Callable = F.cross_entropy
+
+    def __post_init__(self):
+        if self.algorithm is None:
+            from .algorithms import FOMAML
+
+            object.__setattr__(self, "algorithm", FOMAML(prototype_gradient=True))
+
+    @property
+    def autocast_dtype(self):
+        """The ``torch.autocast`` dtype, None for float32."""
+        return PRECISIONS[self.precision]
+
+    def replace(self, **changes):
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def resolve_device(device):
+    """Turn ``"auto"``/``"cpu"``/``"cuda[:i]"``/``torch.device`` into a torch.device."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device={device!r} is not a valid device; use 'cpu', 'cuda', 'cuda:N' "
+            "or 'auto'."
+        ) from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} was requested, but CUDA is not available on this "
+            "machine (torch.cuda.is_available() is False); use device='cpu', or "
+            "device='auto' to take a GPU only where there is one."
+        )
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r} is not supported; use 'cpu', 'cuda' or 'auto'.")
+    return dev
+
+
+def _cpu_has_fast_bf16():
+    """True where the CPU runs bfloat16 natively (AMX or AVX512-BF16)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision, device):
+    """The precision name for ``precision`` on ``device`` (``"auto"`` decided)."""
+    if precision == "auto":
+        if device.type == "cuda":
+            # Native bf16 only: emulated bf16 on older GPUs is slow.
+            fast = torch.cuda.is_bf16_supported(including_emulation=False)
+        else:
+            fast = _cpu_has_fast_bf16()
+        precision = "bfloat16" if fast else "float32"
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"precision={precision!r} is not supported; use 'auto', 'float32', "
+            "'bfloat16' or 'float16' (GPU only)."
+        )
+    if precision == "float16" and device.type != "cuda":
+        raise ValueError(
+            "precision='float16' runs only on a GPU; on the CPU use 'bfloat16' "
+            "or 'auto'."
+        )
+    return precision
+
+
+def resolve_task_batching(task_batching, algorithm, meta_model, device):
+    """Resolve the ``task_batching`` parameter to ``"grouped"`` or ``"loop"``.
+
+    ``"auto"`` takes the rule's batched path on a GPU where the rule has one
+    for this model, and the loop elsewhere: on the 2-core CPUs measured the
+    loop was faster except with one query per class (``docs/performance.md``).
+
+    Parameters
+    ----------
+    task_batching : {"auto", "loop", "grouped"}
+        The requested mode.
+    algorithm : MetaAlgorithm
+        The rule.
+    meta_model : MetaModel
+        The model to meta-train.
+    device : str or torch.device
+        Where meta-training runs.
+
+    Returns
+    -------
+    mode : {"grouped", "loop"}
+
+    Raises
+    ------
+    ValueError
+        If ``"grouped"`` is asked for a rule or model without a batched path.
+    """
+    if task_batching not in TASK_BATCHING:
+        raise ValueError(
+            f"task_batching={task_batching!r} is not supported; use one of {TASK_BATCHING}."
+        )
+    supported = algorithm.supports_batched(meta_model)
+    if task_batching == "grouped" and not supported:
+        raise ValueError(
+            f"task_batching='grouped' needs a rule with a batched path for this model "
+            f"(FOMAML with the built-in 'mlp' and 'conv4' backbones); got "
+            f"algorithm={type(algorithm).__name__} and a "
+            f"{type(meta_model.backbone).__name__} backbone. Use task_batching='auto' "
+            "(grouped on a GPU where supported) or 'loop'."
+        )
+    on_gpu = torch.device(device).type == "cuda"
+    grouped = supported and (task_batching == "grouped"
+                             or (task_batching == "auto" and on_gpu))
+    return "grouped" if grouped else "loop"
+
+
+def resolve_inner_lr(inner_lr, head):
+    """``"auto"``: 0.05 with the prototype head, 0.4 (the MAML paper's) otherwise."""
+    if isinstance(inner_lr, str):
+        return 0.05 if head == "prototype" else 0.4
+    return float(inner_lr)
+
+
+def resolve_config(params, algorithm, meta_model, device, loss=F.cross_entropy):
+    """Resolve an estimator's settings into a :class:`MetaConfig`.
+
+    Parameters
+    ----------
+    params : dict
+        The estimator's ``get_params()`` (validated).
+    algorithm : MetaAlgorithm
+        The rule instance named by ``params["algorithm"]``.
+    meta_model : MetaModel
+        The freshly built meta-model (its backbone decides ``"auto"`` options).
+    device : torch.device
+        The resolved device.
+    loss : callable, default=torch.nn.functional.cross_entropy
+        The task loss.
+
+    Returns
+    -------
+    config : MetaConfig
+    """
+    rule = algorithm.resolve(meta_model)
+    return MetaConfig(
+        algorithm=rule,
+        inner_lr=resolve_inner_lr(params["inner_lr"], meta_model.head),
+        n_inner_steps=params["n_inner_steps"],
+        n_inner_steps_test=params["n_inner_steps_test"],
+        transductive=bool(params["transductive"]),
+        device=device,
+        precision=resolve_precision(params["precision"], device),
+        task_batching=resolve_task_batching(params["task_batching"], rule, meta_model, device),
+        loss=loss,
+    )

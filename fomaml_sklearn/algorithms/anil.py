@@ -1,0 +1,72 @@
+"""ANIL, almost no inner loop (Raghu et al., 2020).
+
+Only the head adapts in the inner loop, on support features computed once
+at ``theta``; the body is meta-learned through the query loss. Second order
+differentiates through the head's SGD steps and the head's initialisation
+(cheap: the body is not in the inner loop); first order treats the adapted
+head as a constant offset of its initialisation. Test-time adaptation also
+adapts the head alone.
+"""
+
+import torch
+
+from ._base import MetaAlgorithm, TaskResult, inner_loop, n_correct
+
+__all__ = ["ANIL"]
+
+
+class ANIL(MetaAlgorithm):
+    """ANIL: adapt the head only, in training and at test time.
+
+    Parameters
+    ----------
+    first_order : bool, default=False
+        Drop the derivatives through the head's inner steps (``"fo-anil"``).
+
+    Examples
+    --------
+    >>> from fomaml_sklearn import FOMAMLClassifier
+    >>> from fomaml_sklearn.algorithms import ANIL
+    >>> clf = FOMAMLClassifier(algorithm=ANIL(first_order=True))   # = "fo-anil"
+    """
+
+    adapts_body = False
+
+    def __init__(self, first_order=False):
+        self.first_order = first_order
+
+    def validate(self):
+        if not isinstance(self.first_order, bool):
+            raise ValueError(
+                f"first_order={self.first_order!r} is not supported by ANIL; use True "
+                "or False."
+            )
+
+    def task_meta_gradient(self, runner, x_support, y_support, x_query, y_query, n_classes):
+        meta, config = runner.meta_model, runner.config
+        runner.reset()
+        feats = runner.features(x_support, runner.meta_params)
+        head = list(meta.head_with_graph(feats, y_support, n_classes))
+        if self.first_order:
+            feats = feats.detach()
+            head = [h.detach().requires_grad_(True) for h in head]
+        head = inner_loop(runner.support_loss(feats, y_support, "head"), head,
+                          config.n_inner_steps, config.inner_lr,
+                          create_graph=not self.first_order)
+        feats_q = runner.features(x_query, runner.meta_params, train=config.transductive)
+        logits = runner.logits(feats_q, head)
+        loss = runner.loss_fn(logits, y_query)
+        if self.first_order:
+            g = torch.autograd.grad(loss, runner.meta_params + head)
+            grads = runner.body_gradients(g[:-2])
+            grads.update(meta.head_gradients(n_classes, *g[-2:]))
+        else:
+            meta_params = list(meta.parameters())
+            g = torch.autograd.grad(loss, meta_params, allow_unused=True)
+            grads = {p: (torch.zeros_like(p) if gi is None else gi)
+                     for p, gi in zip(meta_params, g)}
+        return TaskResult(grads, loss.detach(), n_correct(logits, y_query))
+
+    def adapt(self, runner, x_support, y_support, n_classes):
+        return runner.adapt_head(x_support, y_support, n_classes,
+                                 runner.config.n_inner_steps_test)
