@@ -35,9 +35,8 @@ def main(argv=None):
     support = np.concatenate([np.flatnonzero(y == c)[:1] for c in range(5)])
     query = np.concatenate([np.flatnonzero(y == c)[1:16] for c in range(5)])
     print(f"Conv-4 64, 28x28, 5-way 1-shot, 3 inner steps, {args.threads} threads")
-    from fomaml_sklearn.classifier import _resolve_precision
-
-    auto = _resolve_precision("auto", torch.device("cpu"))[0]
+    auto = FOMAMLClassifier("conv4", max_epochs=0, device="cpu", adapt_on_fit=False,
+                            random_state=0).fit(X[:40], y[:40]).precision_
     for precision in sorted({"float32", auto}):
         clf = FOMAMLClassifier("conv4", max_epochs=0, precision=precision, device="cpu",
                                n_inner_steps_test=3, adapt_on_fit=False,

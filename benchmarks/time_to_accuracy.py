@@ -85,8 +85,9 @@ def run_ours(args, data, episodes):
     class Score(Callback):
         """Score the current initialisation on the fixed test episodes.
 
-        It adapts with the net's own task runner, inner rate and test-time
-        steps, exactly as ``FOMAMLClassifier.evaluate`` does after ``fit``.
+        It adapts with the net's own task runner (its resolved configuration:
+        rule, inner rate, test-time steps), exactly as
+        ``FOMAMLClassifier.evaluate`` does after ``fit``.
         """
 
         def on_epoch_end(self, net, **kwargs):
@@ -94,9 +95,7 @@ def run_ours(args, data, episodes):
             if X_te is None:
                 X_te = torch.as_tensor(X_test.reshape(len(X_test), -1), device=net.device)
             steps = sum(meta_steps_per_epoch(net.history))
-            accs = clock.pause(lambda: episodic_accuracies(
-                net.runner_, X_te, episodes, net.inner_lr,
-                net.n_inner_steps_test, net.transductive, net.adapt_body))
+            accs = clock.pause(lambda: episodic_accuracies(net.runner_, X_te, episodes))
             acc = float(accs.mean())
             curve.append((clock.minutes(), steps, acc))
             print(f"  {clock.minutes():6.2f} min {steps:6d} meta-steps  {100 * acc:6.2f} %",

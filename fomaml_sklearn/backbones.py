@@ -13,6 +13,7 @@ predictions are per-sample functions of the support set.
 """
 
 import math
+import threading
 
 import torch
 from torch import nn
@@ -25,6 +26,7 @@ __all__ = [
     "build_backbone",
     "convert_batchnorm",
     "image_shape",
+    "init_parameters",
 ]
 
 
@@ -223,8 +225,74 @@ def image_shape(n_features, input_shape=None, *, argument="input_shape"):
     return (1, side, side)
 
 
+_INIT_LOCK = threading.Lock()
+
+
+def init_parameters(module, generator):
+    """(Re-)initialise ``module``'s parameters from ``generator``, touching no
+    global random state.
+
+    Linear and convolution layers get torch's default initialisation
+    (``kaiming_uniform_(a=sqrt(5))`` weights, biases uniform in
+    ``+-1/sqrt(fan_in)``), drawn from ``generator``; BatchNorm layers
+    (``SupportBatchNorm`` and torch's) get weights 1 and biases 0, and their
+    statistics are reset. Other modules with a ``reset_parameters`` method
+    run it under a forked global generator seeded from ``generator`` (a lock
+    keeps that part safe between threads of this package).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network, on any device but "meta".
+    generator : torch.Generator
+        The source of randomness (on the CPU).
+
+    Returns
+    -------
+    module : torch.nn.Module
+        The same object.
+    """
+    handled = (nn.Linear, nn.modules.conv._ConvNd, SupportBatchNorm,
+               nn.modules.batchnorm._NormBase)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
+                # Drawn on the CPU, so the generator's device never matters.
+                w = torch.empty(m.weight.shape)
+                nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=generator)
+                m.weight.copy_(w)
+                if m.bias is not None:
+                    fan_in = m.weight[0].numel()
+                    bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+                    m.bias.copy_(torch.empty(m.bias.shape).uniform_(
+                        -bound, bound, generator=generator))
+            elif isinstance(m, SupportBatchNorm):
+                m.weight.fill_(1)
+                m.bias.fill_(0)
+                m.support_mean.zero_()
+                m.support_var.fill_(1)
+            elif isinstance(m, nn.modules.batchnorm._NormBase):
+                m.reset_parameters()
+            elif hasattr(m, "reset_parameters") and not isinstance(m, handled) and any(
+                    True for _ in m.parameters(recurse=False)):
+                seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+                with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    m.reset_parameters()
+    return module
+
+
+def _on_meta_device(build):
+    """Build a module without drawing random numbers: on the "meta" device,
+    then given (uninitialised) memory on the CPU."""
+    with torch.device("meta"):
+        module = build()
+    return module.to_empty(device="cpu")
+
+
 def build_backbone(module, n_features, *, input_shape=None,
-                   hidden_layer_sizes=(64, 64), n_filters=64, module_params=None):
+                   hidden_layer_sizes=(64, 64), n_filters=64, module_params=None,
+                   generator=None):
     """Build the feature extractor named by ``module``.
 
     Parameters
@@ -243,6 +311,11 @@ def build_backbone(module, n_features, *, input_shape=None,
         Filters of the Conv-4 network.
     module_params : dict or None
         Keyword arguments for a user module class.
+    generator : torch.Generator or None, default=None
+        Initialise a built-in or class-given backbone from this generator
+        (:func:`init_parameters`), never from the global one; ``None`` uses
+        torch's usual initialisation (the global generator). An instance
+        keeps its own weights.
 
     Returns
     -------
@@ -262,16 +335,21 @@ def build_backbone(module, n_features, *, input_shape=None,
     """
     import copy
 
+    def make(build):
+        if generator is None:
+            return build()
+        return init_parameters(_on_meta_device(build), generator)
+
     if isinstance(module, str):
         name = module.lower()
         if name == "mlp":
-            return MLPBackbone(n_features, tuple(hidden_layer_sizes))
+            return make(lambda: MLPBackbone(n_features, tuple(hidden_layer_sizes)))
         if name in ("conv4", "conv-4"):
             try:
                 shape = image_shape(n_features, input_shape)
             except ValueError as exc:
                 raise ValueError(f"module={module!r} needs images: {exc}") from None
-            return Conv4Backbone(shape, n_filters)
+            return make(lambda: Conv4Backbone(shape, n_filters))
         raise ValueError(
             f"module={module!r} is not a known backbone; use 'mlp', 'conv4', a "
             "torch.nn.Module subclass or a torch.nn.Module instance."
@@ -279,7 +357,7 @@ def build_backbone(module, n_features, *, input_shape=None,
     if isinstance(module, nn.Module):
         return convert_batchnorm(copy.deepcopy(module))
     if isinstance(module, type) and issubclass(module, nn.Module):
-        return convert_batchnorm(module(**(module_params or {})))
+        return convert_batchnorm(make(lambda: module(**(module_params or {}))))
     raise TypeError(
         f"module must be 'mlp', 'conv4', a torch.nn.Module subclass or instance; "
         f"got {module!r} of type {type(module).__name__}."

@@ -2,6 +2,7 @@
 
 import copy
 import numbers
+import os
 import warnings
 
 import numpy as np
@@ -15,11 +16,26 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from skorch.dataset import Dataset
 from skorch.helper import predefined_split
 
-from ._config import TASK_BATCHING, resolve_config, resolve_device, resolve_precision
+from ._config import PRECISIONS, TASK_BATCHING, resolve_config, resolve_device, resolve_precision
+from ._constraints import (
+    Bool,
+    Callbacks,
+    Either,
+    Int,
+    Mapping,
+    NoneOr,
+    Options,
+    RandomState,
+    Real,
+    Shape,
+    Sizes,
+    check_params,
+)
 from ._training import EpisodeLoader, MetaTrainingNet, meta_steps_per_epoch
 from .algorithms import get_algorithm
 from .algorithms._base import TaskRunner
 from .backbones import build_backbone
+from .backbones import image_shape as image_shape_of
 from .episodes import resolve_episode_shape
 from .evaluation import (
     FewShotResult,
@@ -46,16 +62,16 @@ def _flatten_images(X):
     return X, None
 
 
-def _check_int(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
+def _image_layout_error(got, fitted, what):
+    return ValueError(
+        f"{what} holds images of shape {got}, but this estimator was fitted on images "
+        f"of shape {fitted} (channels, height, width). Pass images in the fitted layout "
+        "(for channels-last arrays, X.transpose(0, 3, 1, 2)), or rows of "
+        f"{int(np.prod(fitted))} features."
+    )
 
 
-def _check_float(name, value, low=0.0, strict=True):
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
-    if not ok or (value <= low if strict else value < low):
-        op = ">" if strict else ">="
-        raise ValueError(f"{name} must be a finite number {op} {low}; got {value!r}.")
+_FIT_ADAPT_MAX_SAMPLES = 2048
 
 
 class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
@@ -191,8 +207,11 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         Extra skorch callbacks for meta-training (e.g. ``EarlyStopping``,
         ``Checkpoint``, ``LRScheduler``); they are copied, never changed.
     random_state : int, RandomState instance or None, default=None
-        Seeds the initialisation and the episodes. The global numpy and torch
-        random generators are left untouched.
+        Seeds the initialisation and the episodes. With an int (or a
+        RandomState), ``fit`` is reproducible and leaves the global numpy
+        and torch generators untouched. With None, as everywhere in
+        scikit-learn, the seeds are drawn from numpy's global generator
+        (which advances it).
     verbose : int, default=0
         0: silent. 1: a progress bar and skorch's per-epoch table.
 
@@ -335,47 +354,66 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         self.verbose = verbose
 
     # ------------------------------------------------------------------ checks
+    # Every parameter's constraint, checked at the start of fit (one table;
+    # ``module``, ``algorithm``, ``optimizer`` and ``device`` have their own
+    # checks below, since what they accept is richer).
+    _PARAM_TABLE = {
+        "hidden_layer_sizes": Sizes(),
+        "n_filters": Int(1),
+        "input_shape": NoneOr(Shape()),
+        "module_params": NoneOr(Mapping()),
+        "head": Options(*HEADS),
+        "n_ways": Int(2),
+        "k_shot": Int(1),
+        "n_query": Int(1),
+        "meta_batch_size": Int(1),
+        "inner_lr": Either(Options("auto"), Real(0.0)),
+        "n_inner_steps": Int(0),
+        "n_inner_steps_test": Int(0),
+        "lr": Real(0.0),
+        "optimizer_params": NoneOr(Mapping()),
+        "max_epochs": Int(0),
+        "meta_batches_per_epoch": Int(1),
+        "n_eval_episodes": Int(1),
+        "validation_fraction": NoneOr(Real(0.0, strict=True, high=1.0)),
+        "transductive": Bool(),
+        "precision": Options("auto", *PRECISIONS),
+        "task_batching": Options(*TASK_BATCHING),
+        "adapt_on_fit": Bool(),
+        "warm_start": Bool(),
+        "callbacks": Callbacks(),
+        "random_state": RandomState(),
+        "verbose": Either(Bool(), Int(0)),
+    }
+
     def _check_params(self):
-        _check_int("n_ways", self.n_ways, 2)
-        _check_int("k_shot", self.k_shot, 1)
-        _check_int("n_query", self.n_query, 1)
-        _check_int("meta_batch_size", self.meta_batch_size, 1)
-        _check_int("n_inner_steps", self.n_inner_steps, 0)
-        _check_int("n_inner_steps_test", self.n_inner_steps_test, 0)
-        _check_int("max_epochs", self.max_epochs, 0)
-        _check_int("meta_batches_per_epoch", self.meta_batches_per_epoch, 1)
-        _check_int("n_eval_episodes", self.n_eval_episodes, 1)
-        _check_int("n_filters", self.n_filters, 1)
-        if not (isinstance(self.inner_lr, str) and self.inner_lr == "auto"):
-            _check_float("inner_lr", self.inner_lr, 0.0, strict=False)
-        _check_float("lr", self.lr, 0.0, strict=False)
-        frac = self.validation_fraction
-        if frac is not None:
-            _check_float("validation_fraction", frac, 0.0)
-            if frac >= 1:
-                raise ValueError(
-                    f"validation_fraction must be a fraction of the classes in (0, 1), "
-                    f"or None for no validation; got {frac!r}."
-                )
-        sizes = self.hidden_layer_sizes
-        if (
-            not isinstance(sizes, (tuple, list))
-            or len(sizes) == 0
-            or not all(isinstance(s, numbers.Integral) and s >= 1 for s in sizes)
-        ):
+        """Check every parameter; return the optimizer class."""
+        check_params(self._PARAM_TABLE, self.get_params(deep=False))
+        module = self.module
+        if not (isinstance(module, (str, torch.nn.Module))
+                or (isinstance(module, type) and issubclass(module, torch.nn.Module))):
             raise ValueError(
-                "hidden_layer_sizes must be a non-empty tuple of positive integers, "
-                f"e.g. (64, 64); got {sizes!r}."
+                f"module must be 'mlp', 'conv4', a torch.nn.Module subclass or instance; "
+                f"got {module!r} of type {type(module).__name__}."
             )
         get_algorithm(self.algorithm).validate()
-        if self.head not in HEADS:
-            raise ValueError(f"head={self.head!r} is not supported; use one of {HEADS}.")
-        if self.task_batching not in TASK_BATCHING:
-            raise ValueError(
-                f"task_batching={self.task_batching!r} is not supported; use one of "
-                f"{TASK_BATCHING}."
-            )
+        resolve_device(self.device)
         return self._optimizer_class()
+
+    def _check_validation_callbacks(self, has_validation):
+        """A callback that monitors validation scores needs validation data."""
+        if has_validation:
+            return
+        for cb in self.callbacks or []:
+            name, cb = cb if isinstance(cb, tuple) else (type(cb).__name__, cb)
+            monitor = getattr(cb, "monitor", None)
+            if isinstance(monitor, str) and monitor.startswith("valid_"):
+                raise ValueError(
+                    f"The callback {name} monitors {monitor!r}, but fit has no validation "
+                    "data, so that score never exists. Set validation_fraction (e.g. 0.2, "
+                    "whole classes held out) or pass X_val and y_val to fit, or monitor "
+                    "'train_loss'."
+                )
 
     def _optimizer_class(self):
         opt = self.optimizer
@@ -393,14 +431,36 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
             f"torch.optim.Optimizer subclass; got {opt!r}."
         )
 
-    def _validate_X(self, X, reset):
+    def _check_layout(self, image_shape, what):
+        """Images must come in the layout of the fitted ones (a flat row only
+        has to have the right number of features)."""
+        fitted = getattr(self, "input_shape_", None)
+        if image_shape is None or fitted is None:
+            return
+        fitted = tuple(fitted) if len(fitted) == 3 else (1,) + tuple(fitted)
+        got = tuple(image_shape) if len(image_shape) == 3 else (1,) + tuple(image_shape)
+        if got != fitted:
+            raise _image_layout_error(tuple(image_shape), fitted, what)
+
+    def _validate_X(self, X, reset, what="X"):
         X, image_shape = _flatten_images(X)
         X = validate_data(self, X, reset=reset, dtype=np.float32)
+        if not reset:
+            self._check_layout(image_shape, what)
         return X, image_shape
 
-    def _validate_Xy(self, X, y, reset):
+    def _validate_Xy(self, X, y, reset, what="X"):
         X, image_shape = _flatten_images(X)
         X, y = validate_data(self, X, y, reset=reset, dtype=np.float32)
+        if not reset:
+            self._check_layout(image_shape, what)
+        if getattr(y, "dtype", None) == object:
+            kinds = {type(v).__name__ for v in np.asarray(y).ravel()}
+            if kinds & {"str", "str_"} and kinds - {"str", "str_"}:
+                raise ValueError(
+                    f"y mixes labels of different types ({', '.join(sorted(kinds))}); use "
+                    "one type for all labels, e.g. y.astype(str)."
+                )
         check_classification_targets(y)
         encoder = LabelEncoder().fit(y)
         codes = encoder.transform(y)
@@ -408,10 +468,6 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
 
     def _to_tensor(self, X, device):
         return torch.tensor(X, dtype=torch.float32, device=device)
-
-    def _seed_scope(self, device):
-        devices = [device.index or 0] if device.type == "cuda" else []
-        return torch.random.fork_rng(devices=devices)
 
     # --------------------------------------------------------------------- fit
     def fit(self, X, y, *, X_val=None, y_val=None):
@@ -439,15 +495,37 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         self : FOMAMLClassifier
             The fitted estimator.
         """
-        optimizer_cls = self._check_params()
+        # The new state is built on a copy and swapped in only when fit
+        # succeeds: a failed call leaves a fitted estimator exactly as it was.
         warm = bool(self.warm_start) and hasattr(self, "net_")
+        new = copy.copy(self)
+        if warm:  # meta-trained further on a copy of the net
+            new.net_ = copy.deepcopy(self.net_)
+        else:
+            for name in [k for k in vars(new) if k.endswith("_") and not k.startswith("_")]:
+                delattr(new, name)
+        new._fit(X, y, X_val, y_val, warm)
+        self.__dict__.clear()
+        self.__dict__.update(vars(new))
+        return self
+
+    def _fit(self, X, y, X_val, y_val, warm):
+        optimizer_cls = self._check_params()
         X, codes, classes, image_shape = self._validate_Xy(X, y, reset=not warm)
+        if self.input_shape is not None:  # any backbone: the shape must fit the data
+            image_shape_of(X.shape[1], self.input_shape)
+        if image_shape is not None and self.input_shape is not None:
+            given = image_shape_of(X.shape[1], self.input_shape)
+            if given != image_shape_of(X.shape[1], image_shape):
+                raise _image_layout_error(image_shape, given, "X")
         rng = check_random_state(self.random_state)
         torch_seed, episode_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
         split_seed, valid_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
+        adapt_seed = int(rng.randint(0, 2**31 - 1))
         train_mask, valid = self._validation_data(
             codes, classes, X, X_val, y_val, np.random.default_rng(split_seed)
         )
+        self._check_validation_callbacks(valid is not None)
         train_codes = np.unique(codes[train_mask], return_inverse=True)[1]
         shape = self._episode_shape(train_codes, classes[np.unique(codes[train_mask])])
         device = self.device_ if warm else resolve_device(self.device)
@@ -477,26 +555,27 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         )
         input_shape = self.input_shape if self.input_shape is not None else image_shape
         X_train = X_t if train_mask.all() else X_t[torch.as_tensor(train_mask, device=device)]
-        with self._seed_scope(device):
-            torch.manual_seed(torch_seed)
-            meta_model = (self.net_.module_ if warm else
-                          self._build_meta_model(X.shape[1], input_shape, shape))
-            config = resolve_config(self.get_params(deep=False), get_algorithm(self.algorithm),
-                                    meta_model, device)
-            if self.verbose:
-                print(f"Meta-training on {device} in {config.precision} precision with "
-                      f"{type(config.algorithm).__name__}, episodes {shape.n_ways}-way "
-                      f"{shape.k_shot}-shot with {shape.n_query} queries.")
-            net_params["config"] = config
-            if warm:
-                net = self.net_
-                for name, value in net_params.items():
-                    setattr(net, name, value)
-                net.partial_fit(X_train, train_codes)
-            else:
-                net = self._build_net(meta_model, optimizer_cls, device,
-                                      np.random.default_rng(episode_seed), net_params)
-                net.fit(X_train, train_codes)
+        # Initialisation from an explicit generator: nothing global is
+        # touched, and seeded fits in parallel threads are reproducible.
+        generator = torch.Generator().manual_seed(torch_seed)
+        meta_model = (self.net_.module_ if warm else
+                      self._build_meta_model(X.shape[1], input_shape, shape, generator))
+        config = resolve_config(self.get_params(deep=False), get_algorithm(self.algorithm),
+                                meta_model, device)
+        if self.verbose:
+            print(f"Meta-training on {device} in {config.precision} precision with "
+                  f"{type(config.algorithm).__name__}, episodes {shape.n_ways}-way "
+                  f"{shape.k_shot}-shot with {shape.n_query} queries.")
+        net_params["config"] = config
+        if warm:
+            net = self.net_
+            for name, value in net_params.items():
+                setattr(net, name, value)
+            net.partial_fit(X_train, train_codes)
+        else:
+            net = self._build_net(meta_model, optimizer_cls, device,
+                                  np.random.default_rng(episode_seed), net_params)
+            net.fit(X_train, train_codes)
         # The validation data is not kept in the fitted estimator.
         net.train_split = None
         if net.interrupted_:
@@ -506,7 +585,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
                 "last completed meta-step and is usable; call fit again with "
                 "warm_start=True to continue.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,  # the user's fit call (fit -> _fit -> here)
             )
 
         self.net_ = net
@@ -521,16 +600,48 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         self.inner_lr_ = config.inner_lr
         self.task_batching_ = config.task_batching
         if not warm:
-            self.input_shape_ = input_shape
+            self.input_shape_ = (
+                image_shape_of(X.shape[1], input_shape) if input_shape is not None
+                else getattr(meta_model.backbone, "input_shape", None))
+        self.classes_ = classes
+        self.task_model_ = None
         if self.adapt_on_fit:
-            self._adapt_codes(X_t, codes, classes)
-        else:
-            self.classes_ = classes
-            self.task_model_ = None
-        return self
+            self._adapt_on_fit(X_t, codes, classes, np.random.default_rng(adapt_seed))
 
-    def _build_meta_model(self, n_features, input_shape, shape):
-        """A new meta-model, initialised from torch's (seeded) generator."""
+    def _adapt_on_fit(self, X_t, codes, classes, rng):
+        """Adapt to all the classes of ``y`` in bounded memory; never lose the
+        meta-training to a failure here."""
+        n_classes = len(classes)
+        if n_classes > _FIT_ADAPT_MAX_SAMPLES:
+            warnings.warn(
+                f"adapt_on_fit: y has {n_classes} classes, more than the "
+                f"{_FIT_ADAPT_MAX_SAMPLES} examples the final adaptation uses at most, so "
+                "fit did not adapt to them; the estimator is meta-trained. Call "
+                "adapt(X_support, y_support) with the classes to predict, or pass "
+                "adapt_on_fit=False to silence this.", UserWarning, stacklevel=4)
+            return
+        keep = np.arange(len(codes))
+        if len(codes) > _FIT_ADAPT_MAX_SAMPLES:
+            # At most this many examples, the same number from every class
+            # (fewer where a class has fewer).
+            per_class = _FIT_ADAPT_MAX_SAMPLES // n_classes
+            keep = np.concatenate([
+                rng.permutation(np.flatnonzero(codes == c))[:per_class]
+                for c in range(n_classes)])
+            keep.sort()
+        try:
+            index = torch.as_tensor(keep, device=X_t.device)
+            self._adapt_codes(X_t[index], codes[keep], classes)
+        except Exception as exc:  # e.g. out of memory: keep the meta-trained model
+            self.task_model_ = None
+            warnings.warn(
+                f"fit meta-trained the model, but its final adaptation to the "
+                f"{n_classes} classes of y failed ({type(exc).__name__}: {exc}). The "
+                "estimator keeps the meta-trained model; call adapt(X_support, y_support) "
+                "before predict.", UserWarning, stacklevel=4)
+
+    def _build_meta_model(self, n_features, input_shape, shape, generator):
+        """A new meta-model, initialised from ``generator``."""
         backbone = build_backbone(
             self.module,
             n_features,
@@ -538,8 +649,10 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
             hidden_layer_sizes=self.hidden_layer_sizes,
             n_filters=self.n_filters,
             module_params=self.module_params,
+            generator=generator,
         )
-        return MetaModel(backbone, n_features, head=self.head, n_rows=shape.n_ways)
+        return MetaModel(backbone, n_features, head=self.head, n_rows=shape.n_ways,
+                         generator=generator)
 
     def _build_net(self, meta_model, optimizer_cls, device, episode_rng, net_params):
         """The skorch net that meta-trains ``meta_model``."""
@@ -640,7 +753,8 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
             The estimator, now predicting among ``classes_ = unique(y_support)``.
         """
         self._check_meta_fitted("adapt")
-        X, codes, classes, _ = self._validate_Xy(X_support, y_support, reset=False)
+        X, codes, classes, _ = self._validate_Xy(X_support, y_support, reset=False,
+                                                 what="X_support")
         if len(classes) < 2:
             raise ValueError(
                 f"adapt needs a support set with at least 2 classes; y_support has "
@@ -672,8 +786,9 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         # different batch sizes, and a sample's probabilities should not
         # depend on its batch even in the last digits.
         dtype = torch.float64 if device.type == "cpu" else torch.float32
-        if self.transductive or dtype != torch.float32:
-            model = copy.deepcopy(model).to(dtype).train(self.transductive)
+        transductive = self.config_.transductive  # as fitted, not the current parameter
+        if transductive or dtype != torch.float32:
+            model = copy.deepcopy(model).to(dtype).train(transductive)
         chunks = []
         with torch.inference_mode():
             for start in range(0, len(X), _PREDICT_CHUNK):
@@ -745,8 +860,14 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         """
         self._check_meta_fitted("evaluate")
         X, codes, classes, _ = self._validate_Xy(X, y, reset=False)
+        check_params({"n_ways": NoneOr(Int(2)), "k_shot": NoneOr(Int(1)),
+                      "n_query": NoneOr(Int(1)), "n_episodes": NoneOr(Int(1)),
+                      "random_state": NoneOr(RandomState())},
+                     dict(n_ways=n_ways, k_shot=k_shot, n_query=n_query,
+                          n_episodes=n_episodes, random_state=random_state))
+        if isinstance(random_state, np.random.RandomState):
+            random_state = int(random_state.randint(0, 2**31 - 1))
         n_episodes = self.n_eval_episodes if n_episodes is None else n_episodes
-        _check_int("n_episodes", n_episodes, 1)
         counts = np.bincount(codes, minlength=len(classes))
         shape, message = resolve_episode_shape(
             counts,
@@ -813,6 +934,15 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         self : FOMAMLClassifier
         """
         self._check_meta_fitted("save_params")
+        for name, f in (("f_params", f_params), ("f_optimizer", f_optimizer),
+                        ("f_history", f_history)):
+            if isinstance(f, (str, os.PathLike)):
+                folder = os.path.dirname(os.path.abspath(os.fspath(f)))
+                if not os.path.isdir(folder):
+                    raise FileNotFoundError(
+                        f"{name}={os.fspath(f)!r}: the folder {folder} does not exist; "
+                        "create it first or save elsewhere."
+                    )
         self.net_.save_params(f_params=f_params, f_optimizer=f_optimizer, f_history=f_history)
         return self
 
@@ -835,12 +965,100 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         self : FOMAMLClassifier
         """
         self._check_meta_fitted("load_params")
-        self.net_.load_params(f_params=f_params, f_optimizer=f_optimizer, f_history=f_history)
+        net = self.net_
+        before = (copy.deepcopy(net.module_.state_dict()),
+                  copy.deepcopy(net.optimizer_.state_dict()), net.history)
+        try:
+            net.load_params(f_params=f_params, f_optimizer=f_optimizer, f_history=f_history)
+        except Exception as exc:
+            # torch copies the tensors that fit before it reports the others:
+            # put everything back, so a failed load changes nothing.
+            net.module_.load_state_dict(before[0])
+            net.optimizer_.load_state_dict(before[1])
+            net.history = before[2]
+            files = ", ".join(f"{k}={v!r}" for k, v in (("f_params", f_params),
+                              ("f_optimizer", f_optimizer), ("f_history", f_history))
+                              if v is not None)
+            raise ValueError(
+                f"load_params could not load {files} into this estimator "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). The files must "
+                "come from save_params of an estimator with the same network (module, "
+                "hidden_layer_sizes, n_filters, input_shape, head, n_ways); fit such an "
+                "estimator first (max_epochs=0 is enough). Nothing was changed."
+            ) from exc
         self.meta_model_ = self.net_.module_
         self.history_ = self.net_.history
         if f_params is not None:
             self.task_model_ = None
         return self
+
+    def save(self, path):
+        """Save the fitted estimator to a safe model file.
+
+        The file holds tensors (safetensors) and JSON under a SHA-256
+        checksum, with its format and package versions; :meth:`load` reads
+        it back without running any code from it, unlike a pickle. It keeps
+        what predicting, adapting, evaluating and scoring need (the
+        meta-parameters, the adapted task, the fitted attributes) but not
+        ``callbacks`` (stored as None), the optimizer state or ``history_``:
+        to continue meta-training with the optimizer's state, pickle the
+        estimator instead (for trusted files only). See
+        :func:`fomaml_sklearn.persistence.save_model`.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The file to write (replaced atomically).
+
+        Returns
+        -------
+        path : pathlib.Path
+            The file written.
+
+        Raises
+        ------
+        ValueError
+            If ``module`` is a user torch module, ``algorithm`` or
+            ``optimizer`` a user class, or the labels are not int, float,
+            bool or str: the safe format does not rebuild user code.
+        """
+        from .persistence import save_model
+
+        return save_model(self, path)
+
+    @classmethod
+    def load(cls, path):
+        """Load an estimator saved with :meth:`save`, without running code from the file.
+
+        The checksum and format version are checked first; a pickle is
+        refused, never unpickled. Tensors saved on a GPU load on a CPU-only
+        machine. See :func:`fomaml_sklearn.persistence.load_model`.
+
+        Parameters
+        ----------
+        path : str or path-like
+            A file written by :meth:`save`.
+
+        Returns
+        -------
+        estimator : FOMAMLClassifier
+            The fitted estimator; it predicts, adapts, evaluates and scores
+            exactly like the saved one.
+
+        Raises
+        ------
+        ValueError
+            If the file is corrupted, from a newer format version, lacks a
+            field or is not a model file.
+
+        Examples
+        --------
+        >>> clf.save("digits.fomaml")                          # doctest: +SKIP
+        >>> clf = FOMAMLClassifier.load("digits.fomaml")       # doctest: +SKIP
+        """
+        from .persistence import load_model
+
+        return load_model(path)
 
     def __getstate__(self):
         # A copy: on Python 3.11+ object.__getstate__ returns __dict__ itself.

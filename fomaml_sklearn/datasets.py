@@ -21,6 +21,7 @@ torch and torchvision are imported only when a loader needs them.
 """
 
 import hashlib
+import numbers
 import os
 import re
 import tempfile
@@ -45,28 +46,41 @@ MAML_SPLIT_SEED = 0  # the Omniglot class split of the command line and the benc
 _DIGITS_TRAIN_MAX = 5  # load_digits_split: meta-train on 0-5, test on 6-9
 
 
-def get_data_home(data_home=None):
+def get_data_home(data_home=None, *, create=True):
     """Folder of the data sets: ``data_home``, else ``$FOMAML_SKLEARN_DATA``,
     else scikit-learn's data home (``$SCIKIT_LEARN_DATA`` or
-    ``~/scikit_learn_data``). It is created if missing.
+    ``~/scikit_learn_data``).
 
     Parameters
     ----------
     data_home : str or path-like or None
         Explicit folder.
+    create : bool, default=True
+        Create the folder if missing (``False``: only say where it is).
 
     Returns
     -------
     path : pathlib.Path
+
+    Raises
+    ------
+    NotADirectoryError
+        If the path exists and is not a folder.
     """
     if data_home is None:
         data_home = os.environ.get("FOMAML_SKLEARN_DATA")
     if data_home is None:
-        from sklearn.datasets import get_data_home as sklearn_home
-
-        return Path(sklearn_home())
+        # scikit-learn's data home, as sklearn.datasets.get_data_home finds it.
+        data_home = os.environ.get("SCIKIT_LEARN_DATA",
+                                   os.path.join("~", "scikit_learn_data"))
     path = Path(data_home).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(
+            f"data_home={os.fspath(data_home)!r} is a file, not a folder; pass the folder "
+            "that holds (or will hold) omniglot/."
+        )
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -220,7 +234,15 @@ def fetch_omniglot(data_home=None, *, subset="all", image_size=28,
     names = {"all": ["images_background", "images_evaluation"],
              "background": ["images_background"],
              "evaluation": ["images_evaluation"]}[subset]
-    folder = get_data_home(data_home) / "omniglot"
+    if image_size is not None and (isinstance(image_size, bool)
+                                   or not isinstance(image_size, numbers.Integral)
+                                   or image_size < 1):
+        raise ValueError(
+            f"image_size must be an integer >= 1 (the side of the square images in "
+            f"pixels, e.g. 28) or None (105, the original); got {image_size!r}."
+        )
+    # Nothing is created on disk unless a download may happen.
+    folder = get_data_home(data_home, create=download_if_missing) / "omniglot"
     parts = []
     for name in names:
         md5 = (_md5 or OMNIGLOT_MD5)[name]

@@ -21,7 +21,7 @@ Every head is a plain ``(weight, bias)`` pair: logits are
 import torch
 from torch import nn
 
-from .backbones import SupportBatchNorm
+from .backbones import SupportBatchNorm, init_parameters
 
 __all__ = [
     "HEADS",
@@ -35,9 +35,8 @@ HEADS = ("prototype", "shared", "fixed")
 
 
 def _feature_dim(backbone, n_features):
-    out = getattr(backbone, "out_features", None)
-    if isinstance(out, int):
-        return out
+    """The backbone's output size, from a forward pass on two zero rows (which
+    also checks that it takes rows of ``n_features``)."""
     was_training = backbone.training
     backbone.eval()
     try:
@@ -45,7 +44,16 @@ def _feature_dim(backbone, n_features):
             param = next(backbone.parameters(), None)
             device = param.device if param is not None else "cpu"
             dtype = param.dtype if param is not None else torch.float32
-            z = backbone(torch.zeros(2, n_features, device=device, dtype=dtype))
+            try:
+                z = backbone(torch.zeros(2, n_features, device=device, dtype=dtype))
+            except (RuntimeError, ValueError, TypeError) as exc:
+                raise ValueError(
+                    f"The backbone module {type(backbone).__name__} does not accept rows of "
+                    f"{n_features} features ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:200]}). Its input layer must take "
+                    f"{n_features} inputs (the number of features of X), or reshape rows "
+                    "in its forward."
+                ) from exc
     finally:
         backbone.train(was_training)
     if z.dim() != 2 or z.shape[0] != 2:
@@ -132,9 +140,12 @@ class MetaModel(nn.Module):
         How task heads are initialised (see the module docstring).
     n_rows : int, default=1
         Number of meta-learned head rows for ``head="fixed"``.
+    generator : torch.Generator or None, default=None
+        Initialises the ``"fixed"`` rows (torch's default for a linear
+        layer); ``None`` draws from the global generator.
     """
 
-    def __init__(self, backbone, n_features, head="shared", n_rows=1):
+    def __init__(self, backbone, n_features, head="shared", n_rows=1, generator=None):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head={head!r} is not one of {HEADS}.")
@@ -154,6 +165,8 @@ class MetaModel(nn.Module):
                 if head == "shared":
                     linear.weight.zero_()
                     linear.bias.zero_()
+                elif generator is not None:
+                    init_parameters(linear, generator)
                 else:
                     linear.reset_parameters()
             self.head_weight = nn.Parameter(linear.weight.detach().clone())

@@ -308,7 +308,7 @@ def test_fit_errors_name_the_problem(fitted, digits):
         clf.fit(X[lonely], y[lonely])
     with pytest.raises(ValueError, match="n_ways must be an integer >= 2; got 1"):
         clone(clf).set_params(n_ways=1).fit(X, y)
-    with pytest.raises(ValueError, match="head='wide' is not supported"):
+    with pytest.raises(ValueError, match="head must be one of 'prototype', 'shared', 'fixed'"):
         clone(clf).set_params(head="wide").fit(X, y)
     with pytest.raises(ValueError, match="prototype_gradient='yes' is not supported by FOMAML"):
         clone(clf).set_params(algorithm=FOMAML(prototype_gradient="yes")).fit(X, y)

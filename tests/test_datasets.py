@@ -330,3 +330,20 @@ def test_load_mnist_reads_local_idx_files(tmp_path):
     assert load_mnist(tmp_path, train=False).data.shape == (3, 1, 28, 28)
     with pytest.raises(OSError, match="MNIST not found"):
         load_mnist(tmp_path / "elsewhere")
+
+
+@pytest.mark.parametrize("size", [0, -5, 28.5, "big", True])
+def test_fetch_omniglot_checks_image_size(tmp_path, size):
+    with pytest.raises(ValueError, match=f"image_size must be an integer >= 1.*got {size!r}"):
+        fetch_omniglot(tmp_path, image_size=size, download_if_missing=False)
+
+
+def test_fetch_omniglot_offline_creates_nothing_and_rejects_a_file(tmp_path):
+    home = tmp_path / "not" / "there"
+    with pytest.raises(OSError, match="not found and download_if_missing=False"):
+        fetch_omniglot(home, download_if_missing=False)
+    assert not (tmp_path / "not").exists()
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        fetch_omniglot(a_file, download_if_missing=False)

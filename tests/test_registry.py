@@ -25,7 +25,7 @@ class NoInnerStep(MetaAlgorithm):
     at theta and treated as a constant."""
 
     def task_meta_gradient(self, runner, x_support, y_support, x_query, y_query, n_classes):
-        head = runner.start(x_support, y_support, n_classes)
+        head, _ = runner.start(x_support, y_support, n_classes)
         logits = runner.query_logits(x_query, head)
         loss = runner.loss_fn(logits, y_query)
         g = torch.autograd.grad(loss, runner.params + head)
@@ -34,7 +34,7 @@ class NoInnerStep(MetaAlgorithm):
         return TaskResult(grads, loss.detach(), (logits.argmax(1) == y_query).sum())
 
     def adapt(self, runner, x_support, y_support, n_classes):
-        return runner.start(x_support, y_support, n_classes)
+        return runner.start(x_support, y_support, n_classes)[0]
 
 
 @pytest.fixture

@@ -30,7 +30,8 @@ __all__ = [
 ]
 
 
-def inner_loop(support_loss, params, n_steps, lr, *, create_graph=False, proximal=None):
+def inner_loop(support_loss, params, n_steps, lr, *, create_graph=False, proximal=None,
+               first_loss=None):
     """``n_steps`` SGD steps on a support loss: the inner loop of every rule.
 
     Parameters
@@ -52,14 +53,18 @@ def inner_loop(support_loss, params, n_steps, lr, *, create_graph=False, proxima
     proximal : tuple (lam, anchors) or None, default=None
         Add ``lam / 2 * ||params - anchors||^2`` to the loss (iMAML's inner
         problem); ``anchors`` are constants.
+    first_loss : torch.Tensor or None, default=None
+        ``support_loss(params)`` at the starting point, when the caller has
+        already computed it (its forward pass also built the task head), so
+        the first step reuses it instead of a second forward pass.
 
     Returns
     -------
     params : list of torch.Tensor
         The parameters after the steps.
     """
-    for _ in range(n_steps):
-        loss = support_loss(params)
+    for step in range(n_steps):
+        loss = first_loss if step == 0 and first_loss is not None else support_loss(params)
         grads = torch.autograd.grad(loss, params, create_graph=create_graph)
         if proximal is not None:
             lam, anchors = proximal
@@ -152,6 +157,7 @@ class TaskRunner:
         self.has_support_norm = any(
             isinstance(m, SupportBatchNorm) for m in self.scratch.modules()
         )
+        self._autocast_dtype = self.config.autocast_dtype  # read once: a hot path
 
     @property
     def algorithm(self):
@@ -161,7 +167,7 @@ class TaskRunner:
     # ------------------------------------------------------------ mechanics
     def autocast(self):
         """``torch.autocast`` for the forward passes, or a null context."""
-        dtype = self.config.autocast_dtype
+        dtype = self._autocast_dtype
         if dtype is None:
             return contextlib.nullcontext()
         device = self.params[0].device.type if self.params else "cpu"
@@ -185,7 +191,8 @@ class TaskRunner:
         ones.
         """
         if body_params is None:
-            self.scratch.train(train)
+            if self.scratch.training != train:
+                self.scratch.train(train)
             with self.autocast():
                 feats = self.scratch(x)
         else:
@@ -200,7 +207,7 @@ class TaskRunner:
                     feats = torch.func.functional_call(body, tensors, (x,))
             finally:
                 body.train(was_training)
-        return feats if self.config.autocast_dtype is None else feats.float()
+        return feats if self._autocast_dtype is None else feats.float()
 
     def logits(self, feats, head):
         """``feats @ weight.T + bias``."""
@@ -237,22 +244,37 @@ class TaskRunner:
 
         return loss
 
-    def start(self, x_support, y_support, n_classes):
+    def start(self, x_support, y_support, n_classes, with_loss=False):
         """Reset the scratch copy to ``theta``; return the initial head.
 
         The head is built from the support features at ``theta`` (training
         mode, so the scratch BatchNorm layers now hold the support
         statistics at ``theta``).
 
+        Parameters
+        ----------
+        x_support, y_support : torch.Tensor
+            The support set.
+        n_classes : int
+            Outputs of the task head.
+        with_loss : bool, default=False
+            Also return the support loss at ``theta`` with its graph, from
+            the same forward pass (the first inner step reuses it).
+
         Returns
         -------
         head : list of torch.Tensor
             ``[weight, bias]``, leaf tensors requiring grad.
+        loss : torch.Tensor or None
+            With ``with_loss``, else None.
         """
         self.reset()
-        with torch.no_grad():
+        with torch.set_grad_enabled(with_loss):
             feats = self.features(x_support)
-        return list(self.meta_model.initial_head(feats, y_support, n_classes))
+        head = list(self.meta_model.initial_head(feats, y_support, n_classes))
+        if not with_loss:
+            return head, None
+        return head, self.loss_fn(self.logits(feats, head), y_support)
 
     def prototype_head_graph(self, x_support, y_support, n_classes):
         """Prototype head at ``theta``, differentiable with respect to ``theta``.
@@ -297,12 +319,15 @@ class TaskRunner:
         head : list of torch.Tensor
             ``[weight, bias]``, the adapted head (leaf tensors).
         """
-        head = self.start(x_support, y_support, n_classes)
-        self.adapt_from(head, x_support, y_support, n_steps, lr=lr, proximal=proximal)
+        head, first = self.start(x_support, y_support, n_classes, with_loss=n_steps > 0)
+        self.adapt_from(head, x_support, y_support, n_steps, lr=lr, proximal=proximal,
+                        first_loss=first)
         return head
 
-    def adapt_from(self, head, x_support, y_support, n_steps, *, lr=None, proximal=None):
-        """The inner loop of :meth:`adapt`, from the current scratch state."""
+    def adapt_from(self, head, x_support, y_support, n_steps, *, lr=None, proximal=None,
+                   first_loss=None):
+        """The inner loop of :meth:`adapt`, from the current scratch state
+        (``first_loss``: the support loss there, if already computed)."""
         lr = self.config.inner_lr if lr is None else lr
         params = self.params + head
         anchors = None
@@ -310,7 +335,7 @@ class TaskRunner:
             anchors = [p.detach().clone() for p in params]
             proximal = (proximal, anchors)
         inner_loop(self.support_loss(x_support, y_support), params, n_steps, lr,
-                   proximal=proximal)
+                   proximal=proximal, first_loss=first_loss)
         if self.has_support_norm and n_steps > 0:
             # Record the support statistics at the adapted weights.
             with torch.no_grad():

@@ -76,9 +76,10 @@ class FOMAML(PrototypeGradientOption, MetaAlgorithm):
 
     def task_meta_gradient(self, runner, x_support, y_support, x_query, y_query, n_classes):
         meta = runner.meta_model
-        head = runner.start(x_support, y_support, n_classes)
+        n_steps = runner.config.n_inner_steps
+        head, first = runner.start(x_support, y_support, n_classes, with_loss=n_steps > 0)
         head0 = self.initial_head_graph(runner, x_support, y_support, n_classes)
-        runner.adapt_from(head, x_support, y_support, runner.config.n_inner_steps)
+        runner.adapt_from(head, x_support, y_support, n_steps, first_loss=first)
         logits = runner.query_logits(x_query, head)
         loss = runner.loss_fn(logits, y_query)
         g = torch.autograd.grad(loss, runner.params + head)
@@ -134,17 +135,19 @@ def _batched_meta_gradient(runner, batch, through_prototypes):
         k = logits.shape[-1]
         return F.cross_entropy(logits.reshape(-1, k), y.repeat(T)) * T, logits
 
-    with torch.no_grad():
-        head = list(meta.initial_head(features(phi, xs, True), ys, n_classes))
+    n_steps = config.n_inner_steps
+    with torch.set_grad_enabled(n_steps > 0):  # the first inner step reuses this pass
+        feats = features(phi, xs, True)
+    head = list(meta.initial_head(feats, ys, n_classes))
+    first = summed_loss(feats, head, ys)[0] if n_steps > 0 else None
     if through_prototypes:
         # The prototypes at theta with a graph to theta, the support
         # statistics held constant (TaskRunner.prototype_head_graph).
         frozen = [s.clone() for s in stats]
         head0 = meta.head_with_graph(
             features(theta, xs, False, frozen, params_batched=False), ys, n_classes)
-    n_steps = config.n_inner_steps
     inner_loop(lambda params: summed_loss(features(params[:-2], xs, True), params[-2:], ys)[0],
-               phi + head, n_steps, config.inner_lr)
+               phi + head, n_steps, config.inner_lr, first_loss=first)
     if n_steps > 0:
         with torch.no_grad():  # support statistics at the adapted weights
             features(phi, xs, True)

@@ -120,9 +120,10 @@ class IMAML(PrototypeGradientOption, MetaAlgorithm):
     def task_meta_gradient(self, runner, x_support, y_support, x_query, y_query, n_classes):
         meta, config = runner.meta_model, runner.config
         lam = float(self.lam)
-        head = runner.start(x_support, y_support, n_classes)
+        n_steps = config.n_inner_steps
+        head, first = runner.start(x_support, y_support, n_classes, with_loss=n_steps > 0)
         head0 = self.initial_head_graph(runner, x_support, y_support, n_classes)
-        runner.adapt_from(head, x_support, y_support, config.n_inner_steps, proximal=lam)
+        runner.adapt_from(head, x_support, y_support, n_steps, proximal=lam, first_loss=first)
         params = runner.params + head
         logits = runner.query_logits(x_query, head)
         loss = runner.loss_fn(logits, y_query)

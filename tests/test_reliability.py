@@ -1,0 +1,253 @@
+"""Nothing lost, nothing trusted blindly: every bad call is a clear error, and
+a failed call leaves a fitted estimator exactly as it was."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from skorch.callbacks import Checkpoint, EarlyStopping
+
+from fomaml_sklearn import FOMAMLClassifier
+
+FAST = dict(n_ways=3, n_query=3, max_epochs=1, meta_batches_per_epoch=3, n_eval_episodes=5,
+            device="cpu", random_state=0)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return (X / 16).astype(np.float32), y
+
+
+@pytest.fixture
+def fitted(digits):
+    X, y = digits
+    clf = FOMAMLClassifier(**FAST).fit(X[y < 6], y[y < 6])
+    return clf, clf.predict_proba(X[:20]).copy(), clf.classes_.copy()
+
+
+def _unchanged(clf, X, proba, classes):
+    np.testing.assert_array_equal(clf.predict_proba(X[:20]), proba)
+    np.testing.assert_array_equal(clf.classes_, classes)
+    assert clf.n_features_in_ == X.shape[1]
+
+
+@pytest.mark.parametrize("bad, match", [
+    # The issue's first case: fewer features and float labels.
+    (lambda X, y: (X[:, :10], y + 0.5), "Unknown label type"),
+    (lambda X, y: (X, np.array([str(v) if v % 2 else int(v) for v in y], dtype=object)),
+     "mixes labels of different types"),
+    (lambda X, y: (X[:, :10], y), None),  # warm start off: a new fit on new data is fine
+])
+def test_a_failed_refit_keeps_the_fitted_model(fitted, digits, bad, match):
+    clf, proba, classes = fitted
+    X, y = digits
+    Xb, yb = bad(X[y < 6], y[y < 6])
+    if match is None:
+        clf_copy = FOMAMLClassifier(**FAST).fit(Xb, yb)
+        assert clf_copy.n_features_in_ == 10
+        return
+    with pytest.raises(ValueError, match=match):
+        clf.fit(Xb, yb)
+    _unchanged(clf, X, proba, classes)
+
+
+@pytest.mark.parametrize("params, match", [
+    (dict(device="tpu"), "device='tpu'"),
+    (dict(precision="fp8"), "precision must be one of"),
+    (dict(callbacks="x"), "callbacks must be None or a list of skorch callbacks"),
+    (dict(callbacks=[42]), "callbacks must be None or a list of skorch callbacks"),
+    (dict(transductive="yes"), "transductive must be True or False; got 'yes'"),
+    (dict(adapt_on_fit="no"), "adapt_on_fit must be True or False; got 'no'"),
+    (dict(warm_start="no"), "warm_start must be True or False; got 'no'"),
+    (dict(optimizer_params="x"), "optimizer_params must be None or a dict"),
+    (dict(module_params="x"), "module_params must be None or a dict"),
+    (dict(input_shape="abc"), "input_shape must be None or"),
+    (dict(input_shape=(3, 5, 5)), r"input_shape=\(3, 5, 5\) does not fit the data"),
+    (dict(random_state="abc"), "random_state must be None, an integer"),
+    (dict(random_state=-1), "random_state must be None, an integer"),
+    (dict(n_ways=1.5), "n_ways must be an integer >= 2; got 1.5"),
+    (dict(validation_fraction=1.0), "validation_fraction must be None or a finite number"),
+    (dict(callbacks=[EarlyStopping()]),
+     "EarlyStopping monitors 'valid_loss'.*validation_fraction"),
+    (dict(callbacks=[("best", Checkpoint(dirname="/nonexistent"))]),
+     "best monitors 'valid_loss_best'"),
+    (dict(module=torch.nn.Linear(10, 4)), "does not accept rows of 64 features"),
+    (dict(module=42), "module must be 'mlp', 'conv4'"),
+    (dict(algorithm="fomamll"), "Did you mean 'fomaml'"),
+])
+def test_bad_parameters_are_clear_errors_and_change_nothing(fitted, digits, params, match):
+    clf, proba, classes = fitted
+    X, y = digits
+    clf.set_params(**params)
+    with pytest.raises(ValueError, match=match):
+        clf.fit(X[y < 6], y[y < 6])
+    _unchanged(clf, X, proba, classes)
+
+
+def test_a_failed_warm_start_keeps_the_model(fitted, digits):
+    clf, proba, classes = fitted
+    X, y = digits
+    steps = clf.n_meta_steps_
+    clf.set_params(warm_start=True)
+    with pytest.raises(ValueError, match="X has 10 features"):
+        clf.fit(X[y < 6][:, :10], y[y < 6])
+    _unchanged(clf, X, proba, classes)
+    assert clf.n_meta_steps_ == steps
+    clf.fit(X[y < 6], y[y < 6])  # and it still continues
+    assert clf.n_meta_steps_ == 2 * steps
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(n_ways=1), "n_ways must be None or an integer >= 2; got 1"),
+    (dict(n_ways=1.5), "n_ways must be None or an integer >= 2; got 1.5"),
+    (dict(n_ways="3"), "n_ways must be None or an integer >= 2; got '3'"),
+    (dict(k_shot=0), "k_shot must be None or an integer >= 1; got 0"),
+    (dict(n_query=-1), "n_query must be None or an integer >= 1; got -1"),
+    (dict(n_episodes=0), "n_episodes must be None or an integer >= 1; got 0"),
+    (dict(random_state="abc"), "random_state must be None or None, an integer"),
+    (dict(random_state=-1), "random_state must be None or None, an integer"),
+])
+def test_evaluate_checks_its_arguments(fitted, digits, kwargs, match):
+    clf, _, _ = fitted
+    X, y = digits
+    with pytest.raises(ValueError, match=match):
+        clf.evaluate(X[y >= 6], y[y >= 6], **kwargs)
+
+
+def test_image_layout_is_checked_against_the_fitted_one():
+    rng = np.random.default_rng(0)
+    X = rng.random((60, 3, 8, 8), dtype=np.float32)
+    y = np.repeat(np.arange(6), 10)
+    clf = FOMAMLClassifier("conv4", n_filters=4, **FAST).fit(X, y)
+    proba = clf.predict_proba(X[:5])
+    assert clf.input_shape_ == (3, 8, 8)
+    with pytest.raises(ValueError, match=r"images of shape \(8, 8, 3\).*\(3, 8, 8\)"):
+        clf.predict(X.transpose(0, 2, 3, 1))
+    with pytest.raises(ValueError, match=r"images of shape \(12, 4, 4\)"):
+        clf.predict(X.reshape(60, 12, 4, 4))
+    with pytest.raises(ValueError, match=r"X_support holds images of shape \(8, 8, 3\)"):
+        clf.adapt(X.transpose(0, 2, 3, 1)[:10], y[:10])
+    np.testing.assert_array_equal(clf.predict_proba(X[:5].reshape(5, -1)), proba)  # rows: fine
+    # Rows at fit: conv4 takes its shape from input_shape, and checks it too.
+    rows = FOMAMLClassifier("conv4", n_filters=4, input_shape=(3, 8, 8), **FAST)
+    rows.fit(X.reshape(60, -1), y)
+    with pytest.raises(ValueError, match="images of shape"):
+        rows.predict(X.transpose(0, 2, 3, 1))
+
+
+def test_load_params_errors_leave_the_model(fitted, digits, tmp_path):
+    clf, proba, classes = fitted
+    X, y = digits
+    other = FOMAMLClassifier(hidden_layer_sizes=(32,), **FAST).fit(X[y < 6], y[y < 6])
+    other.save_params(f_params=tmp_path / "other.pt")
+    before = [p.detach().clone() for p in clf.meta_model_.parameters()]
+    with pytest.raises(ValueError, match="same network"):
+        clf.load_params(f_params=tmp_path / "other.pt")
+    for a, b in zip(before, clf.meta_model_.parameters()):
+        assert torch.equal(a, b)
+    _unchanged(clf, X, proba, classes)
+    clf.save_params(f_params=tmp_path / "mine.pt")
+    data = (tmp_path / "mine.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="load_params could not load"):
+        clf.load_params(f_params=tmp_path / "cut.pt")
+    with pytest.raises(FileNotFoundError, match="the folder .* does not exist"):
+        clf.save_params(f_params=tmp_path / "missing" / "p.pt")
+
+
+def test_a_failed_final_adaptation_keeps_the_meta_training(digits, monkeypatch):
+    X, y = digits
+
+    def boom(self, *args):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(FOMAMLClassifier, "_adapt_codes", boom)
+    with pytest.warns(UserWarning, match="final adaptation .* failed .*MemoryError"):
+        clf = FOMAMLClassifier(**FAST).fit(X[y < 6], y[y < 6])
+    assert clf.n_meta_steps_ == 3 and clf.task_model_ is None
+    monkeypatch.undo()
+    support = np.concatenate([np.flatnonzero(y == c)[:2] for c in (6, 7)])
+    assert set(clf.adapt(X[support], y[support]).predict(X[:10])) <= {6, 7}
+
+
+def test_the_final_adaptation_uses_a_bounded_sample(monkeypatch):
+    from fomaml_sklearn import classifier
+
+    seen = []
+    real = FOMAMLClassifier._adapt_codes
+
+    def record(self, X_t, codes, classes):
+        seen.append((len(X_t), np.bincount(codes).min()))
+        return real(self, X_t, codes, classes)
+
+    monkeypatch.setattr(FOMAMLClassifier, "_adapt_codes", record)
+    monkeypatch.setattr(classifier, "_FIT_ADAPT_MAX_SAMPLES", 40)
+    rng = np.random.default_rng(0)
+    X = rng.random((300, 16), dtype=np.float32)
+    y = np.repeat(np.arange(6), 50)
+    clf = FOMAMLClassifier(**FAST).fit(X, y)
+    assert seen == [(36, 6)]  # 40 // 6 = 6 per class, every class kept
+    assert list(clf.classes_) == list(range(6))
+    with pytest.warns(UserWarning, match="y has 60 classes, more than the 40"):
+        FOMAMLClassifier(**FAST).fit(X, np.repeat(np.arange(60), 5))
+
+
+def test_a_seeded_fit_does_not_touch_the_global_generators(digits):
+    X, y = digits
+    torch.manual_seed(123)
+    np.random.seed(123)
+    state_t, state_n = torch.random.get_rng_state(), np.random.get_state()[1].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FOMAMLClassifier(**FAST).fit(X[y < 6], y[y < 6])
+    assert torch.equal(torch.random.get_rng_state(), state_t)
+    np.testing.assert_array_equal(np.random.get_state()[1], state_n)
+
+
+def test_seeded_fits_in_threads_match_their_serial_twins(digits):
+    from concurrent.futures import ThreadPoolExecutor
+
+    X, y = digits
+
+    def fit(seed):
+        clf = FOMAMLClassifier(**{**FAST, "random_state": seed, "head": "fixed"})
+        return clf.fit(X[y < 6], y[y < 6]).predict_proba(X[:20])
+
+    serial = [fit(seed) for seed in (0, 1, 2)]
+    torch.manual_seed(7)
+    before = torch.random.get_rng_state()
+    with ThreadPoolExecutor(3) as pool:
+        parallel = list(pool.map(fit, (0, 1, 2)))
+    assert torch.equal(torch.random.get_rng_state(), before)
+    for a, b in zip(serial, parallel):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(serial[0], serial[1])  # the seed matters
+
+
+class _UserNet(torch.nn.Module):
+    def __init__(self, width=8):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(64, width), torch.nn.BatchNorm1d(width),
+                                        torch.nn.ReLU(), torch.nn.Linear(width, width))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_a_user_module_class_is_initialised_from_the_seed(digits):
+    X, y = digits
+    torch.manual_seed(3)
+    before = torch.random.get_rng_state()
+    a = FOMAMLClassifier(_UserNet, module_params={"width": 8}, **{**FAST, "max_epochs": 0})
+    b = FOMAMLClassifier(_UserNet, module_params={"width": 8}, **{**FAST, "max_epochs": 0})
+    a.fit(X[y < 6], y[y < 6])
+    b.fit(X[y < 6], y[y < 6])
+    assert torch.equal(torch.random.get_rng_state(), before)
+    for p, q in zip(a.meta_model_.parameters(), b.meta_model_.parameters()):
+        assert torch.equal(p, q)
+    c = FOMAMLClassifier(_UserNet, **{**FAST, "max_epochs": 0, "random_state": 1})
+    c.fit(X[y < 6], y[y < 6])
+    assert not torch.equal(next(a.meta_model_.parameters()), next(c.meta_model_.parameters()))
