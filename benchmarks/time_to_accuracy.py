@@ -73,7 +73,8 @@ def run_ours(args, data, episodes):
     from skorch.callbacks import Callback
 
     from fomaml_sklearn import FOMAMLClassifier
-    from fomaml_sklearn._training import meta_steps_per_epoch
+    from fomaml_sklearn.algorithms import TaskRunner
+    from fomaml_sklearn.callbacks import meta_steps_per_epoch
 
     X_train, y_train, X_test, y_test = data
     clock, curve = Clock(), []
@@ -85,8 +86,8 @@ def run_ours(args, data, episodes):
     class Score(Callback):
         """Score the current initialisation on the fixed test episodes.
 
-        It adapts with the net's own task runner (its resolved configuration:
-        rule, inner rate, test-time steps), exactly as
+        It adapts with a TaskRunner on the net's meta-model and resolved
+        configuration (rule, inner rate, test-time steps), exactly as
         ``FOMAMLClassifier.evaluate`` does after ``fit``.
         """
 
@@ -95,7 +96,8 @@ def run_ours(args, data, episodes):
             if X_te is None:
                 X_te = torch.as_tensor(X_test.reshape(len(X_test), -1), device=net.device)
             steps = sum(meta_steps_per_epoch(net.history))
-            accs = clock.pause(lambda: episodic_accuracies(net.runner_, X_te, episodes))
+            runner = TaskRunner(net.module_, net.config)
+            accs = clock.pause(lambda: episodic_accuracies(runner, X_te, episodes))
             acc = float(accs.mean())
             curve.append((clock.minutes(), steps, acc))
             print(f"  {clock.minutes():6.2f} min {steps:6d} meta-steps  {100 * acc:6.2f} %",

@@ -28,16 +28,7 @@ from .algorithms._base import TaskRunner
 from .episodes import EpisodeSampler
 from .evaluation import adapted_query_logits
 
-__all__ = ["MetaBatch", "EpisodeLoader", "MetaTrainingNet", "meta_steps_per_epoch"]
-
-
-def meta_steps_per_epoch(history):
-    """Meta-steps (training batches) recorded in each epoch of a skorch history.
-
-    Validation batches share an epoch's ``batches`` list; only training
-    batches carry ``train_loss``.
-    """
-    return [sum(1 for batch in epoch["batches"] if "train_loss" in batch) for epoch in history]
+__all__ = ["MetaBatch", "EpisodeLoader", "MetaTrainingNet"]
 
 
 class MetaBatch:

@@ -4,7 +4,26 @@ import time
 
 from skorch.callbacks import Callback
 
-__all__ = ["TimeLimit", "TimeLimitReached"]
+__all__ = ["TimeLimit", "TimeLimitReached", "meta_steps_per_epoch"]
+
+
+def meta_steps_per_epoch(history):
+    """Meta-steps (training batches) recorded in each epoch of a skorch history.
+
+    Validation batches share an epoch's ``batches`` list; only training
+    batches carry ``train_loss``.
+
+    Parameters
+    ----------
+    history : skorch.history.History
+        A fitted estimator's ``history_`` (or a skorch net's ``history``).
+
+    Returns
+    -------
+    steps : list of int
+        One count per epoch.
+    """
+    return [sum(1 for batch in epoch["batches"] if "train_loss" in batch) for epoch in history]
 
 
 class TimeLimitReached(KeyboardInterrupt):

@@ -31,11 +31,12 @@ from ._constraints import (
     Sizes,
     check_params,
 )
-from ._training import EpisodeLoader, MetaTrainingNet, meta_steps_per_epoch
+from ._training import EpisodeLoader, MetaTrainingNet
 from .algorithms import get_algorithm
 from .algorithms._base import TaskRunner
 from .backbones import build_backbone
 from .backbones import image_shape as image_shape_of
+from .callbacks import meta_steps_per_epoch
 from .episodes import resolve_episode_shape
 from .evaluation import (
     FewShotResult,
@@ -71,7 +72,7 @@ def _image_layout_error(got, fitted, what):
     )
 
 
-_FIT_ADAPT_MAX_SAMPLES = 2048
+_FIT_ADAPT_MAX_SAMPLES = 1024
 
 
 class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
@@ -191,8 +192,14 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         a GPU idle), the loop on a CPU, where it was measured faster
         (``docs/performance.md``); ``task_batching_`` says which ran.
     adapt_on_fit : bool, default=True
-        Adapt to all classes of ``y`` at the end of ``fit``. Set to False when
-        meta-training on many classes only to call ``adapt`` later.
+        Adapt to all classes of ``y`` at the end of ``fit``, so that
+        ``predict`` works straight away. The adaptation uses at most 1024
+        examples of ``(X, y)``, the same number from every class (drawn with
+        ``random_state``), so its memory does not grow with ``len(X)``; with
+        more than 1024 classes it is skipped with a warning. If it fails
+        (for example out of memory), ``fit`` keeps the meta-trained model and
+        warns. Set to False when meta-training on many classes only to call
+        ``adapt`` later.
     warm_start : bool, default=False
         If True and the estimator is already meta-trained, ``fit`` continues
         from the current meta-parameters and meta-optimizer state (and the
@@ -454,7 +461,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         X, y = validate_data(self, X, y, reset=reset, dtype=np.float32)
         if not reset:
             self._check_layout(image_shape, what)
-        if getattr(y, "dtype", None) == object:
+        if getattr(y, "dtype", None) is not None and y.dtype.kind == "O":
             kinds = {type(v).__name__ for v in np.asarray(y).ravel()}
             if kinds & {"str", "str_"} and kinds - {"str", "str_"}:
                 raise ValueError(

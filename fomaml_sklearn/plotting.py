@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from ._training import meta_steps_per_epoch
+from .callbacks import meta_steps_per_epoch
 
 __all__ = ["plot_history", "plot_episode"]
 
