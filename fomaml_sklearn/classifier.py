@@ -576,6 +576,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         net_params["config"] = config
         if warm:
             net = self.net_
+            steps_before = sum(meta_steps_per_epoch(net.history))
             for name, value in net_params.items():
                 setattr(net, name, value)
             net.partial_fit(X_train, train_codes)
@@ -598,7 +599,10 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         self.net_ = net
         self.history_ = net.history
         self.meta_model_ = net.module_
-        self.n_meta_steps_ = sum(meta_steps_per_epoch(net.history))
+        # Counted over all fits of a warm start, also one continued from a
+        # loaded model file (whose history starts empty).
+        new_steps = sum(meta_steps_per_epoch(net.history)) - (steps_before if warm else 0)
+        self.n_meta_steps_ = (self.n_meta_steps_ if warm else 0) + new_steps
         self.episode_shape_ = shape
         self.config_ = config
         self.algorithm_ = config.algorithm

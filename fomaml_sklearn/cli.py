@@ -1,8 +1,11 @@
 """The ``fomaml-sklearn`` command line: ``train``, ``evaluate`` and ``predict``.
 
 ``fomaml-sklearn train [DATA]`` meta-trains a :class:`FOMAMLClassifier` and
-saves it with :func:`joblib.dump`; ``fomaml-sklearn evaluate MODEL [DATA]``
-prints its episodic few-shot accuracy on classes unseen in training;
+saves it as a safe model file (:mod:`fomaml_sklearn.persistence`: tensors and
+JSON under a checksum, loaded without running code from the file), and
+``fomaml-sklearn train --resume MODEL`` continues meta-training a saved model;
+``fomaml-sklearn evaluate MODEL [DATA]`` prints its episodic few-shot accuracy on
+classes unseen in training;
 ``fomaml-sklearn predict MODEL SUPPORT QUERY`` adapts it to the classes of a
 folder of labelled images and labels new images. ``python -m fomaml_sklearn``
 runs the same program.
@@ -19,6 +22,7 @@ import csv
 import math
 import os
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -31,18 +35,18 @@ PROG = "fomaml-sklearn"
 # fomaml_sklearn.heads.HEADS, spelled out so that --help does not import torch
 # (a test checks that the two agree).
 HEAD_CHOICES = ("prototype", "shared", "fixed")
-DEFAULT_MODEL = "fomaml_model.joblib"
+DEFAULT_MODEL = "fomaml_model.fomaml"
 BUILTIN_DATA = ("digits", "omniglot")
 
 EPILOG = """\
 examples:
   fomaml-sklearn train                     # digits 0-5, offline, ~30 s on a CPU
-  fomaml-sklearn evaluate fomaml_model.joblib          # 3-way 1-shot on digits 6-9
+  fomaml-sklearn evaluate fomaml_model.fomaml          # 3-way 1-shot on digits 6-9
   fomaml-sklearn train omniglot --data-home ../shared/data --offline \\
-      --minutes 5 -o omniglot.joblib                   # the MAML paper's setup
-  fomaml-sklearn evaluate omniglot.joblib omniglot --data-home ../shared/data \\
+      --minutes 5 -o omniglot.fomaml                   # the MAML paper's setup
+  fomaml-sklearn evaluate omniglot.fomaml omniglot --data-home ../shared/data \\
       --offline --ways 5 --shots 1                     # 423 unseen characters
-  fomaml-sklearn predict omniglot.joblib support/ queries/ -o predictions.csv
+  fomaml-sklearn predict omniglot.fomaml support/ queries/ -o predictions.csv
 
 A folder data set has one subfolder of images per class (support/cat/1.png,
 support/dog/1.png, ...). Run "fomaml-sklearn COMMAND --help" for the options
@@ -52,24 +56,31 @@ of a command.
 TRAIN_EPILOG = """\
 examples:
   fomaml-sklearn train                         # digits 0-5, mlp, ~30 s on a CPU
-  fomaml-sklearn train --ways 4 --shots 5 --minutes 1 -o digits-5shot.joblib
+  fomaml-sklearn train --ways 4 --shots 5 --minutes 1 -o digits-5shot.fomaml
   fomaml-sklearn train omniglot --data-home ../shared/data --offline \\
-      --minutes 5 -o omniglot.joblib           # Conv-4, the MAML paper's setup
-  fomaml-sklearn train my_images/ --image-size 28 --ways 5 -o mine.joblib
+      --minutes 5 -o omniglot.fomaml           # Conv-4, the MAML paper's setup
+  fomaml-sklearn train omniglot --data-home ../shared/data --offline \\
+      --resume omniglot.fomaml --minutes 5     # 5 more minutes, same file
+  fomaml-sklearn train my_images/ --image-size 28 --ways 5 -o mine.fomaml
+
+Model files (.fomaml) hold tensors (safetensors) and JSON under a SHA-256
+checksum: loading one runs no code from it. --resume keeps the saved model's
+settings and meta-parameters; Adam's moments and the episode generator
+restart (a model file stores no optimizer state).
 """
 
 EVALUATE_EPILOG = """\
 examples:
-  fomaml-sklearn evaluate fomaml_model.joblib  # 3-way 1-shot on digits 6-9
-  fomaml-sklearn evaluate omniglot.joblib omniglot --data-home ../shared/data \\
+  fomaml-sklearn evaluate fomaml_model.fomaml  # 3-way 1-shot on digits 6-9
+  fomaml-sklearn evaluate omniglot.fomaml omniglot --data-home ../shared/data \\
       --offline --ways 20 --shots 1            # 423 unseen characters
-  fomaml-sklearn evaluate mine.joblib other_images/ --shots 5 --episodes 200
+  fomaml-sklearn evaluate mine.fomaml other_images/ --shots 5 --episodes 200
 """
 
 PREDICT_EPILOG = """\
 examples:
-  fomaml-sklearn predict omniglot.joblib support/ queries/
-  fomaml-sklearn predict omniglot.joblib support/ new1.png new2.png -o labels.csv
+  fomaml-sklearn predict omniglot.fomaml support/ queries/
+  fomaml-sklearn predict omniglot.fomaml support/ new1.png new2.png -o labels.csv
 
 The support folder holds one subfolder per class, named after the class:
 support/alpha/1.png, support/beta/1.png, ... The CSV has one line per query
@@ -155,61 +166,85 @@ def load_model(path):
     Parameters
     ----------
     path : str or path-like
-        A fitted :class:`FOMAMLClassifier` saved with :func:`joblib.dump`.
-        Loading runs pickle: only load files you trust.
+        A safe model file (:func:`fomaml_sklearn.persistence.save_model`).
+        Its checksum and format version are checked; nothing in it is run,
+        and pickles (joblib files) are refused, never unpickled.
 
     Returns
     -------
     clf : FOMAMLClassifier
         The fitted estimator (meta-trained; adapt it before ``predict``).
-    """
-    import joblib
 
-    from .classifier import FOMAMLClassifier
+    Raises
+    ------
+    CommandError
+        If the file is missing, corrupted, of a newer format, a pickle or
+        otherwise not a model file, or safetensors is not installed: one line
+        saying which and what to do.
+    """
+    from .persistence import load_model as load
 
     path = Path(path)
     if not path.is_file():
+        if path.is_dir():
+            raise CommandError(f"{path} is a folder, not a model file")
         raise CommandError(f"model file {path} not found (train one with '{PROG} train -o "
                            f"{path}')")
     try:
-        clf = joblib.load(path)
-    except Exception as exc:  # pickle raises many types for a wrong file
-        raise CommandError(
-            f"cannot load the model file {path}: {type(exc).__name__}: {exc}"
-        ) from exc
-    if not isinstance(clf, FOMAMLClassifier):
-        raise CommandError(f"{path} holds a {type(clf).__name__}, not a FOMAMLClassifier")
-    if not hasattr(clf, "meta_model_"):
-        raise CommandError(f"the FOMAMLClassifier in {path} is not fitted")
-    return clf
+        return load(path)
+    except (ImportError, OSError, ValueError) as exc:
+        raise CommandError(str(exc)) from exc
 
 
 def _save_model(clf, path):
-    """Write ``clf`` with :func:`joblib.dump`, atomically."""
-    import joblib
+    """Write ``clf`` as a safe model file (atomically: written aside, then renamed)."""
+    from .persistence import save_model
 
-    path = Path(path).expanduser()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    save_model(clf, Path(path).expanduser())
+
+
+def _require_safetensors():
+    """Fail before any training when model files cannot be written."""
+    from .persistence import _safetensors
+
     try:
-        joblib.dump(clf, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        _safetensors()
+    except ImportError as exc:
+        raise CommandError(str(exc)) from exc
 
 
-def _check_output_folder(path):
-    """Create the folder of ``path`` and check it is writable, before training."""
-    if Path(path).expanduser().is_dir():
-        example = Path(path) / DEFAULT_MODEL
-        raise CommandError(f"{path} is a folder; give a file name, such as {example}")
-    folder = Path(path).expanduser().resolve().parent
+def _check_output(path, option="--output", example=DEFAULT_MODEL):
+    """Check that ``path`` can be written, before any work.
+
+    Refuses a folder, creates the parent folder if needed, and writes then
+    deletes a temporary file there, so that a read-only folder is reported
+    now rather than after meta-training or predicting.
+    """
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise CommandError(f"{option} {path} is a folder; give a file name, such as "
+                           f"{Path(path) / example}")
+    folder = target.resolve().parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CommandError(f"cannot create the folder {folder} for {path}: {exc}") from exc
-    if not os.access(folder, os.W_OK):
-        raise CommandError(f"cannot write {path}: the folder {folder} is not writable")
+        raise CommandError(f"cannot create the folder {folder} for {option} {path}: "
+                           f"{exc.strerror or exc}") from exc
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".write-test",
+                                     dir=folder)
+    except OSError as exc:
+        raise CommandError(f"cannot write {option} {path}: the folder {folder} is not "
+                           f"writable ({exc.strerror or exc}); choose another {option}"
+                           ) from exc
+    try:
+        os.write(fd, b"0")
+    finally:
+        os.close(fd)
+        os.remove(probe)
+    if target.exists() and not os.access(target, os.W_OK):
+        raise CommandError(f"cannot write {option} {path}: the file is read-only; choose "
+                           f"another {option} or make it writable")
 
 
 def model_image_shape(clf):
@@ -277,8 +312,52 @@ def _info(args, message):
         print(message, file=sys.stderr)
 
 
+# Options that describe the model: --resume keeps the saved model's.
+RESUME_FIXED = ("module", "algorithm", "head", "ways", "shots", "queries", "meta_batch_size",
+                "inner_lr", "inner_steps", "inner_steps_test", "transductive", "lr",
+                "device", "precision", "seed", "image_size")
+
+
+def _resumed_model(args, max_epochs, callbacks, verbose):
+    """Load ``--resume MODEL`` and its training data, ready for a warm-start fit."""
+    from .persistence import _attach_net
+
+    changed = [option for dest, (default, option) in sorted(args.resume_fixed.items())
+               if getattr(args, dest) != default]
+    if changed:
+        raise CommandError(
+            f"--resume continues with the settings saved in {args.resume}, so "
+            f"{', '.join(changed)} cannot be given with it; drop "
+            f"{'it' if len(changed) == 1 else 'them'}, or train a new model without "
+            "--resume"
+        )
+    clf = load_model(args.resume)
+    image_size, channels = (8, 1) if args.data == "digits" else _image_options(clf,
+                                                                               args.resume)
+    X, y, description = load_data(args.data, "train", data_home=args.data_home,
+                                  offline=args.offline, image_size=image_size,
+                                  channels=channels, ink=args.ink)
+    _check_features(clf, X, args.resume, description)
+    warm_start = clf.warm_start
+    clf.set_params(
+        warm_start=True,
+        max_epochs=max_epochs,
+        meta_batches_per_epoch=args.meta_batches_per_epoch or clf.meta_batches_per_epoch,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    # A new skorch net with these callbacks: a fresh Adam (its moments are not in
+    # the file) and a new episode generator, around the saved meta-parameters.
+    _attach_net(clf)
+    return clf, X, y, description, warm_start
+
+
 def cmd_train(args):
     """Run ``train``: meta-train on a data set and save the model.
+
+    With ``--resume MODEL``, meta-training continues from the saved model's
+    meta-parameters, with its settings (a warm-start ``fit``); the optimizer
+    moments and the episode generator restart, as a model file has none.
 
     Parameters
     ----------
@@ -293,54 +372,78 @@ def cmd_train(args):
     from .callbacks import TimeLimit
     from .classifier import FOMAMLClassifier
 
-    _check_output_folder(args.output)
-    X, y, description = load_data(args.data, "train", data_home=args.data_home,
-                                  offline=args.offline, image_size=args.image_size,
-                                  ink=args.ink)
-    module = args.module or ("mlp" if args.data == "digits" else "conv4")
-    n_ways = _default_ways(args.data, y, args.ways)
-    _info(args, f"Meta-training the {module} network on {description}: "
-                f"{len(np.unique(y))} classes, {len(y)} examples.")
+    output = args.output or args.resume or DEFAULT_MODEL
+    _check_output(output)
+    _require_safetensors()
     if args.epochs is not None:
         max_epochs = args.epochs
     else:
         max_epochs = 100_000 if args.minutes is not None else 10
     callbacks = [TimeLimit(args.minutes)] if args.minutes is not None else None
-    inner_lr = args.inner_lr if args.inner_lr == "auto" else float(args.inner_lr)
-    clf = FOMAMLClassifier(
-        module,
-        algorithm=args.algorithm,
-        head=args.head,
-        n_ways=n_ways,
-        k_shot=args.shots,
-        n_query=args.queries,
-        meta_batch_size=args.meta_batch_size,
-        inner_lr=inner_lr,
-        n_inner_steps=args.inner_steps,
-        n_inner_steps_test=args.inner_steps_test,
-        lr=args.lr,
-        max_epochs=max_epochs,
-        meta_batches_per_epoch=args.meta_batches_per_epoch,
-        transductive=args.transductive,
-        precision=args.precision,
-        adapt_on_fit=False,  # adapting to thousands of training classes is costly
-        device=args.device,
-        callbacks=callbacks,
-        random_state=args.seed,
-        verbose=0 if args.quiet else 1,
-    )
+    verbose = 0 if args.quiet else 1
+    if args.resume:
+        clf, X, y, description, warm_start = _resumed_model(args, max_epochs, callbacks,
+                                                            verbose)
+        previous = clf.n_meta_steps_
+        _info(args, f"Resuming {args.resume} ({previous} meta-steps so far): meta-training "
+                    f"the {clf.module} network on {description}, {len(np.unique(y))} "
+                    f"classes, {len(y)} examples.")
+    else:
+        X, y, description = load_data(args.data, "train", data_home=args.data_home,
+                                      offline=args.offline, image_size=args.image_size,
+                                      ink=args.ink)
+        module = args.module or ("mlp" if args.data == "digits" else "conv4")
+        _info(args, f"Meta-training the {module} network on {description}: "
+                    f"{len(np.unique(y))} classes, {len(y)} examples.")
+        inner_lr = args.inner_lr if args.inner_lr == "auto" else float(args.inner_lr)
+        clf = FOMAMLClassifier(
+            module,
+            algorithm=args.algorithm,
+            head=args.head,
+            n_ways=_default_ways(args.data, y, args.ways),
+            k_shot=args.shots,
+            n_query=args.queries,
+            meta_batch_size=args.meta_batch_size,
+            inner_lr=inner_lr,
+            n_inner_steps=args.inner_steps,
+            n_inner_steps_test=args.inner_steps_test,
+            lr=args.lr,
+            max_epochs=max_epochs,
+            meta_batches_per_epoch=args.meta_batches_per_epoch or 100,
+            transductive=args.transductive,
+            precision=args.precision,
+            adapt_on_fit=False,  # adapting to thousands of training classes is costly
+            device=args.device,
+            callbacks=callbacks,
+            random_state=args.seed,
+            verbose=verbose,
+        )
+        previous = 0
     start = time.perf_counter()
     # Progress and skorch's table go to stderr: stdout carries only the result.
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+        # Its advice (warm_start=True) is for Python; the command line's is below.
+        warnings.filterwarnings("ignore", message="Meta-training was interrupted",
+                                category=UserWarning)
         clf.fit(X, y)
     seconds = time.perf_counter() - start
-    n_steps = clf.n_meta_steps_
-    _save_model(clf, args.output)
+    interrupted = getattr(clf.net_, "interrupted_", False)
+    n_steps = clf.n_meta_steps_ - previous  # fit counts over all warm-started runs
+    if args.resume:
+        clf.set_params(warm_start=warm_start)  # as saved: a later fit starts afresh
+    _save_model(clf, output)
     s = clf.episode_shape_
-    _info(args, f"Meta-trained for {n_steps} meta-steps of {args.meta_batch_size} "
-                f"{s.n_ways}-way {s.k_shot}-shot tasks in {seconds:.1f} s "
-                f"({clf.device_}, {clf.precision_}).")
-    print(f"Saved the model to {args.output}")
+    total = f" ({clf.n_meta_steps_} in total)" if args.resume else ""
+    _info(args, f"Meta-trained for {n_steps} {'more ' if args.resume else ''}meta-steps"
+                f"{total} of {clf.meta_batch_size} {s.n_ways}-way {s.k_shot}-shot tasks "
+                f"in {seconds:.1f} s ({clf.device_}, {clf.precision_}).")
+    if interrupted:
+        data, same = ("", "") if args.data == "digits" else (
+            f" {args.data}", " (with the same data options)")
+        print(f"{PROG}: warning: meta-training was interrupted; the model of the last "
+              f"completed meta-step is saved. Continue with: {PROG} train{data} "
+              f"--resume {output}{same}", file=sys.stderr)
+    print(f"Saved the model to {output}")
     return 0
 
 
@@ -393,6 +496,8 @@ def cmd_predict(args):
     """
     from .datasets import apply_ink, load_image_folder, load_images
 
+    if args.output:  # before any work: a bad path fails now, not after predicting
+        _check_output(args.output, example="predictions.csv")
     clf = load_model(args.model)
     size, channels = _image_options(clf, args.model)
     X_support, y_support = load_image_folder(args.support, image_size=size,
@@ -411,7 +516,6 @@ def cmd_predict(args):
     proba = clf.predict_proba(X_query)
     labels = clf.classes_[proba.argmax(axis=1)]
     if args.output:
-        _check_output_folder(args.output)
         out = open(Path(args.output).expanduser(), "w", newline="", encoding="utf-8")
     else:
         out = contextlib.nullcontext(sys.stdout)
@@ -538,14 +642,27 @@ def build_parser():
         "train", formatter_class=_Formatter, epilog=TRAIN_EPILOG,
         help="meta-train on a data set and save the model",
         description="Meta-train a FOMAMLClassifier on N-way K-shot episodes drawn from "
-                    "DATA and save it (joblib) to --output. Digits (the default) trains "
-                    "on 0-5 so that 'evaluate' can test on the unseen 6-9. Meta-training "
-                    "runs --epochs x --meta-batches-per-epoch meta-steps, or until "
-                    "--minutes have passed; Ctrl-C stops it early and still saves.",
+                    "DATA and save it to --output as a safe model file (tensors and "
+                    "JSON under a checksum; loading it runs no code from it). Digits "
+                    "(the default) trains on 0-5 so that 'evaluate' can test on the "
+                    "unseen 6-9. Meta-training runs --epochs x --meta-batches-per-epoch "
+                    "meta-steps, or until --minutes have passed; Ctrl-C stops it early "
+                    "and still saves, and --resume continues it.",
     )
     train.add_argument("data", nargs="?", default="digits", metavar="DATA", help=DATA_HELP)
-    train.add_argument("-o", "--output", default=DEFAULT_MODEL, metavar="PATH",
-                       help=f"where to save the model (default: {DEFAULT_MODEL})")
+    train.add_argument("-o", "--output", default=None, metavar="PATH",
+                       help=f"where to save the model (default: {DEFAULT_MODEL}, or the "
+                            "--resume file, which is then replaced)")
+    train.add_argument("--resume", default=None, metavar="MODEL",
+                       help="continue meta-training the model saved in MODEL on DATA (the "
+                            "same kind of data). Kept: its meta-parameters and all its "
+                            "settings (network, rule, episodes, inner loop, learning "
+                            "rate, precision, device, seed), so the model, episode and "
+                            "inner-loop options, --lr, --device, --precision, --seed and "
+                            "--image-size cannot be given with it. "
+                            "Restarted: Adam's moments and the episode generator, which "
+                            "a model file does not store. --epochs, --minutes and "
+                            "--meta-batches-per-epoch set the new budget")
     model = train.add_argument_group("model")
     model.add_argument("--module", choices=["mlp", "conv4"], default=None,
                        help="network: 'mlp' or the MAML paper's 'conv4' (default: mlp "
@@ -577,8 +694,9 @@ def build_parser():
     outer.add_argument("--epochs", type=_count(0), default=None, metavar="E",
                        help="epochs of meta-training (default: 10, or unlimited with "
                             "--minutes)")
-    outer.add_argument("--meta-batches-per-epoch", type=_count(1), default=100, metavar="B",
-                       help="meta-steps per epoch (default: 100)")
+    outer.add_argument("--meta-batches-per-epoch", type=_count(1), default=None, metavar="B",
+                       help="meta-steps per epoch (default: 100, or the model's with "
+                            "--resume)")
     outer.add_argument("--minutes", type=_positive_float, default=None, metavar="M",
                        help="time budget: stop after the first epoch past M minutes")
     outer.add_argument("--device", default="auto",
@@ -592,7 +710,9 @@ def build_parser():
                        help="random seed of the initialisation and episodes (default: 0)")
     _data_options(train, image_size=True)
     _common_options(train)
-    train.set_defaults(handler=cmd_train)
+    train.set_defaults(handler=cmd_train, resume_fixed={
+        a.dest: (a.default, a.option_strings[-1])
+        for a in train._actions if a.dest in RESUME_FIXED})
 
     # evaluate
     evaluate = commands.add_parser(

@@ -4,12 +4,16 @@ import csv
 import io
 import os
 import re
+import shlex
 import subprocess
 import sys
+import time
 from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fomaml_sklearn import FOMAMLClassifier
 from fomaml_sklearn.cli import build_parser, load_data, main, model_image_shape
@@ -46,7 +50,7 @@ def assert_one_line_error(code, out, err, expected_code=1, contains=None):
 
 @pytest.fixture(scope="module")
 def digits_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "digits.joblib"
+    path = tmp_path_factory.mktemp("model") / "digits.fomaml"
     code, out, err = run(["train", "digits", "-o", str(path), "--quiet", *FAST])
     assert code == 0, err
     assert out.strip() == f"Saved the model to {path}"
@@ -64,18 +68,16 @@ def image_folders(tmp_path_factory):
 
 
 def test_train_digits_saves_a_fitted_estimator(digits_model):
-    import joblib
-
-    clf = joblib.load(digits_model)
+    clf = FOMAMLClassifier.load(digits_model)
     assert isinstance(clf, FOMAMLClassifier)
     assert clf.module == "mlp" and clf.n_features_in_ == 64
     assert clf.n_ways == 3 and clf.random_state == 0
     assert sorted(np.unique(clf.classes_)) == [0, 1, 2, 3, 4, 5]   # digits 0-5
-    assert sum(len(epoch["batches"]) for epoch in clf.history_) == 3   # 1 epoch x 3
+    assert clf.n_meta_steps_ == 3 and clf.task_model_ is None      # 1 epoch x 3
 
 
 def test_train_verbose_reports_progress_on_stderr(tmp_path):
-    path = tmp_path / "m.joblib"
+    path = tmp_path / "m.fomaml"
     code, out, err = run(["train", "-o", str(path), *FAST])
     assert code == 0
     assert out.strip() == f"Saved the model to {path}"   # stdout: the result only
@@ -140,13 +142,11 @@ def test_predict_labels_the_support_images_themselves(digits_model, image_folder
 def test_train_and_evaluate_on_an_image_folder(tmp_path):
     data = tmp_path / "data"
     write_image_folder(data, ["a", "b", "c", "d"], 3)
-    model = tmp_path / "folder.joblib"
+    model = tmp_path / "folder.fomaml"
     code, out, err = run(["train", str(data), "-o", str(model), "--image-size", "8",
                           "--ways", "2", "--queries", "1", "-q", *FAST])
     assert code == 0, err
-    import joblib
-
-    clf = joblib.load(model)
+    clf = FOMAMLClassifier.load(model)
     assert clf.module == "conv4" and clf.input_shape_ == (1, 8, 8)
     assert set(clf.classes_) == {"a", "b", "c", "d"}
     # The model's image size is used: no --image-size for evaluate.
@@ -157,12 +157,10 @@ def test_train_and_evaluate_on_an_image_folder(tmp_path):
 
 
 def test_module_override(tmp_path):
-    model = tmp_path / "conv.joblib"
+    model = tmp_path / "conv.fomaml"
     code, _, err = run(["train", "-o", str(model), "--module", "conv4", "-q", *FAST])
     assert code == 0, err
-    import joblib
-
-    assert joblib.load(model).module == "conv4"
+    assert FOMAMLClassifier.load(model).module == "conv4"
 
 
 # --------------------------------------------------------------- data sets
@@ -221,7 +219,7 @@ def test_load_data_reads_a_folder_with_names_and_ink(tmp_path):
 
 
 def test_train_and_evaluate_on_omniglot(fake_omniglot_home, tmp_path):
-    model = tmp_path / "omniglot.joblib"
+    model = tmp_path / "omniglot.fomaml"
     data = ["omniglot", "--offline", "--data-home", str(fake_omniglot_home)]
     code, out, err = run(["train", *data, "--image-size", "15", "-o", str(model), *FAST])
     assert code == 0, err
@@ -235,9 +233,7 @@ def test_train_and_evaluate_on_omniglot(fake_omniglot_home, tmp_path):
 
 
 def test_model_image_shape_checks_the_shape_against_the_features(digits_model):
-    import joblib
-
-    clf = joblib.load(digits_model)                       # an MLP on 8x8 rows
+    clf = FOMAMLClassifier.load(digits_model)             # an MLP on 8x8 rows
     assert clf.input_shape_ is None and model_image_shape(clf) == (1, 8, 8)
     clf.input_shape_ = (8, 8)
     assert model_image_shape(clf) == (1, 8, 8)
@@ -249,20 +245,21 @@ def test_model_image_shape_checks_the_shape_against_the_features(digits_model):
 
 # ------------------------------------------------------------------- errors
 def test_missing_model_file(tmp_path):
-    assert_one_line_error(*run(["evaluate", str(tmp_path / "nope.joblib")]),
-                          contains="nope.joblib not found")
+    assert_one_line_error(*run(["evaluate", str(tmp_path / "nope.fomaml")]),
+                          contains="nope.fomaml not found")
 
 
 def test_file_that_is_not_a_model(tmp_path):
-    bad = tmp_path / "bad.joblib"
+    bad = tmp_path / "bad.fomaml"
     bad.write_text("hello")
-    assert_one_line_error(*run(["evaluate", str(bad)]), contains="cannot load the model")
+    assert_one_line_error(*run(["evaluate", str(bad)]),
+                          contains="is not a fomaml-sklearn model file")
 
 
 def test_folder_with_one_class(tmp_path):
     write_image_folder(tmp_path / "one", ["only"], 3)
     assert_one_line_error(*run(["train", str(tmp_path / "one"), "-o",
-                                str(tmp_path / "m.joblib"), *FAST]),
+                                str(tmp_path / "m.fomaml"), *FAST]),
                           contains="at least 2 class subfolders")
 
 
@@ -280,21 +277,131 @@ def test_unknown_data_set(tmp_path):
 
 def test_omniglot_offline_without_data(tmp_path):
     assert_one_line_error(*run(["train", "omniglot", "--offline", "--data-home",
-                                str(tmp_path), "-o", str(tmp_path / "m.joblib"), *FAST]),
+                                str(tmp_path), "-o", str(tmp_path / "m.fomaml"), *FAST]),
                           contains="not found and download_if_missing=False")
-    assert not (tmp_path / "m.joblib").exists()
+    assert not (tmp_path / "m.fomaml").exists()
 
 
 def test_value_error_from_the_estimator(tmp_path):
-    argv = ["train", "-o", str(tmp_path / "m.joblib"), *FAST, "--precision", "float16"]
+    argv = ["train", "-o", str(tmp_path / "m.fomaml"), *FAST, "--precision", "float16"]
     code, out, err = run(argv + ["--quiet"])
     assert_one_line_error(code, out, err, contains="precision='float16' runs only on a GPU")
     assert len(err.splitlines()) == 1                        # --quiet: nothing else
-    assert not (tmp_path / "m.joblib").exists()
+    assert not (tmp_path / "m.fomaml").exists()
 
 
 def test_output_that_is_a_folder(tmp_path):
     assert_one_line_error(*run(["train", "-o", str(tmp_path), *FAST]), contains="is a folder")
+
+
+# -------------------------------------------------------------- model files
+class _RunsCode:
+    """Unpickling this runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+def _unwritable_folder(tmp_path):
+    """A folder that cannot be written: read-only, or /sys when running as root."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    candidates = [folder, Path("/sys"), Path("/proc/self")]
+    for candidate in candidates:
+        try:
+            (candidate / ".fomaml-probe").touch()
+        except OSError:
+            return candidate
+        (candidate / ".fomaml-probe").unlink()
+    pytest.skip("every folder is writable for this user")
+
+
+def test_train_into_a_read_only_folder_fails_before_training(tmp_path):
+    target = _unwritable_folder(tmp_path) / "m.fomaml"
+    start = time.perf_counter()
+    code, out, err = run(["train", "-o", str(target), *FAST])   # not --quiet
+    assert_one_line_error(code, out, err, contains=f"cannot write --output {target}")
+    assert "is not writable" in err
+    assert len(err.splitlines()) == 1 and "Meta-training" not in err   # nothing trained
+    assert time.perf_counter() - start < 10
+    assert not target.exists()
+
+
+def test_predict_checks_the_output_before_predicting(digits_model, image_folders, tmp_path):
+    support, query, _ = image_folders
+    for target, message in [(tmp_path, "is a folder; give a file name, such as"),
+                            (_unwritable_folder(tmp_path) / "p.csv", "is not writable")]:
+        code, out, err = run(["predict", str(digits_model), str(support), str(query),
+                              "-o", str(target), "--threads", "1"])
+        assert_one_line_error(code, out, err, contains=message)
+        assert "Adapting" not in err and out == ""
+        assert f"--output {target}" in err
+
+
+def test_resume_continues_meta_training(tmp_path):
+    model = tmp_path / "m.fomaml"
+    code, _, err = run(["train", "-o", str(model), "-q", *FAST])          # 3 meta-steps
+    assert code == 0, err
+    first = FOMAMLClassifier.load(model)
+    budget = ["--epochs", "1", "--meta-batches-per-epoch", "2", "--threads", "1"]
+    code, out, err = run(["train", "--resume", str(model), *budget])
+    assert code == 0, err
+    assert out.strip() == f"Saved the model to {model}"                # the same file
+    assert f"Resuming {model} (3 meta-steps so far)" in err
+    assert "Meta-trained for 2 more meta-steps (5 in total)" in err
+    resumed = FOMAMLClassifier.load(model)
+    assert resumed.n_meta_steps_ == 5
+    budget_params = {"max_epochs", "meta_batches_per_epoch", "callbacks", "verbose"}
+    kept = {k: v for k, v in first.get_params().items() if k not in budget_params}
+    assert {k: resumed.get_params()[k] for k in kept} == kept      # the saved settings
+    assert resumed.warm_start is False and resumed.meta_batches_per_epoch == 2
+    changed = [not torch.equal(a, b) for a, b in zip(first.meta_model_.parameters(),
+                                                     resumed.meta_model_.parameters())]
+    assert any(changed)
+    # Into another file; the budget per epoch is the model's (now 2).
+    other = tmp_path / "other.fomaml"
+    code, out, err = run(["train", "--resume", str(model), "-o", str(other), "-q",
+                          "--epochs", "1", "--threads", "1"])
+    assert code == 0 and err == "", err
+    assert FOMAMLClassifier.load(other).n_meta_steps_ == 7
+    assert FOMAMLClassifier.load(model).n_meta_steps_ == 5
+
+
+def test_resume_refuses_model_options(tmp_path):
+    model = tmp_path / "m.fomaml"
+    assert run(["train", "-o", str(model), "-q", *FAST])[0] == 0
+    code, out, err = run(["train", "--resume", str(model), "--shots", "2", "--lr", "0.01"])
+    assert_one_line_error(code, out, err, contains="--lr, --shots cannot be given with it")
+    assert_one_line_error(*run(["train", "--resume", str(tmp_path / "nope.fomaml")]),
+                          contains="nope.fomaml not found")
+    assert_one_line_error(*run(["train", "omniglot", "--resume", str(model), "--offline",
+                                "--data-home", str(tmp_path)]),
+                          contains="not found and download_if_missing=False")
+
+
+def test_a_pickle_is_refused_without_running_it(tmp_path):
+    import joblib
+
+    marker, path = tmp_path / "pwned", tmp_path / "old.joblib"
+    joblib.dump(_RunsCode(marker), path)
+    for argv in (["evaluate", str(path)], ["train", "--resume", str(path), "-q"]):
+        code, out, err = run(argv)
+        assert_one_line_error(code, out, err, contains="is a pickle")
+        assert "only for trusted sources" in err
+    assert not marker.exists()
+
+
+def test_a_corrupted_model_file_is_one_line_error(digits_model, tmp_path):
+    damaged = tmp_path / "damaged.fomaml"
+    data = bytearray(digits_model.read_bytes())
+    data[-50] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    assert_one_line_error(*run(["evaluate", str(damaged)]),
+                          contains="is corrupted: checksum mismatch")
 
 
 def test_query_folder_without_images(digits_model, image_folders, tmp_path):
@@ -306,9 +413,9 @@ def test_query_folder_without_images(digits_model, image_folders, tmp_path):
 
 def test_debug_shows_the_exception(tmp_path):
     with pytest.raises(Exception, match="not found"):
-        main(["evaluate", str(tmp_path / "nope.joblib"), "--debug"])
+        main(["evaluate", str(tmp_path / "nope.fomaml"), "--debug"])
     with pytest.raises(Exception, match="not found"):
-        main(["--debug", "evaluate", str(tmp_path / "nope.joblib")])
+        main(["--debug", "evaluate", str(tmp_path / "nope.fomaml")])
 
 
 def test_usage_errors_exit_2(capsys):
@@ -362,3 +469,24 @@ def test_cli_choices_follow_the_package():
     algorithm = next(a for a in train._actions if a.dest == "algorithm")
     assert list(algorithm.choices) == available_algorithms()
     assert "imaml" in algorithm.choices
+
+
+def test_ctrl_c_saves_and_suggests_resume(tmp_path, monkeypatch):
+    from fomaml_sklearn._training import MetaTrainingNet
+
+    original, steps = MetaTrainingNet.train_step_single, []
+
+    def interrupted_at_the_second_step(self, batch, **fit_params):
+        steps.append(batch)
+        if len(steps) == 2:
+            raise KeyboardInterrupt
+        return original(self, batch, **fit_params)
+
+    monkeypatch.setattr(MetaTrainingNet, "train_step_single", interrupted_at_the_second_step)
+    model = tmp_path / "m.fomaml"
+    code, out, err = run(["train", "-o", str(model), "-q", *FAST])
+    assert code == 0, err
+    assert out.strip() == f"Saved the model to {model}"
+    assert "meta-training was interrupted" in err and f"--resume {model}" in err
+    assert "warm_start" not in err                       # Python's advice is not shown
+    assert FOMAMLClassifier.load(model).n_meta_steps_ == 1

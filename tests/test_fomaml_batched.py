@@ -126,5 +126,5 @@ def test_grouped_request_that_cannot_run_is_a_clear_error():
         clf.fit(X[y < 4], y[y < 4])
     assert FOMAMLClassifier(algorithm="maml", max_epochs=1, meta_batches_per_epoch=1,
                             device="cpu").fit(X[y < 4], y[y < 4]).task_batching_ == "loop"
-    with pytest.raises(ValueError, match="task_batching must be one of 'auto', 'loop', 'grouped'; got 'vmap'"):
+    with pytest.raises(ValueError, match="task_batching must be one of .*; got 'vmap'"):
         FOMAMLClassifier(task_batching="vmap").fit(X[y < 4], y[y < 4])
