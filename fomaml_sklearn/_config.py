@@ -132,7 +132,7 @@ def resolve_precision(precision, device):
     return precision
 
 
-def resolve_task_batching(task_batching, algorithm, meta_model, device):
+def resolve_task_batching(task_batching, algorithm, meta_model, device, precision="float32"):
     """Resolve the ``task_batching`` parameter to ``"grouped"`` or ``"loop"``.
 
     ``"auto"`` takes the rule's batched path on a GPU where the rule has one
@@ -149,6 +149,9 @@ def resolve_task_batching(task_batching, algorithm, meta_model, device):
         The model to meta-train.
     device : str or torch.device
         Where meta-training runs.
+    precision : str, default="float32"
+        The resolved precision: the batched path runs only in float32
+        (``torch.autocast`` does not reach into ``torch.func.vmap``).
 
     Returns
     -------
@@ -164,6 +167,13 @@ def resolve_task_batching(task_batching, algorithm, meta_model, device):
             f"task_batching={task_batching!r} is not supported; use one of {TASK_BATCHING}."
         )
     supported = algorithm.supports_batched(meta_model)
+    if task_batching == "grouped" and supported and precision != "float32":
+        raise ValueError(
+            f"task_batching='grouped' runs in float32 only (autocast does not reach "
+            f"into torch.func.vmap); got precision={precision!r}. Use "
+            "precision='float32' or task_batching='loop'."
+        )
+    supported = supported and precision == "float32"
     if task_batching == "grouped" and not supported:
         raise ValueError(
             f"task_batching='grouped' needs a rule with a batched path for this model "
@@ -206,14 +216,16 @@ def resolve_config(params, algorithm, meta_model, device, loss=F.cross_entropy):
     config : MetaConfig
     """
     rule = algorithm.resolve(meta_model)
+    precision = resolve_precision(params["precision"], device)
     return MetaConfig(
         algorithm=rule,
         inner_lr=resolve_inner_lr(params["inner_lr"], meta_model.head),
-        n_inner_steps=params["n_inner_steps"],
-        n_inner_steps_test=params["n_inner_steps_test"],
+        n_inner_steps=int(params["n_inner_steps"]),
+        n_inner_steps_test=int(params["n_inner_steps_test"]),
         transductive=bool(params["transductive"]),
         device=device,
-        precision=resolve_precision(params["precision"], device),
-        task_batching=resolve_task_batching(params["task_batching"], rule, meta_model, device),
+        precision=precision,
+        task_batching=resolve_task_batching(params["task_batching"], rule, meta_model, device,
+                                            precision),
         loss=loss,
     )

@@ -236,9 +236,8 @@ def init_parameters(module, generator):
     (``kaiming_uniform_(a=sqrt(5))`` weights, biases uniform in
     ``+-1/sqrt(fan_in)``), drawn from ``generator``; BatchNorm layers
     (``SupportBatchNorm`` and torch's) get weights 1 and biases 0, and their
-    statistics are reset. Other modules with a ``reset_parameters`` method
-    run it under a forked global generator seeded from ``generator`` (a lock
-    keeps that part safe between threads of this package).
+    statistics are reset. Other modules are left as they are: this serves the
+    built-in backbones, whose layers are only these.
 
     Parameters
     ----------
@@ -252,8 +251,6 @@ def init_parameters(module, generator):
     module : torch.nn.Module
         The same object.
     """
-    handled = (nn.Linear, nn.modules.conv._ConvNd, SupportBatchNorm,
-               nn.modules.batchnorm._NormBase)
     with torch.no_grad():
         for m in module.modules():
             if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
@@ -273,13 +270,24 @@ def init_parameters(module, generator):
                 m.support_var.fill_(1)
             elif isinstance(m, nn.modules.batchnorm._NormBase):
                 m.reset_parameters()
-            elif hasattr(m, "reset_parameters") and not isinstance(m, handled) and any(
-                    True for _ in m.parameters(recurse=False)):
-                seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-                with _INIT_LOCK, torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    m.reset_parameters()
     return module
+
+
+def _seeded_cpu_rng(generator):
+    """A context in which torch's global CPU generator is seeded from
+    ``generator`` and restored afterwards (CUDA generators untouched); a lock
+    keeps two threads of this package from interleaving in it."""
+    import contextlib
+
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+
+    @contextlib.contextmanager
+    def scope():
+        with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(seed)
+            yield
+
+    return scope()
 
 
 def _on_meta_device(build):
@@ -312,10 +320,12 @@ def build_backbone(module, n_features, *, input_shape=None,
     module_params : dict or None
         Keyword arguments for a user module class.
     generator : torch.Generator or None, default=None
-        Initialise a built-in or class-given backbone from this generator
-        (:func:`init_parameters`), never from the global one; ``None`` uses
-        torch's usual initialisation (the global generator). An instance
-        keeps its own weights.
+        Initialise from this generator: the built-in backbones are built
+        without drawing random numbers and initialised from it
+        (:func:`init_parameters`); a user class is instantiated as usual while
+        torch's global CPU generator is seeded from it and then restored (a
+        lock serialises this between threads). ``None`` uses the global
+        generator as it is. An instance keeps its own weights.
 
     Returns
     -------
@@ -357,7 +367,10 @@ def build_backbone(module, n_features, *, input_shape=None,
     if isinstance(module, nn.Module):
         return convert_batchnorm(copy.deepcopy(module))
     if isinstance(module, type) and issubclass(module, nn.Module):
-        return convert_batchnorm(make(lambda: module(**(module_params or {}))))
+        if generator is None:
+            return convert_batchnorm(module(**(module_params or {})))
+        with _seeded_cpu_rng(generator):
+            return convert_batchnorm(module(**(module_params or {})))
     raise TypeError(
         f"module must be 'mlp', 'conv4', a torch.nn.Module subclass or instance; "
         f"got {module!r} of type {type(module).__name__}."

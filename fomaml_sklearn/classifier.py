@@ -505,7 +505,8 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         # The new state is built on a copy and swapped in only when fit
         # succeeds: a failed call leaves a fitted estimator exactly as it was.
         warm = bool(self.warm_start) and hasattr(self, "net_")
-        new = copy.copy(self)
+        new = object.__new__(type(self))  # not copy.copy: no __getstate__ round trip
+        new.__dict__.update(self.__dict__)
         if warm:  # meta-trained further on a copy of the net
             new.net_ = copy.deepcopy(self.net_)
         else:

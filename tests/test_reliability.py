@@ -251,3 +251,16 @@ def test_a_user_module_class_is_initialised_from_the_seed(digits):
     c = FOMAMLClassifier(_UserNet, **{**FAST, "max_epochs": 0, "random_state": 1})
     c.fit(X[y < 6], y[y < 6])
     assert not torch.equal(next(a.meta_model_.parameters()), next(c.meta_model_.parameters()))
+
+
+def test_numpy_integers_and_no_grad_callers_work(digits):
+    X, y = digits
+    clf = FOMAMLClassifier(**{**FAST, "n_inner_steps": np.int64(2),
+                              "n_inner_steps_test": np.int64(3)})
+    clf.fit(X[y < 6], y[y < 6])
+    assert clf.task_model_ is not None
+    with torch.no_grad():  # a caller's no_grad does not stop the inner loop
+        score = clf.score(X[y >= 6], y[y >= 6])
+        support = np.concatenate([np.flatnonzero(y == c)[:2] for c in (6, 7)])
+        clf.adapt(X[support], y[support])
+    assert 0 <= score <= 1 and list(clf.classes_) == [6, 7]

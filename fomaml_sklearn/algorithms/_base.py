@@ -63,17 +63,19 @@ def inner_loop(support_loss, params, n_steps, lr, *, create_graph=False, proxima
     params : list of torch.Tensor
         The parameters after the steps.
     """
-    for step in range(n_steps):
-        loss = first_loss if step == 0 and first_loss is not None else support_loss(params)
-        grads = torch.autograd.grad(loss, params, create_graph=create_graph)
-        if proximal is not None:
-            lam, anchors = proximal
-            grads = [g + lam * (p.detach() - a) for g, p, a in zip(grads, params, anchors)]
-        if create_graph:
-            params = [p - lr * g for p, g in zip(params, grads)]
-        else:
-            with torch.no_grad():
-                torch._foreach_add_(params, grads, alpha=-lr)
+    with torch.enable_grad():  # also when called under torch.no_grad()
+        for step in range(n_steps):
+            loss = first_loss if step == 0 and first_loss is not None else support_loss(params)
+            grads = torch.autograd.grad(loss, params, create_graph=create_graph)
+            if proximal is not None:
+                lam, anchors = proximal
+                grads = [g + lam * ((p if create_graph else p.detach()) - a)
+                         for g, p, a in zip(grads, params, anchors)]
+            if create_graph:
+                params = [p - lr * g for p, g in zip(params, grads)]
+            else:
+                with torch.no_grad():
+                    torch._foreach_add_(params, grads, alpha=-lr)
     return params
 
 
@@ -269,7 +271,7 @@ class TaskRunner:
             With ``with_loss``, else None.
         """
         self.reset()
-        with torch.set_grad_enabled(with_loss):
+        with torch.set_grad_enabled(bool(with_loss)):
             feats = self.features(x_support)
         head = list(self.meta_model.initial_head(feats, y_support, n_classes))
         if not with_loss:

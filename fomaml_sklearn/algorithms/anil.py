@@ -3,9 +3,12 @@
 Only the head adapts in the inner loop, on support features computed once
 at ``theta``; the body is meta-learned through the query loss. Second order
 differentiates through the head's SGD steps and the head's initialisation
-(cheap: the body is not in the inner loop); first order treats the adapted
-head as a constant offset of its initialisation. Test-time adaptation also
-adapts the head alone.
+(cheap: the body is not in the inner loop); first order drops the
+derivatives of the head's steps, so the adapted head moves with its
+initialisation (a meta-learned head row gets the query gradient), while the
+prototype head, built from support features held constant, passes nothing to
+the body: the body then learns through the query features only. Test-time
+adaptation also adapts the head alone.
 """
 
 import torch

@@ -101,6 +101,9 @@ def _batched_meta_gradient(runner, batch, through_prototypes):
     shared by all tasks, ``x_query`` ``(T, n_q, ...)`` and ``y_query``.
     """
     meta, config = runner.meta_model, runner.config
+    if config.loss is not F.cross_entropy:
+        raise ValueError("FOMAML's batched path computes the cross-entropy loss only; "
+                         "use the per-task loop (batched=False) for another loss.")
     body = meta.backbone
     xs, ys, xq, yq = batch.x_support, batch.y_support, batch.x_query, batch.y_query
     n_classes, T = batch.n_classes, len(xs)
@@ -136,7 +139,7 @@ def _batched_meta_gradient(runner, batch, through_prototypes):
         return F.cross_entropy(logits.reshape(-1, k), y.repeat(T)) * T, logits
 
     n_steps = config.n_inner_steps
-    with torch.set_grad_enabled(n_steps > 0):  # the first inner step reuses this pass
+    with torch.set_grad_enabled(bool(n_steps > 0)):  # the first inner step reuses this pass
         feats = features(phi, xs, True)
     head = list(meta.initial_head(feats, ys, n_classes))
     first = summed_loss(feats, head, ys)[0] if n_steps > 0 else None

@@ -20,6 +20,7 @@ proximal problem.
 """
 
 import numbers
+import warnings
 
 import torch
 
@@ -60,7 +61,16 @@ def conjugate_gradient(matvec, b, n_steps, tol=1e-12):
         if rs <= stop:
             break
         ap = matvec(p)
-        alpha = rs / _dot(p, ap)
+        curvature = _dot(p, ap)
+        if not curvature > 0:
+            # I + H/lam is not positive definite along p (a non-convex support
+            # loss with a small lam): CG's step is meaningless from here.
+            warnings.warn(
+                "iMAML's conjugate gradient met negative curvature (I + H/lam is not "
+                "positive definite); it stopped early. Increase lam.", RuntimeWarning,
+                stacklevel=4)
+            break
+        alpha = rs / curvature
         x = [xi + alpha * pi for xi, pi in zip(x, p)]
         r = [ri - alpha * api for ri, api in zip(r, ap)]
         rs_new = _dot(r, r)

@@ -32,10 +32,14 @@ class MAML(MetaAlgorithm):
         runner.reset()
         feats = runner.features(x_support, theta)
         head = list(meta.head_with_graph(feats, y_support, n_classes))
-        first = runner.loss_fn(runner.logits(feats, head), y_support)  # step 1 reuses it
+        # The inner steps start from aliases of theta: their gradient is the
+        # partial derivative of the support loss (the head held fixed), as at
+        # test time, while the head's own dependence on theta stays in the
+        # graph for the meta-gradient.
+        body = [t.view_as(t) for t in theta]
         params = inner_loop(runner.support_loss(x_support, y_support, "functional"),
-                            theta + head, config.n_inner_steps, config.inner_lr,
-                            create_graph=True, first_loss=first)
+                            body + head, config.n_inner_steps, config.inner_lr,
+                            create_graph=True)
         if runner.has_support_norm and config.n_inner_steps > 0:
             with torch.no_grad():  # support statistics at the adapted weights
                 runner.features(x_support, [p.detach() for p in params[:-2]])
