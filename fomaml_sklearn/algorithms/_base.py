@@ -273,10 +273,10 @@ class TaskRunner:
         self.reset()
         with torch.set_grad_enabled(bool(with_loss)):
             feats = self.features(x_support)
-        head = list(self.meta_model.initial_head(feats, y_support, n_classes))
-        if not with_loss:
-            return head, None
-        return head, self.loss_fn(self.logits(feats, head), y_support)
+            head = list(self.meta_model.initial_head(feats, y_support, n_classes))
+            if not with_loss:
+                return head, None
+            return head, self.loss_fn(self.logits(feats, head), y_support)
 
     def prototype_head_graph(self, x_support, y_support, n_classes):
         """Prototype head at ``theta``, differentiable with respect to ``theta``.
