@@ -1,10 +1,11 @@
 """Sphinx configuration of the fomaml_sklearn documentation.
 
-Build it with ``make -C docs html`` (runs the gallery examples: from a few
-minutes to much longer on a small, busy machine; an example that has not
-changed since its last successful run is not run again) or ``make -C docs
-html-noplot`` (renders the examples without running them, as the test suite
-does: ``sphinx-build -W --keep-going -b html -D plot_gallery=0 docs <out>``).
+Build it with ``make docs`` from the repository root (runs every gallery
+example, about 4.5 minutes on 1 thread), ``make -C docs html`` (runs the
+gallery examples, but an example that has not changed since its last
+successful run is not run again) or ``make -C docs html-noplot`` (renders
+the examples without running them, as the test suite does:
+``sphinx-build -W --keep-going -b html -D plot_gallery=0 docs <out>``).
 """
 
 import os
@@ -74,9 +75,10 @@ numpydoc_attributes_as_param_list = True
 numpydoc_xref_param_type = False
 
 # -- sphinx-gallery ----------------------------------------------------------
-# Two examples read data sets from disk. The docs build never downloads them:
-# an example whose data is missing on this machine is rendered without being
-# run (and says so at the start of the build).
+# Some examples read data sets from disk; each declares them in a comment line
+# "# Needs data: NAME[, NAME]." (tests/test_docs.py reads the same line). The
+# docs build never downloads them: an example whose data is missing on this
+# machine is rendered without being run (and says so at the start of the build).
 
 
 def _data_home():
@@ -93,24 +95,43 @@ def _mnist_available():
     root = Path(os.environ.get("FOMAML_MNIST_ROOT", _data_home() / "mnist"))
     raw = root / "MNIST" / "raw"
     return all((raw / f).exists() for f in ("train-images-idx3-ubyte",
-                                            "t10k-images-idx3-ubyte"))
+                                            "train-labels-idx1-ubyte",
+                                            "t10k-images-idx3-ubyte",
+                                            "t10k-labels-idx1-ubyte"))
 
 
-_NEEDS_DATA = {
-    "plot_algorithms_omniglot": (
+_DATA_SETS = {
+    "omniglot": (
         _omniglot_available,
         "Omniglot: set FOMAML_SKLEARN_DATA to an absolute path of a folder holding "
         "omniglot/images_background.npz",
     ),
-    "plot_mnist": (
+    "mnist": (
         _mnist_available,
         "MNIST: set FOMAML_MNIST_ROOT to a folder holding MNIST/raw/ with the IDX files",
     ),
 }
-_not_run = [name for name, (available, _) in _NEEDS_DATA.items() if not available()]
-for _name in _not_run:
-    print(f"fomaml_sklearn docs: {_name}.py is shown without running it; to run it, "
-          f"{_NEEDS_DATA[_name][1]}.")
+_NEEDS_DATA = re.compile(r"(?m)^# Needs data: (\w+(?:, *\w+)*)\.")
+
+
+def _needed_data(example):
+    """The data sets an example declares (an unknown name is an error)."""
+    match = _NEEDS_DATA.search(example.read_text())
+    names = [n.strip() for n in match.group(1).split(",")] if match else []
+    unknown = sorted(set(names) - set(_DATA_SETS))
+    if unknown:
+        raise ValueError(f"{example.name} needs unknown data sets {unknown}; "
+                         f"known: {sorted(_DATA_SETS)}")
+    return names
+
+
+_not_run = []
+for _example in sorted((ROOT / "examples").glob("plot_*.py")):
+    _missing = [n for n in _needed_data(_example) if not _DATA_SETS[n][0]()]
+    if _missing:
+        _not_run.append(_example.stem)
+        print(f"fomaml_sklearn docs: {_example.name} is shown without running it; to run "
+              f"it, {'; '.join(_DATA_SETS[n][1] for n in _missing)}.")
 _run_pattern = r"/plot_"
 if _not_run:
     _run_pattern = r"/(?!(%s)\.py$)plot_" % "|".join(_not_run)

@@ -15,6 +15,7 @@ so its output is its head bias, which is the point x itself.
 """
 
 # %%
+import os
 import warnings
 
 import matplotlib
@@ -27,6 +28,11 @@ from torch import nn  # noqa: E402
 
 from fomaml_sklearn.algorithms import meta_gradient  # noqa: E402
 from fomaml_sklearn.heads import MetaModel  # noqa: E402
+
+# Smoke mode: FOMAML_EXAMPLES_SMOKE=1 (set by the test suite) runs the same code
+# on a coarser grid, to check in seconds that the script works.
+SMOKE = os.environ.get("FOMAML_EXAMPLES_SMOKE") == "1"
+N_GRID = 5 if SMOKE else 11  # grid points per axis
 
 
 class NoFeatures(nn.Module):
@@ -53,7 +59,7 @@ g_support, g_query = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
 curvatures = {"no curvature (C = 0)": np.zeros((2, 2)),
               "mild (C = diag(1, 0.5))": np.diag([1.0, 0.5]),
               "strong (C = [[4, 1.5], [1.5, 2]])": np.array([[4.0, 1.5], [1.5, 2.0]])}
-grid = np.linspace(-1, 1, 11)
+grid = np.linspace(-1, 1, N_GRID)
 
 fig, axes = plt.subplots(1, 3, figsize=(13, 4.3))
 for ax, (title, C) in zip(axes, curvatures.items()):

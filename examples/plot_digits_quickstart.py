@@ -13,6 +13,8 @@ Omniglot benchmark for where meta-learning pays.
 """
 
 # %%
+import os
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -24,18 +26,25 @@ from sklearn.neighbors import KNeighborsClassifier  # noqa: E402
 from fomaml_sklearn import FOMAMLClassifier  # noqa: E402
 from fomaml_sklearn.evaluation import baseline_accuracies, sample_episodes  # noqa: E402
 
+# Smoke mode: FOMAML_EXAMPLES_SMOKE=1 (set by the test suite) runs the same code
+# with tiny budgets, to check in seconds that the script works; its numbers
+# then mean nothing.
+SMOKE = os.environ.get("FOMAML_EXAMPLES_SMOKE") == "1"
+MAX_EPOCHS = 1 if SMOKE else 5  # of 100 meta-batches of 4 tasks
+N_EPISODES = 20 if SMOKE else 300  # test episodes
+
 X, y = load_digits(return_X_y=True)
 X = X / 16.0
 base, novel = y < 6, y >= 6
 
-clf = FOMAMLClassifier(module="mlp", n_ways=3, k_shot=1, n_query=10, max_epochs=5,
+clf = FOMAMLClassifier(module="mlp", n_ways=3, k_shot=1, n_query=10, max_epochs=MAX_EPOCHS,
                        random_state=0)
 clf.fit(X[base], y[base])
 
 # %%
 # Few-shot accuracy on the unseen digits, next to 1-NN on the same episodes.
-result = clf.evaluate(X[novel], y[novel], n_ways=4, n_episodes=300)
-episodes = sample_episodes(y[novel], result.shape, 300, clf.random_state)
+result = clf.evaluate(X[novel], y[novel], n_ways=4, n_episodes=N_EPISODES)
+episodes = sample_episodes(y[novel], result.shape, N_EPISODES, clf.random_state)
 knn = baseline_accuracies(KNeighborsClassifier(1), X[novel], episodes)
 print(f"FOMAML 4-way 1-shot on digits 6-9: {result}")
 print(f"1-NN on pixels, same episodes:     {100 * knn.mean():.2f}%")

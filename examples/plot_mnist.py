@@ -33,6 +33,17 @@ from fomaml_sklearn import FOMAMLClassifier  # noqa: E402
 from fomaml_sklearn.datasets import get_data_home, load_mnist  # noqa: E402
 from fomaml_sklearn.evaluation import baseline_accuracies, sample_episodes  # noqa: E402
 
+# Smoke mode: FOMAML_EXAMPLES_SMOKE=1 (set by the test suite) runs the same code
+# with tiny budgets, to check in seconds that the script works; its numbers
+# then mean nothing. It still needs the MNIST files.
+SMOKE = os.environ.get("FOMAML_EXAMPLES_SMOKE") == "1"
+N_BASE = 500 if SMOKE else 5000  # meta-training images
+MAX_EPOCHS = 1 if SMOKE else 10
+META_BATCHES = 5 if SMOKE else 50  # meta-batches of 8 tasks per epoch
+N_EPISODES = 20 if SMOKE else 300  # test episodes
+
+# Needs data: mnist. Where it is missing, the documentation build shows this
+# example without running it and the test suite skips it.
 root = Path(os.environ.get("FOMAML_MNIST_ROOT", Path(get_data_home()) / "mnist"))
 try:
     X_train, y_train = load_mnist(root, train=True, return_X_y=True)
@@ -43,18 +54,18 @@ except OSError as exc:
 
 rng = np.random.default_rng(0)
 base = np.flatnonzero(y_train < 6)
-base = rng.choice(base, size=min(5000, len(base)), replace=False)
+base = rng.choice(base, size=min(N_BASE, len(base)), replace=False)
 novel = y_test >= 6
 X_base, y_base = X_train[base].reshape(len(base), -1), y_train[base]
 X_novel, y_novel = X_test[novel].reshape(novel.sum(), -1), y_test[novel]
 
 # %%
 clf = FOMAMLClassifier("mlp", hidden_layer_sizes=(128, 64), n_ways=3, k_shot=1,
-                       n_query=10, meta_batch_size=8, max_epochs=10,
-                       meta_batches_per_epoch=50, random_state=0)
+                       n_query=10, meta_batch_size=8, max_epochs=MAX_EPOCHS,
+                       meta_batches_per_epoch=META_BATCHES, random_state=0)
 clf.fit(X_base, y_base)
-result = clf.evaluate(X_novel, y_novel, n_episodes=300)
-episodes = sample_episodes(y_novel, result.shape, 300, clf.random_state)
+result = clf.evaluate(X_novel, y_novel, n_episodes=N_EPISODES)
+episodes = sample_episodes(y_novel, result.shape, N_EPISODES, clf.random_state)
 knn = baseline_accuracies(KNeighborsClassifier(1), X_novel, episodes)
 print(f"3-way 1-shot on the unseen digits 6-9 ({len(X_base)} meta-training images):")
 print(f"  FOMAML (MLP, meta-trained)   {result}")

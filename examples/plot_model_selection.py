@@ -15,6 +15,8 @@ classes and use it on new ones.
 """
 
 # %%
+import os
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -27,6 +29,14 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from fomaml_sklearn import ClassKFold, FOMAMLClassifier, adapt, few_shot_scorer  # noqa: E402
 from fomaml_sklearn.datasets import make_subspace_classes  # noqa: E402
+
+# Smoke mode: FOMAML_EXAMPLES_SMOKE=1 (set by the test suite) runs the same code
+# with tiny budgets, to check in seconds that the script works; its numbers
+# then mean nothing.
+SMOKE = os.environ.get("FOMAML_EXAMPLES_SMOKE") == "1"
+MAX_EPOCHS = 1 if SMOKE else 3
+META_BATCHES = 5 if SMOKE else 100  # meta-batches per epoch
+N_EPISODES = 10 if SMOKE else 100  # episodes per score
 
 # %%
 # Sixty synthetic classes (the generator of the package's tests); the last ten
@@ -42,16 +52,16 @@ X_meta, y_meta = X[~new_task], y[~new_task]
 
 pipe = make_pipeline(
     StandardScaler(), PCA(20),
-    FOMAMLClassifier(n_ways=5, k_shot=1, n_query=5, max_epochs=3,
-                     meta_batches_per_epoch=100, random_state=0),
+    FOMAMLClassifier(n_ways=5, k_shot=1, n_query=5, max_epochs=MAX_EPOCHS,
+                     meta_batches_per_epoch=META_BATCHES, random_state=0),
 )
 search = GridSearchCV(
     pipe,
     {"fomamlclassifier__head": ["prototype", "shared"],
      "fomamlclassifier__n_inner_steps": [1, 3]},
     cv=ClassKFold(3),
-    scoring={"5w1s": few_shot_scorer(5, 1, 5, n_episodes=100),
-             "5w5s": few_shot_scorer(5, 5, 5, n_episodes=100)},
+    scoring={"5w1s": few_shot_scorer(5, 1, 5, n_episodes=N_EPISODES),
+             "5w5s": few_shot_scorer(5, 5, 5, n_episodes=N_EPISODES)},
     refit="5w1s",
 ).fit(X_meta, y_meta)
 

@@ -16,6 +16,7 @@ meta-learning pays (see ``tests/conftest.py``), shown here as 8x8 images.
 """
 
 # %%
+import os
 import tempfile
 
 import matplotlib
@@ -26,6 +27,15 @@ from skorch.callbacks import Checkpoint, EarlyStopping  # noqa: E402
 
 from fomaml_sklearn import FOMAMLClassifier  # noqa: E402
 from fomaml_sklearn.plotting import plot_episode, plot_history  # noqa: E402
+
+# Smoke mode: FOMAML_EXAMPLES_SMOKE=1 (set by the test suite) runs the same code
+# with tiny budgets, to check in seconds that the script works; its numbers
+# and curves then mean nothing.
+SMOKE = os.environ.get("FOMAML_EXAMPLES_SMOKE") == "1"
+MAX_EPOCHS = 3 if SMOKE else 40
+META_BATCHES = 5 if SMOKE else 25  # meta-batches of 8 tasks per epoch
+N_EVAL_EPISODES = 10 if SMOKE else 100  # validation episodes per epoch
+N_EPISODES = 20 if SMOKE else 300  # test episodes
 
 # 80 classes of 20 examples whose means share a 4-dimensional subspace of 64 features.
 rng = np.random.default_rng(0)
@@ -43,7 +53,8 @@ base, novel = y < 60, y >= 60
 with tempfile.TemporaryDirectory() as tmp:
     clf = FOMAMLClassifier(
         "mlp", head="shared", n_ways=5, k_shot=1, n_query=5, meta_batch_size=8,
-        max_epochs=40, meta_batches_per_epoch=25, n_eval_episodes=100,
+        max_epochs=MAX_EPOCHS, meta_batches_per_epoch=META_BATCHES,
+        n_eval_episodes=N_EVAL_EPISODES,
         validation_fraction=0.2, random_state=0,
         callbacks=[
             EarlyStopping(monitor="valid_acc", lower_is_better=False, patience=5),
@@ -56,7 +67,7 @@ valid = clf.history_[:, "valid_acc"]
 best = int(np.argmax(valid))
 print(f"{len(clf.history_)} epochs ({clf.n_meta_steps_} meta-steps); best validation "
       f"few-shot accuracy {100 * valid[best]:.1f}% at epoch {best + 1}, restored.")
-result = clf.evaluate(X[novel], y[novel], n_episodes=300)
+result = clf.evaluate(X[novel], y[novel], n_episodes=N_EPISODES)
 print(f"5-way 1-shot on the 20 unseen test classes: {result}")
 
 fig = plot_history(clf)

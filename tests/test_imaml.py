@@ -205,3 +205,11 @@ def test_imaml_loss_is_cross_entropy_on_the_queries():
     with torch.no_grad():
         expected = F.cross_entropy(runner.query_logits(xq, head), yq)
     assert result.loss == pytest.approx(float(expected), rel=1e-9)
+
+
+def test_conjugate_gradient_stops_on_negative_curvature():
+    A = torch.diag(torch.tensor([-1.0, 2.0], dtype=D))
+    b = [torch.tensor([1.0, 0.0], dtype=D)]
+    with pytest.warns(RuntimeWarning, match="negative curvature"):
+        x = conjugate_gradient(lambda v: [A @ v[0]], b, n_steps=5)[0]
+    torch.testing.assert_close(x, b[0])  # no progress possible: the right-hand side

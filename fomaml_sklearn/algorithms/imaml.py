@@ -51,12 +51,16 @@ def conjugate_gradient(matvec, b, n_steps, tol=1e-12):
     Returns
     -------
     x : list of torch.Tensor
+        The solution; where ``A`` shows negative curvature along a search
+        direction, the iterate reached before it (``b`` itself if that
+        happens at once), with a ``RuntimeWarning``.
     """
     x = [torch.zeros_like(t) for t in b]
     r = [t.clone() for t in b]
     p = [t.clone() for t in b]
     rs = _dot(r, r)
     stop = tol * rs
+    steps_done = 0
     for _ in range(n_steps):
         if rs <= stop:
             break
@@ -64,12 +68,16 @@ def conjugate_gradient(matvec, b, n_steps, tol=1e-12):
         curvature = _dot(p, ap)
         if not curvature > 0:
             # I + H/lam is not positive definite along p (a non-convex support
-            # loss with a small lam): CG's step is meaningless from here.
+            # loss and a small lam): stop, as truncated CG does, keeping the
+            # progress so far, or the right-hand side itself if there is none.
             warnings.warn(
                 "iMAML's conjugate gradient met negative curvature (I + H/lam is not "
-                "positive definite); it stopped early. Increase lam.", RuntimeWarning,
-                stacklevel=4)
+                "positive definite along a search direction) and stopped early; a "
+                "larger lam avoids this.", RuntimeWarning, stacklevel=4)
+            if steps_done == 0:
+                return [t.clone() for t in b]
             break
+        steps_done += 1
         alpha = rs / curvature
         x = [xi + alpha * pi for xi, pi in zip(x, p)]
         r = [ri - alpha * api for ri, api in zip(r, ap)]
