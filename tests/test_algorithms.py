@@ -235,6 +235,7 @@ def test_anil_adapt_keeps_the_body_at_theta():
 
 
 # ----------------------------------------------------------- every algorithm
+@pytest.mark.filterwarnings("ignore:iMAML's conjugate gradient met negative curvature")
 @pytest.mark.parametrize("algorithm", available_algorithms())
 def test_every_algorithm_meta_trains_above_random_init(algorithm):
     X, y = make_subspace_classes(noise=1.0, random_state=0)
@@ -264,6 +265,7 @@ def test_algorithm_is_a_searchable_parameter():
         FOMAMLClassifier(algorithm="mamal").fit(X, y)
 
 
+@pytest.mark.filterwarnings("ignore:iMAML's conjugate gradient met negative curvature")
 @pytest.mark.parametrize("algorithm", available_algorithms())
 def test_every_algorithm_beats_random_init_on_an_omniglot_slice(omniglot_slice, algorithm):
     X, y = omniglot_slice
