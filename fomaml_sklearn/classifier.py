@@ -521,10 +521,8 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         optimizer_cls = self._check_params()
         X, codes, classes, image_shape = self._validate_Xy(X, y, reset=not warm)
         if self.input_shape is not None:  # any backbone: the shape must fit the data
-            image_shape_of(X.shape[1], self.input_shape)
-        if image_shape is not None and self.input_shape is not None:
             given = image_shape_of(X.shape[1], self.input_shape)
-            if given != image_shape_of(X.shape[1], image_shape):
+            if image_shape is not None and given != image_shape_of(X.shape[1], image_shape):
                 raise _image_layout_error(image_shape, given, "X")
         rng = check_random_state(self.random_state)
         torch_seed, episode_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
@@ -552,22 +550,14 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
                 iterator_valid__rng=valid_seed,
                 iterator_valid__n_episodes=self.n_eval_episodes,
             )
-        net_params = dict(
-            max_epochs=self.max_epochs,
-            batch_size=self.meta_batch_size,
-            iterator_train=EpisodeLoader,
-            iterator_train__shape=shape,
-            iterator_train__n_batches=self.meta_batches_per_epoch,
-            train_split=train_split,
-            **valid_params,
-        )
+        net_params = self._net_params(shape, train_split=train_split, **valid_params)
         input_shape = self.input_shape if self.input_shape is not None else image_shape
         X_train = X_t if train_mask.all() else X_t[torch.as_tensor(train_mask, device=device)]
         # Initialisation from an explicit generator: nothing global is
         # touched, and seeded fits in parallel threads are reproducible.
         generator = torch.Generator().manual_seed(torch_seed)
         meta_model = (self.net_.module_ if warm else
-                      self._build_meta_model(X.shape[1], input_shape, shape, generator))
+                      self._build_meta_model(X.shape[1], input_shape, shape.n_ways, generator))
         config = resolve_config(self.get_params(deep=False), get_algorithm(self.algorithm),
                                 meta_model, device)
         if self.verbose:
@@ -652,8 +642,21 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
                 "estimator keeps the meta-trained model; call adapt(X_support, y_support) "
                 "before predict.", UserWarning, stacklevel=4)
 
-    def _build_meta_model(self, n_features, input_shape, shape, generator):
-        """A new meta-model, initialised from ``generator``."""
+    def _net_params(self, shape, train_split=None, **valid_params):
+        """The skorch net's training settings: meta-batches of ``shape`` episodes."""
+        return dict(
+            max_epochs=self.max_epochs,
+            batch_size=self.meta_batch_size,
+            iterator_train=EpisodeLoader,
+            iterator_train__shape=shape,
+            iterator_train__n_batches=self.meta_batches_per_epoch,
+            train_split=train_split,
+            **valid_params,
+        )
+
+    def _build_meta_model(self, n_features, input_shape, n_rows, generator):
+        """A new meta-model (``n_rows`` rows of a ``"fixed"`` head), initialised
+        from ``generator``."""
         backbone = build_backbone(
             self.module,
             n_features,
@@ -663,7 +666,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
             module_params=self.module_params,
             generator=generator,
         )
-        return MetaModel(backbone, n_features, head=self.head, n_rows=shape.n_ways,
+        return MetaModel(backbone, n_features, head=self.head, n_rows=n_rows,
                          generator=generator)
 
     def _build_net(self, meta_model, optimizer_cls, device, episode_rng, net_params):

@@ -259,19 +259,15 @@ def model_image_shape(clf):
     -------
     shape : tuple of int or None
         The shape :func:`~fomaml_sklearn.backbones.image_shape` resolves for
-        ``n_features_in_`` from the model's ``input_shape_`` or, where that
-        is None, its backbone's ``input_shape`` (a square single-channel
-        image when neither is known: digits are 8x8); None when the
-        features are not such an image.
+        ``n_features_in_`` from the model's ``input_shape_`` (fit records the
+        given or the backbone's image shape there; a square single-channel
+        image when it is None: digits are 8x8); None when the features are
+        not such an image.
     """
     from .backbones import image_shape
 
-    shape = getattr(clf, "input_shape_", None)
-    if shape is None:  # else a backbone that knows it, such as Conv-4
-        shapes = [getattr(m, "input_shape", None) for m in clf.meta_model_.modules()]
-        shape = next((s for s in shapes if isinstance(s, tuple)), None)
     try:
-        return image_shape(clf.n_features_in_, shape)
+        return image_shape(clf.n_features_in_, clf.input_shape_)
     except ValueError:
         return None
 

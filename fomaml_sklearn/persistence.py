@@ -676,20 +676,10 @@ def _attach_net(estimator, meta_model=None, config=None):
     works and a ``warm_start=True`` fit continues from these meta-parameters.
     Call it again after ``set_params`` to use new callbacks in such a fit.
     """
-    from ._training import EpisodeLoader
-
     meta_model = estimator.meta_model_ if meta_model is None else meta_model
     config = estimator.config_ if config is None else config
     optimizer_cls = estimator._check_params()
-    net_params = dict(
-        max_epochs=estimator.max_epochs,
-        batch_size=estimator.meta_batch_size,
-        iterator_train=EpisodeLoader,
-        iterator_train__shape=estimator.episode_shape_,
-        iterator_train__n_batches=estimator.meta_batches_per_epoch,
-        train_split=None,
-        config=config,
-    )
+    net_params = dict(estimator._net_params(estimator.episode_shape_), config=config)
     net = estimator._build_net(meta_model, optimizer_cls, config.device,
                                _episode_rng(estimator), net_params)
     net.initialize()
@@ -753,10 +743,9 @@ def load_model(path):
 
     from ._config import resolve_config
     from .algorithms import available_algorithms, get_algorithm
-    from .backbones import build_backbone
     from .classifier import FOMAMLClassifier
     from .episodes import EpisodeShape
-    from .heads import MetaModel, TaskModel
+    from .heads import TaskModel
 
     path = Path(os.fspath(path)).expanduser()
     if path.is_dir():
@@ -822,13 +811,8 @@ def load_model(path):
     device = _loading_device(device_name, path)
     meta_state = _split_state(tensors, "meta_model")
     n_rows = meta_state["head_weight"].shape[0] if "head_weight" in meta_state else 1
-    try:
-        with torch.random.fork_rng(devices=[]):  # the throw-away initialisation
-            backbone = build_backbone(
-                clf.module, n_features, input_shape=input_shape,
-                hidden_layer_sizes=clf.hidden_layer_sizes, n_filters=clf.n_filters,
-                module_params=clf.module_params)
-            meta_model = MetaModel(backbone, n_features, head=clf.head, n_rows=n_rows)
+    try:  # initialised from a throw-away generator, then overwritten
+        meta_model = clf._build_meta_model(n_features, input_shape, n_rows, torch.Generator())
     except (TypeError, ValueError) as exc:
         raise ValueError(f"the model file {path} describes a network that cannot be "
                          f"built: {exc}") from exc

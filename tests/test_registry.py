@@ -29,8 +29,7 @@ class NoInnerStep(MetaAlgorithm):
         logits = runner.query_logits(x_query, head)
         loss = runner.loss_fn(logits, y_query)
         g = torch.autograd.grad(loss, runner.params + head)
-        grads = runner.body_gradients(g[:-2])
-        grads.update(runner.meta_model.head_gradients(n_classes, *g[-2:]))
+        grads = runner.meta_gradients(g, n_classes)
         return TaskResult(grads, loss.detach(), (logits.argmax(1) == y_query).sum())
 
     def adapt(self, runner, x_support, y_support, n_classes):

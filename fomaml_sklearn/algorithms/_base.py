@@ -156,6 +156,9 @@ class TaskRunner:
         self.meta_params = list(meta_model.backbone.parameters())
         self._buffers = list(self.scratch.buffers())
         self._meta_buffers = list(meta_model.backbone.buffers())
+        # Names for functional calls of the meta backbone (read once: a hot path).
+        self._param_names = [n for n, _ in meta_model.backbone.named_parameters()]
+        self._buffer_names = [n for n, _ in meta_model.backbone.named_buffers()]
         self.has_support_norm = any(
             isinstance(m, SupportBatchNorm) for m in self.scratch.modules()
         )
@@ -199,8 +202,8 @@ class TaskRunner:
                 feats = self.scratch(x)
         else:
             body = self.meta_model.backbone
-            tensors = dict(zip((n for n, _ in body.named_parameters()), body_params))
-            tensors.update(zip((n for n, _ in body.named_buffers()),
+            tensors = dict(zip(self._param_names, body_params))
+            tensors.update(zip(self._buffer_names,
                                self._buffers if buffers is None else buffers))
             was_training = body.training
             body.train(train)
@@ -297,7 +300,7 @@ class TaskRunner:
             feats = self.features(x_support, self.meta_params, train=False, buffers=stats)
             return self.meta_model.head_with_graph(feats, y_support, n_classes)
 
-    def adapt(self, x_support, y_support, n_classes, n_steps, *, lr=None, proximal=None):
+    def adapt(self, x_support, y_support, n_classes, n_steps, *, proximal=None):
         """SGD on the body and head from ``theta``, on the scratch copy.
 
         Afterwards the scratch backbone holds the adapted body and its
@@ -310,9 +313,7 @@ class TaskRunner:
         n_classes : int
             Number of outputs of the task head.
         n_steps : int
-            Inner steps.
-        lr : float or None, default=None
-            Step size; ``None`` takes ``config.inner_lr``.
+            Inner steps, at the configuration's ``inner_lr``.
         proximal : float or None, default=None
             iMAML's ``lam``: pull the parameters towards their start.
 
@@ -322,27 +323,23 @@ class TaskRunner:
             ``[weight, bias]``, the adapted head (leaf tensors).
         """
         head, first = self.start(x_support, y_support, n_classes, with_loss=n_steps > 0)
-        self.adapt_from(head, x_support, y_support, n_steps, lr=lr, proximal=proximal,
+        self.adapt_from(head, x_support, y_support, n_steps, proximal=proximal,
                         first_loss=first)
         return head
 
-    def adapt_from(self, head, x_support, y_support, n_steps, *, lr=None, proximal=None,
+    def adapt_from(self, head, x_support, y_support, n_steps, *, proximal=None,
                    first_loss=None):
         """The inner loop of :meth:`adapt`, from the current scratch state
         (``first_loss``: the support loss there, if already computed)."""
-        lr = self.config.inner_lr if lr is None else lr
         params = self.params + head
-        anchors = None
         if proximal is not None:
-            anchors = [p.detach().clone() for p in params]
-            proximal = (proximal, anchors)
-        inner_loop(self.support_loss(x_support, y_support), params, n_steps, lr,
-                   proximal=proximal, first_loss=first_loss)
+            proximal = (proximal, [p.detach().clone() for p in params])
+        inner_loop(self.support_loss(x_support, y_support), params, n_steps,
+                   self.config.inner_lr, proximal=proximal, first_loss=first_loss)
         if self.has_support_norm and n_steps > 0:
             # Record the support statistics at the adapted weights.
             with torch.no_grad():
                 self.features(x_support)
-        return anchors
 
     def adapt_head(self, x_support, y_support, n_classes, n_steps):
         """SGD on the head alone from its initialisation; the body stays at ``theta``."""
@@ -364,9 +361,22 @@ class TaskRunner:
         transductive = self.config.transductive if transductive is None else transductive
         return self.logits(self.features(x, train=transductive), head)
 
-    def body_gradients(self, grads):
-        """``{meta body parameter: gradient}`` from gradients of the scratch parameters."""
-        return dict(zip(self.meta_params, grads))
+    def meta_gradients(self, grads, n_classes):
+        """``{meta-parameter: gradient}`` from the gradients of a task's body
+        parameters (the scratch copy's or theta's, in order) followed by its
+        head's weight and bias, which pass to the meta-head rows they were
+        copied from (:meth:`~fomaml_sklearn.heads.MetaModel.head_gradients`)."""
+        result = dict(zip(self.meta_params, grads[:-2]))
+        result.update(self.meta_model.head_gradients(n_classes, *grads[-2:]))
+        return result
+
+    def total_gradients(self, loss):
+        """``{meta-parameter: gradient}`` of ``loss`` through its whole graph
+        (second-order rules); parameters it does not reach get zeros."""
+        meta_params = list(self.meta_model.parameters())
+        grads = torch.autograd.grad(loss, meta_params, allow_unused=True)
+        return {p: (torch.zeros_like(p) if g is None else g)
+                for p, g in zip(meta_params, grads)}
 
     def task_model(self, head):
         """Freeze the current adaptation into a stand-alone :class:`TaskModel`."""
@@ -504,11 +514,27 @@ class PrototypeGradientOption:
         return meta_model.head == "prototype" and resolve_prototype_gradient(
             self.prototype_gradient, meta_model.backbone)
 
-    def initial_head_graph(self, runner, x_support, y_support, n_classes):
-        """The head at ``theta`` with its graph, or None where not needed."""
-        if not self.through_prototypes(runner.meta_model):
-            return None
-        return runner.prototype_head_graph(x_support, y_support, n_classes)
+    def adapt_with_head_graph(self, runner, x_support, y_support, n_classes, proximal=None):
+        """Adapt on the scratch copy with ``config.n_inner_steps`` steps; also
+        keep the prototype head at ``theta`` with its graph where the option
+        asks for it.
+
+        Returns
+        -------
+        head : list of torch.Tensor
+            The adapted head (leaf tensors).
+        head_graph : tuple of torch.Tensor or None
+            The initial head with a graph to ``theta``, for
+            :meth:`add_through_prototypes`.
+        """
+        n_steps = runner.config.n_inner_steps
+        head, first = runner.start(x_support, y_support, n_classes, with_loss=n_steps > 0)
+        head_graph = None
+        if self.through_prototypes(runner.meta_model):
+            head_graph = runner.prototype_head_graph(x_support, y_support, n_classes)
+        runner.adapt_from(head, x_support, y_support, n_steps, proximal=proximal,
+                          first_loss=first)
+        return head, head_graph
 
     @staticmethod
     def add_through_prototypes(runner, grads, head_graph, head_grads, scale=1.0):

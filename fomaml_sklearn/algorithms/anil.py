@@ -61,13 +61,9 @@ class ANIL(MetaAlgorithm):
         loss = runner.loss_fn(logits, y_query)
         if self.first_order:
             g = torch.autograd.grad(loss, runner.meta_params + head)
-            grads = runner.body_gradients(g[:-2])
-            grads.update(meta.head_gradients(n_classes, *g[-2:]))
+            grads = runner.meta_gradients(g, n_classes)
         else:
-            meta_params = list(meta.parameters())
-            g = torch.autograd.grad(loss, meta_params, allow_unused=True)
-            grads = {p: (torch.zeros_like(p) if gi is None else gi)
-                     for p, gi in zip(meta_params, g)}
+            grads = runner.total_gradients(loss)
         return TaskResult(grads, loss.detach(), n_correct(logits, y_query))
 
     def adapt(self, runner, x_support, y_support, n_classes):

@@ -75,16 +75,11 @@ class FOMAML(PrototypeGradientOption, MetaAlgorithm):
         return type(meta_model.backbone) in (MLPBackbone, Conv4Backbone)
 
     def task_meta_gradient(self, runner, x_support, y_support, x_query, y_query, n_classes):
-        meta = runner.meta_model
-        n_steps = runner.config.n_inner_steps
-        head, first = runner.start(x_support, y_support, n_classes, with_loss=n_steps > 0)
-        head0 = self.initial_head_graph(runner, x_support, y_support, n_classes)
-        runner.adapt_from(head, x_support, y_support, n_steps, first_loss=first)
+        head, head0 = self.adapt_with_head_graph(runner, x_support, y_support, n_classes)
         logits = runner.query_logits(x_query, head)
         loss = runner.loss_fn(logits, y_query)
         g = torch.autograd.grad(loss, runner.params + head)
-        grads = runner.body_gradients(g[:-2])
-        grads.update(meta.head_gradients(n_classes, *g[-2:]))
+        grads = runner.meta_gradients(g, n_classes)
         self.add_through_prototypes(runner, grads, head0, g[-2:])
         return TaskResult(grads, loss.detach(), n_correct(logits, y_query))
 
@@ -104,6 +99,12 @@ def _batched_meta_gradient(runner, batch, through_prototypes):
     if config.loss is not F.cross_entropy:
         raise ValueError("FOMAML's batched path computes the cross-entropy loss only; "
                          "use the per-task loop (batched=False) for another loss.")
+    if config.autocast_dtype is not None:
+        # resolve_task_batching never picks this path then; say so to direct callers.
+        raise ValueError(
+            f"FOMAML's batched path runs in float32 only (torch.autocast does not reach "
+            f"into torch.func.vmap); got precision={config.precision!r}. Use "
+            "precision='float32' or the per-task loop (batched=False).")
     body = meta.backbone
     xs, ys, xq, yq = batch.x_support, batch.y_support, batch.x_query, batch.y_query
     n_classes, T = batch.n_classes, len(xs)
@@ -125,12 +126,10 @@ def _batched_meta_gradient(runner, batch, through_prototypes):
         was_training = body.training
         body.train(train)
         try:
-            with runner.autocast():
-                feats = vmap(one_task, in_dims=(0 if params_batched else None, 0, 0))(
-                    params, stats if buffers is None else buffers, x)
+            return vmap(one_task, in_dims=(0 if params_batched else None, 0, 0))(
+                params, stats if buffers is None else buffers, x)
         finally:
             body.train(was_training)
-        return feats.float() if config.autocast_dtype is not None else feats
 
     def summed_loss(feats, head, y):
         """Sum over tasks of each task's mean loss, and the logits."""

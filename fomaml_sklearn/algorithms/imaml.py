@@ -136,12 +136,9 @@ class IMAML(PrototypeGradientOption, MetaAlgorithm):
         self._validate_prototype_gradient()
 
     def task_meta_gradient(self, runner, x_support, y_support, x_query, y_query, n_classes):
-        meta, config = runner.meta_model, runner.config
         lam = float(self.lam)
-        n_steps = config.n_inner_steps
-        head, first = runner.start(x_support, y_support, n_classes, with_loss=n_steps > 0)
-        head0 = self.initial_head_graph(runner, x_support, y_support, n_classes)
-        runner.adapt_from(head, x_support, y_support, n_steps, proximal=lam, first_loss=first)
+        head, head0 = self.adapt_with_head_graph(runner, x_support, y_support, n_classes,
+                                                 proximal=lam)
         params = runner.params + head
         logits = runner.query_logits(x_query, head)
         loss = runner.loss_fn(logits, y_query)
@@ -159,8 +156,7 @@ class IMAML(PrototypeGradientOption, MetaAlgorithm):
 
         g = conjugate_gradient(matvec, [t.detach() for t in v], int(self.cg_steps))
         g = [t.detach() for t in g]
-        grads = runner.body_gradients(g[:-2])
-        grads.update(meta.head_gradients(n_classes, *g[-2:]))
+        grads = runner.meta_gradients(g, n_classes)
         self.add_through_prototypes(runner, grads, head0, g[-2:])
         return TaskResult(grads, loss.detach(), n_correct(logits, y_query))
 
