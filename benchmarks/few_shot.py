@@ -146,11 +146,13 @@ def run(args, data=None):
     n_steps = clf.n_meta_steps_
 
     shape = EpisodeShape(ways, args.shots, 15 if args.dataset == "omniglot" else 10)
+    through = (getattr(clf.algorithm_, "prototype_gradient", "n/a")
+               if args.head == "prototype" else "n/a")
     print(f"\n{ways}-way {args.shots}-shot accuracy on {args.episodes} episodes of "
           f"unseen classes ({shape.n_query} queries per class), 95% CI; "
           f"meta-training: {n_steps} meta-steps of {args.meta_batch_size} tasks in "
           f"{train_seconds / 60:.1f} min, {clf.precision_}, gradient through the "
-          f"prototypes: {clf.prototype_gradient_ if args.head == 'prototype' else 'n/a'}:")
+          f"prototypes: {through}:")
 
     t0 = time.perf_counter()
     result = clf.evaluate(X_test, y_test, n_ways=shape.n_ways, k_shot=shape.k_shot,

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from fomaml_sklearn import FOMAMLClassifier
+from fomaml_sklearn.algorithms import FOMAML
 from fomaml_sklearn.datasets import make_subspace_classes
 
 
@@ -69,12 +70,12 @@ def main(argv=None):
                 clf = FOMAMLClassifier(
                     n_ways=5, n_query=5, max_epochs=6, meta_batches_per_epoch=100,
                     device="cpu", adapt_on_fit=False, random_state=seed,
-                    prototype_gradient=through, **variant,
+                    algorithm=FOMAML(prototype_gradient=through), **variant,
                 ).fit(X[train], y[train])
                 accs.append(clf.evaluate(X[~train], y[~train], n_episodes=100,
                                          random_state=seed).mean)
-            auto = FOMAMLClassifier(max_epochs=0, prototype_gradient="auto", **variant).fit(
-                X[train], y[train]).prototype_gradient_
+            auto = FOMAMLClassifier(max_epochs=0, **variant).fit(
+                X[train], y[train]).algorithm_.prototype_gradient
             per_seed = " ".join(f"{100 * a:5.1f}" for a in accs)
             print(f"{name:<13} {str(through):>18}  {per_seed:<20} {100 * np.mean(accs):5.1f}"
                   f"  {auto}", flush=True)

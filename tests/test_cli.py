@@ -490,3 +490,14 @@ def test_ctrl_c_saves_and_suggests_resume(tmp_path, monkeypatch):
     assert "meta-training was interrupted" in err and f"--resume {model}" in err
     assert "warm_start" not in err                       # Python's advice is not shown
     assert FOMAMLClassifier.load(model).n_meta_steps_ == 1
+
+
+def test_the_main_job_runs_end_to_end(fake_omniglot_home, capsys):
+    """``make run``'s script: meta-train on Omniglot, then the table next to
+    the baselines (a tiny budget; the figures are not checked here)."""
+    few_shot = _benchmark_module()
+    few_shot.main(["--data-home", str(fake_omniglot_home), "--offline", "--minutes", "0.01",
+                   "--episodes", "10", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "meta-steps of" in out and "gradient through the prototypes: True" in out
+    assert "1-nearest neighbour on pixels" in out and "FOMAML minus the best baseline" in out
