@@ -10,7 +10,9 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "FOMAMLClassifier": "classifier",
+    "FOMAMLRegressor": "regressor",
     "FewShotResult": "evaluation",
+    "FewShotRegressionResult": "evaluation",
     "ClassKFold": "model_selection",
     "ClassShuffleSplit": "model_selection",
     "adapt": "model_selection",

@@ -132,7 +132,8 @@ def resolve_precision(precision, device):
     return precision
 
 
-def resolve_task_batching(task_batching, algorithm, meta_model, device, precision="float32"):
+def resolve_task_batching(task_batching, algorithm, meta_model, device, precision="float32",
+                          loss=F.cross_entropy):
     """Resolve the ``task_batching`` parameter to ``"grouped"`` or ``"loop"``.
 
     ``"auto"`` takes the rule's batched path on a GPU where the rule has one
@@ -152,6 +153,8 @@ def resolve_task_batching(task_batching, algorithm, meta_model, device, precisio
     precision : str, default="float32"
         The resolved precision: the batched path runs only in float32
         (``torch.autocast`` does not reach into ``torch.func.vmap``).
+    loss : callable, default=torch.nn.functional.cross_entropy
+        The task loss: the batched path computes the cross-entropy only.
 
     Returns
     -------
@@ -166,7 +169,7 @@ def resolve_task_batching(task_batching, algorithm, meta_model, device, precisio
         raise ValueError(
             f"task_batching={task_batching!r} is not supported; use one of {TASK_BATCHING}."
         )
-    supported = algorithm.supports_batched(meta_model)
+    supported = algorithm.supports_batched(meta_model) and loss is F.cross_entropy
     if task_batching == "grouped" and supported and precision != "float32":
         raise ValueError(
             f"task_batching='grouped' runs in float32 only (autocast does not reach "
@@ -177,7 +180,7 @@ def resolve_task_batching(task_batching, algorithm, meta_model, device, precisio
     if task_batching == "grouped" and not supported:
         raise ValueError(
             f"task_batching='grouped' needs a rule with a batched path for this model "
-            f"(FOMAML with the built-in 'mlp' and 'conv4' backbones); got "
+            f"(FOMAML with the built-in 'mlp' and 'conv4' backbones, classification); got "
             f"algorithm={type(algorithm).__name__} and a "
             f"{type(meta_model.backbone).__name__} backbone. Use task_batching='auto' "
             "(grouped on a GPU where supported) or 'loop'."
@@ -201,7 +204,8 @@ def resolve_config(params, algorithm, meta_model, device, loss=F.cross_entropy):
     Parameters
     ----------
     params : dict
-        The estimator's ``get_params()`` (validated).
+        The estimator's ``get_params()`` (validated); ``transductive`` and
+        ``task_batching`` default to False and ``"loop"`` where absent.
     algorithm : MetaAlgorithm
         The rule instance named by ``params["algorithm"]``.
     meta_model : MetaModel
@@ -222,10 +226,10 @@ def resolve_config(params, algorithm, meta_model, device, loss=F.cross_entropy):
         inner_lr=resolve_inner_lr(params["inner_lr"], meta_model.head),
         n_inner_steps=int(params["n_inner_steps"]),
         n_inner_steps_test=int(params["n_inner_steps_test"]),
-        transductive=bool(params["transductive"]),
+        transductive=bool(params.get("transductive", False)),
         device=device,
         precision=precision,
-        task_batching=resolve_task_batching(params["task_batching"], rule, meta_model, device,
-                                            precision),
+        task_batching=resolve_task_batching(params.get("task_batching", "loop"), rule,
+                                            meta_model, device, precision, loss),
         loss=loss,
     )

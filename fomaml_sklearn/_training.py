@@ -36,21 +36,34 @@ class MetaBatch:
 
     ``len(batch)`` is the number of tasks (what skorch records as the batch
     size). Iterating yields ``(x_support, y_support, x_query, y_query)``.
+
+    With ``targets`` (regression), each task's targets are its examples'
+    rows of ``targets``, ``(n, n_outputs)``, and ``n_classes`` is the number
+    of outputs; otherwise the episodes' class labels, shared by the tasks.
     """
 
-    def __init__(self, X, episodes, device):
+    def __init__(self, X, episodes, device, targets=None):
         sup = torch.as_tensor(episodes.support_idx, device=X.device)
         qry = torch.as_tensor(episodes.query_idx, device=X.device)
         self.x_support = X[sup.reshape(-1)].reshape(sup.shape + X.shape[1:])
         self.x_query = X[qry.reshape(-1)].reshape(qry.shape + X.shape[1:])
-        self.y_support = torch.as_tensor(episodes.support_y, device=device)
-        self.y_query = torch.as_tensor(episodes.query_y, device=device)
-        self.n_classes = episodes.classes.shape[1]
+        self.per_task_targets = targets is not None
+        if targets is None:
+            self.y_support = torch.as_tensor(episodes.support_y, device=device)
+            self.y_query = torch.as_tensor(episodes.query_y, device=device)
+            self.n_classes = episodes.classes.shape[1]
+        else:
+            self.y_support = targets[sup.reshape(-1)].reshape(sup.shape + targets.shape[1:])
+            self.y_query = targets[qry.reshape(-1)].reshape(qry.shape + targets.shape[1:])
+            self.n_classes = targets.shape[1]
 
     def __len__(self):
         return len(self.x_support)
 
     def __iter__(self):
+        if self.per_task_targets:
+            yield from zip(self.x_support, self.y_support, self.x_query, self.y_query)
+            return
         for x_s, x_q in zip(self.x_support, self.x_query):
             yield x_s, self.y_support, x_q, self.y_query
 
@@ -79,9 +92,14 @@ class EpisodeLoader:
     n_episodes : int or None, default=None
         Episodes per pass (the last meta-batch may be smaller); ``None`` takes
         ``n_batches * batch_size``.
+    targets : torch.Tensor of shape (n_samples, n_outputs) or None, default=None
+        Real-valued targets (regression): ``dataset.y`` then holds the task
+        (group) codes, episodes are 1-way (one task, its examples as support
+        and queries) and the tasks' targets are taken from here.
     """
 
-    def __init__(self, dataset, batch_size, shape, rng, n_batches=None, n_episodes=None):
+    def __init__(self, dataset, batch_size, shape, rng, n_batches=None, n_episodes=None,
+                 targets=None):
         if n_batches is None and n_episodes is None:
             raise ValueError("EpisodeLoader needs n_batches or n_episodes.")
         self.X = dataset.X
@@ -92,6 +110,7 @@ class EpisodeLoader:
         self.n_episodes = n_batches * batch_size if n_episodes is None else n_episodes
         self.n_batches = math.ceil(self.n_episodes / batch_size)
         self.rng = rng
+        self.targets = targets
         self.sampler = EpisodeSampler(self.y, shape, self._generator())
 
     def _generator(self):
@@ -106,7 +125,7 @@ class EpisodeLoader:
         self.sampler.rng = self._generator()
         for start in range(0, self.n_episodes, self.batch_size):
             episodes = self.sampler.sample(min(self.batch_size, self.n_episodes - start))
-            yield MetaBatch(self.X, episodes, self.X.device)
+            yield MetaBatch(self.X, episodes, self.X.device, self.targets)
 
 
 class _TaskLoss(torch.nn.Module):
@@ -182,7 +201,8 @@ class MetaTrainingNet(NeuralNet):
             self.runner_, batch, batched=self.config.task_batching == "grouped")
         for param, grad in zip(self.module_.parameters(), result.grads):
             param.grad = grad
-        self.history.record_batch("train_query_acc", result.accuracy)
+        if not math.isnan(result.accuracy):  # nan: real-valued targets
+            self.history.record_batch("train_query_acc", result.accuracy)
         return {"loss": torch.tensor(result.loss), "y_pred": None}
 
     def validation_step(self, batch, **fit_params):
@@ -190,13 +210,16 @@ class MetaTrainingNet(NeuralNet):
 
         Each episode adapts from the meta-parameters (which do not change)
         with the rule's test-time adaptation, as
-        :meth:`FOMAMLClassifier.evaluate` does.
+        :meth:`FOMAMLClassifier.evaluate` does. Real-valued targets record
+        the loss alone.
         """
         total_loss, n_correct, n_queries = 0.0, 0, 0
         for x_s, y_s, x_q, y_q in batch:
             logits = adapted_query_logits(self.runner_, x_s, y_s, x_q, batch.n_classes)
             total_loss += float(self.criterion_(logits.float(), y_q))
-            n_correct += int((logits.argmax(1) == y_q).sum())
+            if not y_q.is_floating_point():
+                n_correct += int((logits.argmax(1) == y_q).sum())
             n_queries += len(y_q)
-        self.history.record_batch("valid_acc", n_correct / n_queries)
+        if not batch.per_task_targets:
+            self.history.record_batch("valid_acc", n_correct / n_queries)
         return {"loss": torch.tensor(total_loss / len(batch)), "y_pred": None}

@@ -77,7 +77,9 @@ class SupportBatchNorm(nn.Module):
 class MLPBackbone(nn.Module):
     """Fully connected feature extractor.
 
-    Each hidden layer is ``Linear -> SupportBatchNorm -> ReLU``.
+    Each hidden layer is ``Linear -> SupportBatchNorm -> ReLU``, or
+    ``Linear -> ReLU`` without ``batch_norm`` (the MAML paper's sinusoid
+    network).
 
     Parameters
     ----------
@@ -85,14 +87,17 @@ class MLPBackbone(nn.Module):
         Number of input features.
     hidden_layer_sizes : tuple of int, default=(64, 64)
         Width of each hidden layer; the last one is the feature dimension.
+    batch_norm : bool, default=True
+        Normalise each hidden layer (with the support statistics).
     """
 
-    def __init__(self, n_features, hidden_layer_sizes=(64, 64)):
+    def __init__(self, n_features, hidden_layer_sizes=(64, 64), batch_norm=True):
         super().__init__()
         layers = []
         width = n_features
         for size in hidden_layer_sizes:
-            layers += [nn.Linear(width, size), SupportBatchNorm(size), nn.ReLU()]
+            norm = [SupportBatchNorm(size)] if batch_norm else []
+            layers += [nn.Linear(width, size), *norm, nn.ReLU()]
             width = size
         self.layers = nn.Sequential(*layers)
         self.out_features = width
@@ -300,7 +305,7 @@ def _on_meta_device(build):
 
 def build_backbone(module, n_features, *, input_shape=None,
                    hidden_layer_sizes=(64, 64), n_filters=64, module_params=None,
-                   generator=None):
+                   generator=None, batch_norm=True):
     """Build the feature extractor named by ``module``.
 
     Parameters
@@ -319,6 +324,8 @@ def build_backbone(module, n_features, *, input_shape=None,
         Filters of the Conv-4 network.
     module_params : dict or None
         Keyword arguments for a user module class.
+    batch_norm : bool, default=True
+        BatchNorm in the hidden layers of the MLP.
     generator : torch.Generator or None, default=None
         Initialise from this generator: the built-in backbones are built
         without drawing random numbers and initialised from it
@@ -353,7 +360,7 @@ def build_backbone(module, n_features, *, input_shape=None,
     if isinstance(module, str):
         name = module.lower()
         if name == "mlp":
-            return make(lambda: MLPBackbone(n_features, tuple(hidden_layer_sizes)))
+            return make(lambda: MLPBackbone(n_features, tuple(hidden_layer_sizes), batch_norm))
         if name in ("conv4", "conv-4"):
             try:
                 shape = image_shape(n_features, input_shape)

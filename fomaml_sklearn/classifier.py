@@ -1,22 +1,17 @@
 """The scikit-learn estimator: :class:`FOMAMLClassifier`."""
 
-import copy
 import numbers
-import os
 import warnings
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.exceptions import NotFittedError
+from sklearn.base import ClassifierMixin
 from sklearn.preprocessing import LabelEncoder
-from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
-from skorch.dataset import Dataset
-from skorch.helper import predefined_split
+from sklearn.utils.validation import validate_data
+from torch.nn import functional as F
 
-from ._config import PRECISIONS, TASK_BATCHING, resolve_config, resolve_device, resolve_precision
+from ._config import PRECISIONS, TASK_BATCHING
 from ._constraints import (
     Bool,
     Callbacks,
@@ -31,12 +26,7 @@ from ._constraints import (
     Sizes,
     check_params,
 )
-from ._training import EpisodeLoader, MetaTrainingNet
-from .algorithms import get_algorithm
-from .algorithms._base import TaskRunner
-from .backbones import build_backbone
-from .backbones import image_shape as image_shape_of
-from .callbacks import meta_steps_per_epoch
+from ._estimator import MetaEstimatorBase, _flatten_images
 from .episodes import resolve_episode_shape
 from .evaluation import (
     FewShotResult,
@@ -44,38 +34,12 @@ from .evaluation import (
     episodic_accuracies,
     sample_episodes,
 )
-from .heads import HEADS, MetaModel
+from .heads import HEADS
 
 __all__ = ["FOMAMLClassifier"]
 
-_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-_PREDICT_CHUNK = 4096
 
-
-def _flatten_images(X):
-    """Flatten (n, C, H, W)-like arrays to rows; return them and the image shape."""
-    ndim = getattr(X, "ndim", None)
-    if ndim is not None and ndim > 2:
-        shape = tuple(int(s) for s in X.shape[1:])
-        if torch.is_tensor(X):
-            X = X.detach().cpu().numpy()
-        return np.asarray(X).reshape(X.shape[0], -1), shape
-    return X, None
-
-
-def _image_layout_error(got, fitted, what):
-    return ValueError(
-        f"{what} holds images of shape {got}, but this estimator was fitted on images "
-        f"of shape {fitted} (channels, height, width). Pass images in the fitted layout "
-        "(for channels-last arrays, X.transpose(0, 3, 1, 2)), or rows of "
-        f"{int(np.prod(fitted))} features."
-    )
-
-
-_FIT_ADAPT_MAX_SAMPLES = 1024
-
-
-class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
+class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
     """Few-shot classifier meta-trained with First-Order MAML.
 
     ``fit(X, y)`` meta-trains an initialisation on N-way K-shot episodes drawn
@@ -393,69 +357,6 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         "verbose": Either(Bool(), Int(0)),
     }
 
-    def _check_params(self):
-        """Check every parameter; return the optimizer class."""
-        check_params(self._PARAM_TABLE, self.get_params(deep=False))
-        module = self.module
-        if not (isinstance(module, (str, torch.nn.Module))
-                or (isinstance(module, type) and issubclass(module, torch.nn.Module))):
-            raise ValueError(
-                f"module must be 'mlp', 'conv4', a torch.nn.Module subclass or instance; "
-                f"got {module!r} of type {type(module).__name__}."
-            )
-        get_algorithm(self.algorithm).validate()
-        resolve_device(self.device)
-        return self._optimizer_class()
-
-    def _check_validation_callbacks(self, has_validation):
-        """A callback that monitors validation scores needs validation data."""
-        if has_validation:
-            return
-        for cb in self.callbacks or []:
-            name, cb = cb if isinstance(cb, tuple) else (type(cb).__name__, cb)
-            monitor = getattr(cb, "monitor", None)
-            if isinstance(monitor, str) and monitor.startswith("valid_"):
-                raise ValueError(
-                    f"The callback {name} monitors {monitor!r}, but fit has no validation "
-                    "data, so that score never exists. Set validation_fraction (e.g. 0.2, "
-                    "whole classes held out) or pass X_val and y_val to fit, or monitor "
-                    "'train_loss'."
-                )
-
-    def _optimizer_class(self):
-        opt = self.optimizer
-        if isinstance(opt, str):
-            if opt.lower() not in _OPTIMIZERS:
-                raise ValueError(
-                    f"optimizer={opt!r} is not known; use one of {sorted(_OPTIMIZERS)} "
-                    "or a torch.optim.Optimizer subclass."
-                )
-            return _OPTIMIZERS[opt.lower()]
-        if isinstance(opt, type) and issubclass(opt, torch.optim.Optimizer):
-            return opt
-        raise TypeError(
-            f"optimizer must be a name in {sorted(_OPTIMIZERS)} or a "
-            f"torch.optim.Optimizer subclass; got {opt!r}."
-        )
-
-    def _check_layout(self, image_shape, what):
-        """Images must come in the layout of the fitted ones (a flat row only
-        has to have the right number of features)."""
-        fitted = getattr(self, "input_shape_", None)
-        if image_shape is None or fitted is None:
-            return
-        fitted = tuple(fitted) if len(fitted) == 3 else (1,) + tuple(fitted)
-        got = tuple(image_shape) if len(image_shape) == 3 else (1,) + tuple(image_shape)
-        if got != fitted:
-            raise _image_layout_error(tuple(image_shape), fitted, what)
-
-    def _validate_X(self, X, reset, what="X"):
-        X, image_shape = _flatten_images(X)
-        X = validate_data(self, X, reset=reset, dtype=np.float32)
-        if not reset:
-            self._check_layout(image_shape, what)
-        return X, image_shape
-
     def _validate_Xy(self, X, y, reset, what="X"):
         X, image_shape = _flatten_images(X)
         X, y = validate_data(self, X, y, reset=reset, dtype=np.float32)
@@ -472,9 +373,6 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         encoder = LabelEncoder().fit(y)
         codes = encoder.transform(y)
         return X, codes, encoder.classes_, image_shape
-
-    def _to_tensor(self, X, device):
-        return torch.tensor(X, dtype=torch.float32, device=device)
 
     # --------------------------------------------------------------------- fit
     def fit(self, X, y, *, X_val=None, y_val=None):
@@ -502,195 +400,54 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         self : FOMAMLClassifier
             The fitted estimator.
         """
-        # The new state is built on a copy and swapped in only when fit
-        # succeeds: a failed call leaves a fitted estimator exactly as it was.
-        warm = bool(self.warm_start) and hasattr(self, "net_")
-        new = object.__new__(type(self))  # not copy.copy: no __getstate__ round trip
-        new.__dict__.update(self.__dict__)
-        if warm:  # meta-trained further on a copy of the net
-            new.net_ = copy.deepcopy(self.net_)
-        else:
-            for name in [k for k in vars(new) if k.endswith("_") and not k.startswith("_")]:
-                delattr(new, name)
-        new._fit(X, y, X_val, y_val, warm)
-        self.__dict__.clear()
-        self.__dict__.update(vars(new))
-        return self
+        return self._fit_on_copy(X, y, X_val, y_val)
+
+    _loss = staticmethod(F.cross_entropy)
+    _head = property(lambda self: self.head)
+    _network_params_hint = "hidden_layer_sizes, n_filters, input_shape, head, n_ways"
 
     def _fit(self, X, y, X_val, y_val, warm):
         optimizer_cls = self._check_params()
         X, codes, classes, image_shape = self._validate_Xy(X, y, reset=not warm)
-        if self.input_shape is not None:  # any backbone: the shape must fit the data
-            given = image_shape_of(X.shape[1], self.input_shape)
-            if image_shape is not None and given != image_shape_of(X.shape[1], image_shape):
-                raise _image_layout_error(image_shape, given, "X")
-        rng = check_random_state(self.random_state)
-        torch_seed, episode_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
-        split_seed, valid_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
-        adapt_seed = int(rng.randint(0, 2**31 - 1))
+        self._check_input_shape(X, image_shape)
+        seeds = self._draw_seeds(self.random_state)
         train_mask, valid = self._validation_data(
-            codes, classes, X, X_val, y_val, np.random.default_rng(split_seed)
+            codes, classes, X, X_val, y_val, np.random.default_rng(seeds["split"])
         )
         self._check_validation_callbacks(valid is not None)
         train_codes = np.unique(codes[train_mask], return_inverse=True)[1]
         shape = self._episode_shape(train_codes, classes[np.unique(codes[train_mask])])
-        device = self.device_ if warm else resolve_device(self.device)
-        resolve_precision(self.precision, device)  # fail before building anything
-        X_t = self._to_tensor(X, device)
-        train_split, valid_params = None, {}
         if valid is not None:
             X_valid, valid_codes, valid_names = valid
-            train_split = predefined_split(
-                Dataset(self._to_tensor(X_valid, device), valid_codes)
-            )
-            valid_params = dict(
-                iterator_valid=EpisodeLoader,
-                iterator_valid__shape=self._episode_shape(
-                    valid_codes, valid_names, "in the validation episodes"),
-                iterator_valid__rng=valid_seed,
-                iterator_valid__n_episodes=self.n_eval_episodes,
-            )
-        net_params = self._net_params(shape, train_split=train_split, **valid_params)
-        input_shape = self.input_shape if self.input_shape is not None else image_shape
-        X_train = X_t if train_mask.all() else X_t[torch.as_tensor(train_mask, device=device)]
-        # Initialisation from an explicit generator: nothing global is
-        # touched, and seeded fits in parallel threads are reproducible.
-        generator = torch.Generator().manual_seed(torch_seed)
-        meta_model = (self.net_.module_ if warm else
-                      self._build_meta_model(X.shape[1], input_shape, shape.n_ways, generator))
-        config = resolve_config(self.get_params(deep=False), get_algorithm(self.algorithm),
-                                meta_model, device)
-        if self.verbose:
-            print(f"Meta-training on {device} in {config.precision} precision with "
-                  f"{type(config.algorithm).__name__}, episodes {shape.n_ways}-way "
-                  f"{shape.k_shot}-shot with {shape.n_query} queries.")
-        net_params["config"] = config
-        if warm:
-            net = self.net_
-            steps_before = sum(meta_steps_per_epoch(net.history))
-            for name, value in net_params.items():
-                setattr(net, name, value)
-            net.partial_fit(X_train, train_codes)
-        else:
-            net = self._build_net(meta_model, optimizer_cls, device,
-                                  np.random.default_rng(episode_seed), net_params)
-            net.fit(X_train, train_codes)
-        # The validation data is not kept in the fitted estimator.
-        net.train_split = None
-        if net.interrupted_:
-            warnings.warn(
-                f"Meta-training was interrupted (KeyboardInterrupt) during epoch "
-                f"{len(net.history)}. The estimator keeps the meta-parameters of the "
-                "last completed meta-step and is usable; call fit again with "
-                "warm_start=True to continue.",
-                UserWarning,
-                stacklevel=3,  # the user's fit call (fit -> _fit -> here)
-            )
-
-        self.net_ = net
-        self.history_ = net.history
-        self.meta_model_ = net.module_
-        # Counted over all fits of a warm start, also one continued from a
-        # loaded model file (whose history starts empty).
-        new_steps = sum(meta_steps_per_epoch(net.history)) - (steps_before if warm else 0)
-        self.n_meta_steps_ = (self.n_meta_steps_ if warm else 0) + new_steps
-        self.episode_shape_ = shape
-        self.config_ = config
-        self.algorithm_ = config.algorithm
-        self.device_ = device
-        self.precision_ = config.precision
-        self.inner_lr_ = config.inner_lr
-        self.task_batching_ = config.task_batching
-        if not warm:
-            self.input_shape_ = (
-                image_shape_of(X.shape[1], input_shape) if input_shape is not None
-                else getattr(meta_model.backbone, "input_shape", None))
+            valid = (X_valid, valid_codes, self._episode_shape(
+                valid_codes, valid_names, "in the validation episodes"), None)
+        X_t = self._meta_train(X=X, image_shape=image_shape, train_mask=train_mask,
+                               fit_labels=train_codes, shape=shape, valid=valid,
+                               n_rows=shape.n_ways, warm=warm, seeds=seeds,
+                               optimizer_cls=optimizer_cls)
         self.classes_ = classes
-        self.task_model_ = None
         if self.adapt_on_fit:
-            self._adapt_on_fit(X_t, codes, classes, np.random.default_rng(adapt_seed))
+            self._adapt_on_fit(X_t, codes, classes, np.random.default_rng(seeds["adapt"]))
 
     def _adapt_on_fit(self, X_t, codes, classes, rng):
         """Adapt to all the classes of ``y`` in bounded memory; never lose the
         meta-training to a failure here."""
         n_classes = len(classes)
-        if n_classes > _FIT_ADAPT_MAX_SAMPLES:
+        if n_classes > self._fit_adapt_max_samples:
             warnings.warn(
                 f"adapt_on_fit: y has {n_classes} classes, more than the "
-                f"{_FIT_ADAPT_MAX_SAMPLES} examples the final adaptation uses at most, so "
+                f"{self._fit_adapt_max_samples} examples the final adaptation uses at most, so "
                 "fit did not adapt to them; the estimator is meta-trained. Call "
                 "adapt(X_support, y_support) with the classes to predict, or pass "
-                "adapt_on_fit=False to silence this.", UserWarning, stacklevel=4)
+                "adapt_on_fit=False to silence this.", UserWarning, stacklevel=5)
             return
-        keep = np.arange(len(codes))
-        if len(codes) > _FIT_ADAPT_MAX_SAMPLES:
-            # At most this many examples, the same number from every class
-            # (fewer where a class has fewer).
-            per_class = _FIT_ADAPT_MAX_SAMPLES // n_classes
-            keep = np.concatenate([
-                rng.permutation(np.flatnonzero(codes == c))[:per_class]
-                for c in range(n_classes)])
-            keep.sort()
-        try:
+        keep = self._fit_adapt_sample(len(codes), codes, rng)
+
+        def adapt():
             index = torch.as_tensor(keep, device=X_t.device)
             self._adapt_codes(X_t[index], codes[keep], classes)
-        except Exception as exc:  # e.g. out of memory: keep the meta-trained model
-            self.task_model_ = None
-            warnings.warn(
-                f"fit meta-trained the model, but its final adaptation to the "
-                f"{n_classes} classes of y failed ({type(exc).__name__}: {exc}). The "
-                "estimator keeps the meta-trained model; call adapt(X_support, y_support) "
-                "before predict.", UserWarning, stacklevel=4)
 
-    def _net_params(self, shape, train_split=None, **valid_params):
-        """The skorch net's training settings: meta-batches of ``shape`` episodes."""
-        return dict(
-            max_epochs=self.max_epochs,
-            batch_size=self.meta_batch_size,
-            iterator_train=EpisodeLoader,
-            iterator_train__shape=shape,
-            iterator_train__n_batches=self.meta_batches_per_epoch,
-            train_split=train_split,
-            **valid_params,
-        )
-
-    def _build_meta_model(self, n_features, input_shape, n_rows, generator):
-        """A new meta-model (``n_rows`` rows of a ``"fixed"`` head), initialised
-        from ``generator``."""
-        backbone = build_backbone(
-            self.module,
-            n_features,
-            input_shape=input_shape,
-            hidden_layer_sizes=self.hidden_layer_sizes,
-            n_filters=self.n_filters,
-            module_params=self.module_params,
-            generator=generator,
-        )
-        return MetaModel(backbone, n_features, head=self.head, n_rows=n_rows,
-                         generator=generator)
-
-    def _build_net(self, meta_model, optimizer_cls, device, episode_rng, net_params):
-        """The skorch net that meta-trains ``meta_model``."""
-        callbacks = copy.deepcopy(list(self.callbacks or []))
-        if self.verbose:
-            from skorch.callbacks import ProgressBar
-
-            n_batches = self.meta_batches_per_epoch
-            if net_params.get("iterator_valid") is not None:
-                n_batches += -(-self.n_eval_episodes // self.meta_batch_size)
-            callbacks.append(("progress_bar", ProgressBar(batches_per_epoch=n_batches)))
-        return MetaTrainingNet(
-            meta_model,
-            criterion=None,
-            optimizer=optimizer_cls,
-            lr=self.lr,
-            iterator_train__rng=episode_rng,
-            callbacks=callbacks,
-            verbose=self.verbose,
-            device=device,
-            **{f"optimizer__{k}": v for k, v in (self.optimizer_params or {}).items()},
-            **net_params,
-        )
+        self._adapt_safely(adapt, f"the {n_classes} classes of y")
 
     def _episode_shape(self, codes, class_names, what=None):
         """The estimator's episode shape, shrunk (with a warning) to fit ``codes``."""
@@ -700,7 +457,7 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         )
         if message is not None:
             warnings.warn(message if what is None else f"{message[:-1]} {what}.",
-                          UserWarning, stacklevel=3)
+                          UserWarning, stacklevel=5)  # fit -> _fit_on_copy -> _fit -> here
         return shape
 
     def _validation_data(self, codes, classes, X, X_val, y_val, rng):
@@ -737,16 +494,6 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         return ~valid_mask, (X[valid_mask], val_codes, classes[held_out])
 
     # ------------------------------------------------------------------- adapt
-    def _runner(self):
-        return TaskRunner(self.meta_model_, self.config_)
-
-    def _adapt_codes(self, X_t, codes, classes):
-        runner = self._runner()
-        y_t = torch.as_tensor(codes, device=X_t.device)
-        head = self.algorithm_.adapt(runner, X_t, y_t, len(classes))
-        self.task_model_ = runner.task_model(head)
-        self.classes_ = classes
-
     def adapt(self, X_support, y_support):
         """Fine-tune the meta-learned initialisation on a new task.
 
@@ -778,38 +525,13 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         self._adapt_codes(self._to_tensor(X, self.device_), codes, classes)
         return self
 
-    def _check_meta_fitted(self, what):
-        if not hasattr(self, "meta_model_"):
-            raise NotFittedError(
-                f"This {type(self).__name__} instance is not fitted yet: call "
-                f"fit(X, y) to meta-train it before {what}."
-            )
+    def _adapt_codes(self, X_t, codes, classes):
+        self._adapt_tensors(X_t, torch.as_tensor(codes, device=X_t.device), len(classes))
+        self.classes_ = classes
 
     # ----------------------------------------------------------------- predict
     def _task_logits(self, X):
-        check_is_fitted(self, "meta_model_")
-        if getattr(self, "task_model_", None) is None:
-            raise NotFittedError(
-                "No task to predict for: this estimator was fitted with "
-                "adapt_on_fit=False or its parameters were reloaded with "
-                "load_params; call adapt(X_support, y_support) first."
-            )
-        X, _ = self._validate_X(X, reset=False)
-        model = self.task_model_
-        device = next(model.parameters()).device
-        # On CPU, predict in float64: float32 kernels round differently for
-        # different batch sizes, and a sample's probabilities should not
-        # depend on its batch even in the last digits.
-        dtype = torch.float64 if device.type == "cpu" else torch.float32
-        transductive = self.config_.transductive  # as fitted, not the current parameter
-        if transductive or dtype != torch.float32:
-            model = copy.deepcopy(model).to(dtype).train(transductive)
-        chunks = []
-        with torch.inference_mode():
-            for start in range(0, len(X), _PREDICT_CHUNK):
-                xb = torch.tensor(X[start:start + _PREDICT_CHUNK], device=device)
-                chunks.append(model(xb.to(dtype)).double().cpu())
-        return torch.cat(chunks) if chunks else torch.empty(0, len(self.classes_))
+        return self._task_outputs(X, len(getattr(self, "classes_", ())))
 
     def predict_proba(self, X):
         """Class probabilities for the current task.
@@ -930,170 +652,3 @@ class FOMAMLClassifier(ClassifierMixin, BaseEstimator):
         if sample_weight is not None:
             raise ValueError("score does not support sample_weight; pass None.")
         return self.evaluate(X, y).mean
-
-    # ----------------------------------------------------------- persistence
-    def save_params(self, f_params=None, f_optimizer=None, f_history=None):
-        """Save the meta-parameters (and optionally optimizer state, history).
-
-        skorch's ``save_params``: ``f_params`` holds the meta-learned network's
-        ``state_dict``. Pickling (or ``joblib.dump``) the whole estimator is
-        the other way, which also keeps the adapted task.
-
-        Parameters
-        ----------
-        f_params, f_optimizer, f_history : str, path or file-like, default=None
-            Where to write each part; ``None`` skips that part.
-
-        Returns
-        -------
-        self : FOMAMLClassifier
-        """
-        self._check_meta_fitted("save_params")
-        for name, f in (("f_params", f_params), ("f_optimizer", f_optimizer),
-                        ("f_history", f_history)):
-            if isinstance(f, (str, os.PathLike)):
-                folder = os.path.dirname(os.path.abspath(os.fspath(f)))
-                if not os.path.isdir(folder):
-                    raise FileNotFoundError(
-                        f"{name}={os.fspath(f)!r}: the folder {folder} does not exist; "
-                        "create it first or save elsewhere."
-                    )
-        self.net_.save_params(f_params=f_params, f_optimizer=f_optimizer, f_history=f_history)
-        return self
-
-    def load_params(self, f_params=None, f_optimizer=None, f_history=None):
-        """Load what :meth:`save_params` wrote into this meta-trained estimator.
-
-        The network must have the same architecture: fit an estimator with
-        the same parameters first (``max_epochs=0`` is enough). Tensors are
-        mapped to this estimator's device, so parameters saved on a GPU load
-        on a CPU-only machine. The adapted task is discarded: call
-        :meth:`adapt` before ``predict``.
-
-        Parameters
-        ----------
-        f_params, f_optimizer, f_history : str, path or file-like, default=None
-            Files written by :meth:`save_params`; ``None`` skips that part.
-
-        Returns
-        -------
-        self : FOMAMLClassifier
-        """
-        self._check_meta_fitted("load_params")
-        net = self.net_
-        before = (copy.deepcopy(net.module_.state_dict()),
-                  copy.deepcopy(net.optimizer_.state_dict()), net.history)
-        try:
-            net.load_params(f_params=f_params, f_optimizer=f_optimizer, f_history=f_history)
-        except Exception as exc:
-            # torch copies the tensors that fit before it reports the others:
-            # put everything back, so a failed load changes nothing.
-            net.module_.load_state_dict(before[0])
-            net.optimizer_.load_state_dict(before[1])
-            net.history = before[2]
-            files = ", ".join(f"{k}={v!r}" for k, v in (("f_params", f_params),
-                              ("f_optimizer", f_optimizer), ("f_history", f_history))
-                              if v is not None)
-            raise ValueError(
-                f"load_params could not load {files} into this estimator "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). The files must "
-                "come from save_params of an estimator with the same network (module, "
-                "hidden_layer_sizes, n_filters, input_shape, head, n_ways); fit such an "
-                "estimator first (max_epochs=0 is enough). Nothing was changed."
-            ) from exc
-        self.meta_model_ = self.net_.module_
-        self.history_ = self.net_.history
-        if f_params is not None:
-            self.task_model_ = None
-        return self
-
-    def save(self, path):
-        """Save the fitted estimator to a safe model file.
-
-        The file holds tensors (safetensors) and JSON under a SHA-256
-        checksum, with its format and package versions; :meth:`load` reads
-        it back without running any code from it, unlike a pickle. It keeps
-        what predicting, adapting, evaluating and scoring need (the
-        meta-parameters, the adapted task, the fitted attributes) but not
-        ``callbacks`` (stored as None), the optimizer state or ``history_``:
-        to continue meta-training with the optimizer's state, pickle the
-        estimator instead (for trusted files only). See
-        :func:`fomaml_sklearn.persistence.save_model`.
-
-        Parameters
-        ----------
-        path : str or path-like
-            The file to write (replaced atomically).
-
-        Returns
-        -------
-        path : pathlib.Path
-            The file written.
-
-        Raises
-        ------
-        ValueError
-            If ``module`` is a user torch module, ``algorithm`` or
-            ``optimizer`` a user class, or the labels are not int, float,
-            bool or str: the safe format does not rebuild user code.
-        """
-        from .persistence import save_model
-
-        return save_model(self, path)
-
-    @classmethod
-    def load(cls, path):
-        """Load an estimator saved with :meth:`save`, without running code from the file.
-
-        The checksum and format version are checked first; a pickle is
-        refused, never unpickled. Tensors saved on a GPU load on a CPU-only
-        machine. See :func:`fomaml_sklearn.persistence.load_model`.
-
-        Parameters
-        ----------
-        path : str or path-like
-            A file written by :meth:`save`.
-
-        Returns
-        -------
-        estimator : FOMAMLClassifier
-            The fitted estimator; it predicts, adapts, evaluates and scores
-            exactly like the saved one.
-
-        Raises
-        ------
-        ValueError
-            If the file is corrupted, from a newer format version, lacks a
-            field or is not a model file.
-
-        Examples
-        --------
-        >>> clf.save("digits.fomaml")                          # doctest: +SKIP
-        >>> clf = FOMAMLClassifier.load("digits.fomaml")       # doctest: +SKIP
-        """
-        from .persistence import load_model
-
-        return load_model(path)
-
-    def __getstate__(self):
-        # A copy: on Python 3.11+ object.__getstate__ returns __dict__ itself.
-        state = dict(super().__getstate__())
-        # meta_model_ is net_.module_, which skorch pickles device-safely.
-        if "net_" in state:
-            state.pop("meta_model_", None)
-        if state.get("task_model_") is not None:
-            state["task_model_"] = copy.deepcopy(state["task_model_"]).to("cpu")
-        return state
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        if "net_" in state:
-            self.meta_model_ = self.net_.module_
-            self.device_ = torch.device(self.net_.device)
-        if getattr(self, "task_model_", None) is not None and hasattr(self, "device_"):
-            self.task_model_.to(self.device_)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
-        return tags

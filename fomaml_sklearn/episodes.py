@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["EpisodeShape", "EpisodeBatch", "resolve_episode_shape", "EpisodeSampler"]
+__all__ = ["EpisodeShape", "EpisodeBatch", "resolve_episode_shape", "resolve_task_shape",
+           "EpisodeSampler"]
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,69 @@ def resolve_episode_shape(class_counts, n_ways, k_shot, n_query, class_names=Non
         f"k_shot={shots}, n_query={queries} instead of n_ways={n_ways}, "
         f"k_shot={k_shot}, n_query={n_query} ({len(counts)} classes; the "
         f"smallest, {name!r}, has {smallest} examples)."
+    )
+    return shape, message
+
+
+def resolve_task_shape(task_sizes, k_shot, n_query, task_names=None):
+    """The episode shape of few-shot regression, shrunk to what the data allows.
+
+    A regression episode is one task (a group of examples): ``k_shot``
+    support and ``n_query`` query examples drawn from it. It is a 1-way
+    :class:`EpisodeShape`, so the class sampler draws it from task codes.
+
+    Parameters
+    ----------
+    task_sizes : array-like of int
+        Number of examples of each task.
+    k_shot, n_query : int
+        The requested support and query examples.
+    task_names : array-like or None
+        Names of the tasks (the ``groups`` values), used in messages.
+
+    Returns
+    -------
+    shape : EpisodeShape
+        ``n_ways=1``; ``k_shot + n_query`` at most the size of the smallest
+        task, shrinking the queries first and keeping at least one of each.
+    message : str or None
+        What was shrunk and why, or None when the request fits.
+
+    Raises
+    ------
+    ValueError
+        Without tasks, or with a task of fewer than two examples.
+
+    Examples
+    --------
+    >>> from fomaml_sklearn.episodes import resolve_task_shape
+    >>> resolve_task_shape([20, 8], k_shot=5, n_query=10)[0]
+    EpisodeShape(n_ways=1, k_shot=5, n_query=3)
+    """
+    sizes = np.asarray(task_sizes)
+    names = np.arange(len(sizes)) if task_names is None else np.asarray(task_names)
+    if len(sizes) == 0:
+        raise ValueError("Episodes need at least one task; the data is empty.")
+    if sizes.min() < 2:
+        small = names[sizes < 2]
+        listed = ", ".join(repr(c.item() if hasattr(c, "item") else c) for c in small[:5])
+        raise ValueError(
+            f"Every task (group) needs at least 2 samples (1 support + 1 query), but "
+            f"group {listed} has only {int(sizes.min())} sample"
+            f"{'' if sizes.min() == 1 else 's'}; add samples or drop the group."
+        )
+    smallest = int(sizes.min())
+    shots = max(1, min(int(k_shot), smallest - 1))
+    queries = max(1, min(int(n_query), smallest - shots))
+    shape = EpisodeShape(1, shots, queries)
+    if (shots, queries) == (k_shot, n_query):
+        return shape, None
+    name = names[int(np.argmin(sizes))]
+    name = name.item() if hasattr(name, "item") else name
+    message = (
+        f"The data allows smaller episodes than requested: using k_shot={shots}, "
+        f"n_query={queries} instead of k_shot={k_shot}, n_query={n_query} (the smallest "
+        f"of the {len(sizes)} tasks, group {name!r}, has {smallest} examples)."
     )
     return shape, message
 

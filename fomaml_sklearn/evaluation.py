@@ -10,9 +10,11 @@ from .episodes import EpisodeShape
 
 __all__ = [
     "FewShotResult",
+    "FewShotRegressionResult",
     "adapted_query_logits",
     "confidence_interval",
     "episodic_accuracies",
+    "episodic_regression_errors",
 ]
 
 
@@ -43,6 +45,40 @@ class FewShotResult:
         return (
             f"{100 * self.mean:.2f} +- {100 * self.ci95:.2f}% "
             f"({s.n_ways}-way {s.k_shot}-shot, {len(self.accuracies)} episodes)"
+        )
+
+
+@dataclass(frozen=True)
+class FewShotRegressionResult:
+    """Few-shot regression errors over a set of episodes (one task each).
+
+    Attributes
+    ----------
+    mse, mse_ci95 : float
+        Mean query mean squared error over the episodes, and the half-width
+        of its 95% confidence interval.
+    r2, r2_ci95 : float
+        Mean query R^2 (``sklearn.metrics.r2_score`` of each episode's
+        queries, outputs averaged uniformly) and its 95% half-width; nan
+        with a single query per episode, where R^2 is undefined.
+    mses, r2s : ndarray of shape (n_episodes,)
+        Per-episode values.
+    shape : EpisodeShape
+        The episode shape used (``n_ways=1``: one task per episode).
+    """
+
+    mse: float
+    mse_ci95: float
+    r2: float
+    r2_ci95: float
+    mses: np.ndarray
+    r2s: np.ndarray
+    shape: EpisodeShape
+
+    def __str__(self):
+        return (
+            f"MSE {self.mse:.4g} +- {self.mse_ci95:.2g}, R^2 {self.r2:.3f} +- "
+            f"{self.r2_ci95:.3f} ({self.shape.k_shot}-shot, {len(self.mses)} episodes)"
         )
 
 
@@ -91,6 +127,42 @@ def episodic_accuracies(runner, X, episodes):
         logits = adapted_query_logits(runner, X[sup[t]], y_s, X[qry[t]], n_classes)
         accuracies[t] = (logits.argmax(1) == y_q).float().mean().item()
     return accuracies
+
+
+def episodic_regression_errors(runner, X, Y, episodes):
+    """Query MSE and R^2 of each episode after adapting on its support set.
+
+    Parameters
+    ----------
+    runner : TaskRunner
+        The meta-model and its configuration (its rule adapts).
+    X : torch.Tensor
+        All examples, on the runner's device.
+    Y : torch.Tensor of shape (n_samples, n_outputs)
+        Their real-valued targets.
+    episodes : EpisodeBatch
+        1-way episodes: each one task's support and query indices.
+
+    Returns
+    -------
+    mses, r2s : ndarray of shape (n_episodes,)
+        ``r2s`` is nan where an episode has a single query.
+    """
+    from sklearn.metrics import r2_score
+
+    device = X.device
+    sup = torch.as_tensor(episodes.support_idx, device=device)
+    qry = torch.as_tensor(episodes.query_idx, device=device)
+    n_outputs = Y.shape[1]
+    mses, r2s = np.empty(len(episodes)), np.full(len(episodes), np.nan)
+    for t in range(len(episodes)):
+        pred = adapted_query_logits(runner, X[sup[t]], Y[sup[t]], X[qry[t]], n_outputs)
+        pred = pred.double().cpu().numpy()
+        true = Y[qry[t]].double().cpu().numpy()
+        mses[t] = float(np.mean((pred - true) ** 2))
+        if len(true) > 1:
+            r2s[t] = r2_score(true, pred)
+    return mses, r2s
 
 
 def adapted_query_logits(runner, x_support, y_support, x_query, n_classes):

@@ -82,7 +82,7 @@ def _corrupted(path, why):
     return ValueError(
         f"the model file {path} is corrupted: {why}. The file was damaged or changed "
         "after it was written; copy it again, or save the model again with "
-        "save_model / FOMAMLClassifier.save."
+        "save_model / the estimators' save method."
     )
 
 
@@ -90,7 +90,7 @@ def _missing(path, field):
     return ValueError(
         f"the model file {path} is missing the field {field!r}: it was not written by "
         "fomaml_sklearn.persistence.save_model, or it was edited. Save the model again "
-        "with FOMAMLClassifier.save."
+        "with the estimator's save method."
     )
 
 
@@ -105,7 +105,7 @@ def _field(mapping, key, types, path, where=""):
         expected = " or ".join(t.__name__ for t in types)
         raise ValueError(
             f"the model file {path} has an invalid field {name!r}: expected {expected}, "
-            f"got {value!r}. Save the model again with FOMAMLClassifier.save."
+            f"got {value!r}. Save the model again with its estimator's save method."
         )
     return value
 
@@ -223,7 +223,7 @@ def _decode(value, path, where):
 
     def bad(why):
         return ValueError(f"the model file {path} has an invalid value for {where}: {why}. "
-                          "Save the model again with FOMAMLClassifier.save.")
+                          "Save the model again with its estimator's save method.")
 
     if not isinstance(value, dict) or len(value) not in (1, 2):
         raise bad(f"unexpected {value!r}")
@@ -376,7 +376,7 @@ def _decode_labels(encoded, path, name):
             return arr
     except (TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"the model file {path} has invalid values for {name}: {exc}. "
-                         "Save the model again with FOMAMLClassifier.save.") from exc
+                         "Save the model again with its estimator's save method.") from exc
     raise ValueError(f"the model file {path} stores {name} with dtype {dtype_str!r} "
                      f"(item {item!r}), which the safe format does not read.")
 
@@ -393,21 +393,28 @@ def _environment():
             "scikit-learn": sklearn.__version__, "skorch": skorch.__version__}
 
 
+def _estimator_classes():
+    """The estimators a model file may hold, by the name stored in it."""
+    from .classifier import FOMAMLClassifier
+    from .regressor import FOMAMLRegressor
+
+    return {"FOMAMLClassifier": FOMAMLClassifier, "FOMAMLRegressor": FOMAMLRegressor}
+
+
 def _check_estimator(estimator):
     from sklearn.exceptions import NotFittedError
 
-    from .classifier import FOMAMLClassifier
-
-    if type(estimator) is not FOMAMLClassifier:
+    kinds = _estimator_classes()
+    if type(estimator) not in kinds.values():
         raise TypeError(
-            f"save_model saves a fitted FOMAMLClassifier; got an object of type "
-            f"{type(estimator).__name__}. For pipelines and other estimators use "
+            f"save_model saves a fitted FOMAMLClassifier or FOMAMLRegressor; got an object "
+            f"of type {type(estimator).__name__}. For pipelines and other estimators use "
             "joblib.dump (a pickle, for trusted use only)."
         )
     if not hasattr(estimator, "meta_model_"):
         raise NotFittedError(
-            "This FOMAMLClassifier instance is not fitted yet: call fit(X, y) before "
-            "saving it."
+            f"This {type(estimator).__name__} instance is not fitted yet: call fit(X, y) "
+            "before saving it."
         )
 
 
@@ -418,7 +425,8 @@ def _state_tensors(module, prefix):
 
 # --------------------------------------------------------------------- save
 def save_model(estimator, path):
-    """Save a fitted :class:`~fomaml_sklearn.FOMAMLClassifier` to a safe model file.
+    """Save a fitted :class:`~fomaml_sklearn.FOMAMLClassifier` or
+    :class:`~fomaml_sklearn.FOMAMLRegressor` to a safe model file.
 
     The file holds the estimator's parameters and the fitted state needed to
     predict, adapt, evaluate and score: the meta-learned network, the
@@ -440,7 +448,7 @@ def save_model(estimator, path):
 
     Parameters
     ----------
-    estimator : FOMAMLClassifier
+    estimator : FOMAMLClassifier or FOMAMLRegressor
         A fitted estimator with ``module="mlp"`` or ``"conv4"``, ``algorithm``
         a name or an instance of a rule of :mod:`fomaml_sklearn.algorithms`
         and int, float, bool or str labels.
@@ -481,8 +489,8 @@ def save_model(estimator, path):
     _check_estimator(estimator)
     params = _encode_params(estimator)
     task_model = getattr(estimator, "task_model_", None)
+    kind = type(estimator).__name__
     fitted = {
-        "classes_": _encode_labels(estimator.classes_, "classes_"),
         "n_features_in_": int(estimator.n_features_in_),
         "feature_names_in_": (
             [str(n) for n in estimator.feature_names_in_]
@@ -501,7 +509,12 @@ def save_model(estimator, path):
         "task_model_": None if task_model is None else {
             "n_outputs": int(task_model.head.weight.shape[0])},
     }
-    document = {"estimator": "FOMAMLClassifier", "params": params, "fitted": fitted,
+    if kind == "FOMAMLClassifier":
+        fitted["classes_"] = _encode_labels(estimator.classes_, "classes_")
+    else:
+        fitted.update(n_outputs_=int(estimator.n_outputs_), n_tasks_=int(estimator.n_tasks_),
+                      y_ndim=int(estimator._y_ndim))
+    document = {"estimator": kind, "params": params, "fitted": fitted,
                 "environment": _environment()}
     tensors = _state_tensors(estimator.meta_model_, "meta_model")
     if task_model is not None:
@@ -725,7 +738,7 @@ def load_model(path):
 
     Returns
     -------
-    estimator : FOMAMLClassifier
+    estimator : FOMAMLClassifier or FOMAMLRegressor
         The fitted estimator, with the adapted task if it was saved with one.
 
     Raises
@@ -741,9 +754,7 @@ def load_model(path):
     """
     import torch
 
-    from ._config import resolve_config
     from .algorithms import available_algorithms, get_algorithm
-    from .classifier import FOMAMLClassifier
     from .episodes import EpisodeShape
     from .heads import TaskModel
 
@@ -754,11 +765,13 @@ def load_model(path):
     envelope, payload = _read(path)
     tensors, document = _parse_payload(path, payload)
     kind = _field(document, "estimator", (str,), path)
-    if kind != "FOMAMLClassifier":
+    kinds = _estimator_classes()
+    if kind not in kinds:
         raise ValueError(f"the model file {path} holds a {kind!r}; this version loads "
-                         "'FOMAMLClassifier' models.")
+                         f"{' and '.join(map(repr, kinds))} models.")
+    cls = kinds[kind]
     params = _decode_params(_field(document, "params", (dict,), path), path,
-                            FOMAMLClassifier._get_param_names())
+                            cls._get_param_names())
     name = params.get("algorithm")
     if isinstance(name, str) and name not in available_algorithms():
         raise ValueError(
@@ -770,8 +783,14 @@ def load_model(path):
     fitted = _field(document, "fitted", (dict,), path)
     # Read every field first, so that a missing one is reported before any work.
     f = "fitted."
-    classes = _decode_labels(_field(fitted, "classes_", (dict,), path, f), path,
-                             "fitted.classes_")
+    if kind == "FOMAMLClassifier":
+        classes = _decode_labels(_field(fitted, "classes_", (dict,), path, f), path,
+                                 "fitted.classes_")
+        n_outputs = len(classes)
+    else:
+        n_outputs = _field(fitted, "n_outputs_", (int,), path, f)
+        n_tasks = _field(fitted, "n_tasks_", (int,), path, f)
+        y_ndim = _field(fitted, "y_ndim", (int,), path, f)
     n_features = _field(fitted, "n_features_in_", (int,), path, f)
     names = _field(fitted, "feature_names_in_", (list, type(None)), path, f)
     input_shape = _field(fitted, "input_shape_", (list, type(None)), path, f)
@@ -793,7 +812,7 @@ def load_model(path):
                              f"{input_shape!r}.")
         input_shape = tuple(input_shape)
 
-    clf = FOMAMLClassifier(**params)
+    clf = cls(**params)
     if _is_cuda(clf.device) and not torch.cuda.is_available():
         warnings.warn(
             f"The model in {path} was saved with device={clf.device!r}, but CUDA is not "
@@ -822,12 +841,11 @@ def load_model(path):
     settings = dict(clf.get_params(deep=False), inner_lr=float(inner_lr),
                     precision=_precision_here(precision, device),
                     task_batching=task_batching)
-    rule = get_algorithm(clf.algorithm)
+    get_algorithm(clf.algorithm)  # a known rule (checked above)
     try:
-        config = resolve_config(settings, rule, meta_model, device)
+        config = clf._resolve_config(settings, meta_model, device)
     except ValueError:  # a batched path this model lacks: it only matters in fit
-        config = resolve_config(dict(settings, task_batching="loop"), rule, meta_model,
-                                device)
+        config = clf._resolve_config(dict(settings, task_batching="loop"), meta_model, device)
 
     clf.n_features_in_ = n_features
     if names is not None:
@@ -842,7 +860,10 @@ def load_model(path):
     clf.inner_lr_ = config.inner_lr
     clf.task_batching_ = config.task_batching
     clf.input_shape_ = input_shape
-    clf.classes_ = classes
+    if kind == "FOMAMLClassifier":
+        clf.classes_ = classes
+    else:
+        clf.n_outputs_, clf.n_tasks_, clf._y_ndim = n_outputs, n_tasks, y_ndim
 
     task_state = _split_state(tensors, "task_model")
     if task_info is None:
@@ -850,13 +871,14 @@ def load_model(path):
             raise _corrupted(path, "it holds task-model tensors but no task model")
         clf.task_model_ = None
         return clf
-    n_outputs = _field(task_info, "n_outputs", (int,), path, "fitted.task_model_.")
+    task_outputs = _field(task_info, "n_outputs", (int,), path, "fitted.task_model_.")
     head = {k: task_state.get(f"head.{k}") for k in ("weight", "bias")}
     if head["weight"] is None or head["bias"] is None:
         raise _missing(path, "task_model.head.weight/bias tensors")
-    if n_outputs != len(classes) or head["weight"].shape[0] != n_outputs:
+    if task_outputs != n_outputs or head["weight"].shape[0] != n_outputs:
+        what = "classes_" if kind == "FOMAMLClassifier" else "outputs (n_outputs_)"
         raise ValueError(
-            f"the model file {path} is inconsistent: {len(classes)} classes_ but a task "
+            f"the model file {path} is inconsistent: {n_outputs} {what} but a task "
             f"head of {head['weight'].shape[0]} rows."
         )
     body = _split_state(task_state, "backbone")

@@ -356,3 +356,26 @@ def test_unfitted_adapt_and_evaluate_say_fit_first(digits):
         FOMAMLClassifier().adapt(X[:4], y[:4])
     with pytest.raises(NotFittedError, match=r"call fit\(X, y\)"):
         FOMAMLClassifier().evaluate(X[:4], y[:4])
+
+
+def test_test_time_steps_set_after_fit_apply_to_adapt_and_evaluate(digits):
+    """``n_inner_steps_test`` is a test-time setting: changing it after fit
+    changes adaptation (0 steps: the task network is the initial head on the
+    meta-learned body), while the meta-parameters stay as fitted."""
+    X, y = digits
+    clf = FOMAMLClassifier(head="shared", random_state=0, **FAST).fit(X[y < 6], y[y < 6])
+    support = np.concatenate([np.flatnonzero(y == c)[:3] for c in (6, 7, 8)])
+    probas = {}
+    for steps in (0, 3):
+        clf.set_params(n_inner_steps_test=steps)
+        probas[steps] = clf.adapt(X[support], y[support]).predict_proba(X[y >= 6][:20])
+        scores = clf.evaluate(X[y >= 6], y[y >= 6], n_episodes=10).accuracies
+        probas[steps, "eval"] = scores
+    # A zero-initialised shared head predicts uniformly before any step.
+    np.testing.assert_allclose(probas[0], 1 / 3)
+    assert not np.allclose(probas[3], 1 / 3)
+    # ... and in evaluate's 4-way episodes, argmax takes the first class: 1/4.
+    np.testing.assert_allclose(probas[0, "eval"], 1 / 4)
+    assert probas[3, "eval"].mean() > probas[0, "eval"].mean()
+    with pytest.raises(ValueError, match="n_inner_steps_test"):
+        clf.set_params(n_inner_steps_test=-1).adapt(X[support], y[support])

@@ -174,8 +174,6 @@ def test_a_failed_final_adaptation_keeps_the_meta_training(digits, monkeypatch):
 
 
 def test_the_final_adaptation_uses_a_bounded_sample(monkeypatch):
-    from fomaml_sklearn import classifier
-
     seen = []
     real = FOMAMLClassifier._adapt_codes
 
@@ -184,7 +182,7 @@ def test_the_final_adaptation_uses_a_bounded_sample(monkeypatch):
         return real(self, X_t, codes, classes)
 
     monkeypatch.setattr(FOMAMLClassifier, "_adapt_codes", record)
-    monkeypatch.setattr(classifier, "_FIT_ADAPT_MAX_SAMPLES", 40)
+    monkeypatch.setattr(FOMAMLClassifier, "_fit_adapt_max_samples", 40)
     rng = np.random.default_rng(0)
     X = rng.random((300, 16), dtype=np.float32)
     y = np.repeat(np.arange(6), 50)

@@ -1,0 +1,614 @@
+"""What the classifier and the regressor share: checks, the meta-training
+run through the skorch net, adaptation plumbing, prediction through the
+adapted task network, persistence and pickling.
+
+:class:`MetaEstimatorBase` is private. A subclass says what its targets are
+(``_validate_targets``-style code in its own ``fit``), its task loss
+(``_loss``), its head (``_head``) and its episode sampling; everything else
+lives here once.
+"""
+
+import copy
+import os
+import warnings
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._config import resolve_config, resolve_device, resolve_precision
+from ._constraints import check_params
+from ._training import EpisodeLoader, MetaTrainingNet
+from .algorithms import get_algorithm
+from .algorithms._base import TaskRunner
+from .backbones import build_backbone
+from .backbones import image_shape as image_shape_of
+from .callbacks import meta_steps_per_epoch
+from .heads import MetaModel
+
+__all__ = ["MetaEstimatorBase"]
+
+_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+_PREDICT_CHUNK = 4096
+
+
+def _flatten_images(X):
+    """Flatten (n, C, H, W)-like arrays to rows; return them and the image shape."""
+    ndim = getattr(X, "ndim", None)
+    if ndim is not None and ndim > 2:
+        shape = tuple(int(s) for s in X.shape[1:])
+        if torch.is_tensor(X):
+            X = X.detach().cpu().numpy()
+        return np.asarray(X).reshape(X.shape[0], -1), shape
+    return X, None
+
+
+def _image_layout_error(got, fitted, what):
+    return ValueError(
+        f"{what} holds images of shape {got}, but this estimator was fitted on images "
+        f"of shape {fitted} (channels, height, width). Pass images in the fitted layout "
+        "(for channels-last arrays, X.transpose(0, 3, 1, 2)), or rows of "
+        f"{int(np.prod(fitted))} features."
+    )
+
+
+class MetaEstimatorBase(BaseEstimator):
+    """Shared machinery of :class:`~fomaml_sklearn.FOMAMLClassifier` and
+    :class:`~fomaml_sklearn.FOMAMLRegressor` (not public).
+
+    Subclasses define ``__init__`` (their parameters), ``_PARAM_TABLE``,
+    ``_loss`` (the task loss), ``_head`` (the head of the meta-model),
+    ``_fit`` and the target-specific public methods.
+    """
+
+    _PARAM_TABLE = {}
+    # The final adaptation of fit uses at most this many examples.
+    _fit_adapt_max_samples = 1024
+    _loss = None
+    # Options of the built-in "mlp" backbone beyond its widths.
+    _mlp_batch_norm = True
+
+    # ------------------------------------------------------------------ checks
+    def _check_params(self):
+        """Check every parameter; return the optimizer class."""
+        check_params(self._PARAM_TABLE, self.get_params(deep=False))
+        module = self.module
+        if not (isinstance(module, (str, torch.nn.Module))
+                or (isinstance(module, type) and issubclass(module, torch.nn.Module))):
+            raise ValueError(
+                f"module must be 'mlp', 'conv4', a torch.nn.Module subclass or instance; "
+                f"got {module!r} of type {type(module).__name__}."
+            )
+        get_algorithm(self.algorithm).validate()
+        resolve_device(self.device)
+        return self._optimizer_class()
+
+    def _check_validation_callbacks(self, has_validation):
+        """A callback that monitors validation scores needs validation data."""
+        if has_validation:
+            return
+        for cb in self.callbacks or []:
+            name, cb = cb if isinstance(cb, tuple) else (type(cb).__name__, cb)
+            monitor = getattr(cb, "monitor", None)
+            if isinstance(monitor, str) and monitor.startswith("valid_"):
+                raise ValueError(
+                    f"The callback {name} monitors {monitor!r}, but fit has no validation "
+                    "data, so that score never exists. Set validation_fraction (e.g. 0.2, "
+                    f"whole {self._task_units} held out){self._explicit_validation_hint}, "
+                    "or monitor 'train_loss'."
+                )
+
+    _task_units = "classes"
+    _explicit_validation_hint = " or pass X_val and y_val to fit"
+
+    def _optimizer_class(self):
+        opt = self.optimizer
+        if isinstance(opt, str):
+            if opt.lower() not in _OPTIMIZERS:
+                raise ValueError(
+                    f"optimizer={opt!r} is not known; use one of {sorted(_OPTIMIZERS)} "
+                    "or a torch.optim.Optimizer subclass."
+                )
+            return _OPTIMIZERS[opt.lower()]
+        if isinstance(opt, type) and issubclass(opt, torch.optim.Optimizer):
+            return opt
+        raise TypeError(
+            f"optimizer must be a name in {sorted(_OPTIMIZERS)} or a "
+            f"torch.optim.Optimizer subclass; got {opt!r}."
+        )
+
+    def _check_layout(self, image_shape, what):
+        """Images must come in the layout of the fitted ones (a flat row only
+        has to have the right number of features)."""
+        fitted = getattr(self, "input_shape_", None)
+        if image_shape is None or fitted is None:
+            return
+        fitted = tuple(fitted) if len(fitted) == 3 else (1,) + tuple(fitted)
+        got = tuple(image_shape) if len(image_shape) == 3 else (1,) + tuple(image_shape)
+        if got != fitted:
+            raise _image_layout_error(tuple(image_shape), fitted, what)
+
+    def _validate_X(self, X, reset, what="X"):
+        X, image_shape = _flatten_images(X)
+        X = validate_data(self, X, reset=reset, dtype=np.float32)
+        if not reset:
+            self._check_layout(image_shape, what)
+        return X, image_shape
+
+    def _check_input_shape(self, X, image_shape):
+        """A given ``input_shape`` must fit the data (any backbone)."""
+        if self.input_shape is not None:
+            given = image_shape_of(X.shape[1], self.input_shape)
+            if image_shape is not None and given != image_shape_of(X.shape[1], image_shape):
+                raise _image_layout_error(image_shape, given, "X")
+
+    def _to_tensor(self, X, device):
+        return torch.tensor(X, dtype=torch.float32, device=device)
+
+    def _check_meta_fitted(self, what):
+        if not hasattr(self, "meta_model_"):
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet: call "
+                f"fit(X, y) to meta-train it before {what}."
+            )
+
+    # --------------------------------------------------------------------- fit
+    def _fit_on_copy(self, *args):
+        """Run ``_fit(*args, warm)`` on a copy and swap it in only when it
+        succeeds: a failed call leaves a fitted estimator exactly as it was."""
+        warm = bool(self.warm_start) and hasattr(self, "net_")
+        new = object.__new__(type(self))  # not copy.copy: no __getstate__ round trip
+        new.__dict__.update(self.__dict__)
+        if warm:  # meta-trained further on a copy of the net
+            new.net_ = copy.deepcopy(self.net_)
+        else:
+            for name in [k for k in vars(new) if k.endswith("_") and not k.startswith("_")]:
+                delattr(new, name)
+        new._fit(*args, warm)
+        self.__dict__.clear()
+        self.__dict__.update(vars(new))
+        return self
+
+    @staticmethod
+    def _draw_seeds(random_state):
+        """The seeds of fit's sub-steps, all drawn from one generator:
+        initialisation, episodes, validation split, validation episodes and
+        the final adaptation."""
+        rng = check_random_state(random_state)
+        torch_seed, episode_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
+        split_seed, valid_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
+        adapt_seed = int(rng.randint(0, 2**31 - 1))
+        return dict(torch=torch_seed, episodes=episode_seed, split=split_seed,
+                    valid=valid_seed, adapt=adapt_seed)
+
+    def _meta_train(self, *, X, image_shape, train_mask, fit_labels, shape, valid, n_rows,
+                    warm, seeds, optimizer_cls, targets=None):
+        """Build (or continue) the skorch net and meta-train it; set the
+        fitted attributes every estimator has.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_samples, n_features)
+            All of fit's examples (float32 rows).
+        image_shape : tuple or None
+            The layout ``X`` came in.
+        train_mask : ndarray of bool
+            The examples to meta-train on (the others were held out).
+        fit_labels : ndarray of int
+            What episodes are drawn from, for the training examples: class
+            codes, or task (group) codes for a regressor.
+        shape : EpisodeShape
+            The episode shape.
+        valid : tuple or None
+            ``(X_valid, codes, shape, targets_or_None)`` of the validation
+            episodes.
+        n_rows : int
+            Rows of a ``"fixed"`` head.
+        warm : bool
+            Continue the existing net.
+        seeds : dict
+            From :meth:`_draw_seeds`.
+        optimizer_cls : type
+            The meta-optimizer.
+        targets : ndarray of shape (n_train, n_outputs) or None
+            Real-valued targets of the training examples (regression).
+
+        Returns
+        -------
+        X_t : torch.Tensor
+            All of ``X`` on the device (for the final adaptation).
+        """
+        device = self.device_ if warm else resolve_device(self.device)
+        resolve_precision(self.precision, device)  # fail before building anything
+        X_t = self._to_tensor(X, device)
+        train_split, valid_params = None, {}
+        if valid is not None:
+            from skorch.dataset import Dataset
+            from skorch.helper import predefined_split
+
+            X_valid, valid_codes, valid_shape, valid_targets = valid
+            train_split = predefined_split(
+                Dataset(self._to_tensor(X_valid, device), valid_codes))
+            valid_params = dict(
+                iterator_valid=EpisodeLoader,
+                iterator_valid__shape=valid_shape,
+                iterator_valid__rng=seeds["valid"],
+                iterator_valid__n_episodes=self.n_eval_episodes,
+            )
+            if valid_targets is not None:
+                valid_params["iterator_valid__targets"] = self._to_tensor(valid_targets, device)
+        net_params = self._net_params(shape, train_split=train_split, **valid_params)
+        if targets is not None:
+            net_params["iterator_train__targets"] = self._to_tensor(targets, device)
+        input_shape = self.input_shape if self.input_shape is not None else image_shape
+        X_train = X_t if train_mask.all() else X_t[torch.as_tensor(train_mask, device=device)]
+        # Initialisation from an explicit generator: nothing global is
+        # touched, and seeded fits in parallel threads are reproducible.
+        generator = torch.Generator().manual_seed(seeds["torch"])
+        meta_model = (self.net_.module_ if warm else
+                      self._build_meta_model(X.shape[1], input_shape, n_rows, generator))
+        config = self._resolve_config(self.get_params(deep=False), meta_model, device)
+        if self.verbose:
+            print(f"Meta-training on {device} in {config.precision} precision with "
+                  f"{type(config.algorithm).__name__}, {self._describe_shape(shape)}.")
+        net_params["config"] = config
+        if warm:
+            net = self.net_
+            steps_before = sum(meta_steps_per_epoch(net.history))
+            for name, value in net_params.items():
+                setattr(net, name, value)
+            net.partial_fit(X_train, fit_labels)
+        else:
+            net = self._build_net(meta_model, optimizer_cls, device,
+                                  np.random.default_rng(seeds["episodes"]), net_params)
+            net.fit(X_train, fit_labels)
+        # Neither the validation data nor the targets are kept in the fitted estimator.
+        net.train_split = None
+        for name in ("iterator_train__targets", "iterator_valid__targets"):
+            if hasattr(net, name):
+                setattr(net, name, None)
+        if net.interrupted_:
+            warnings.warn(
+                f"Meta-training was interrupted (KeyboardInterrupt) during epoch "
+                f"{len(net.history)}. The estimator keeps the meta-parameters of the "
+                "last completed meta-step and is usable; call fit again with "
+                "warm_start=True to continue.",
+                UserWarning,
+                stacklevel=5,  # the user's fit call (fit -> _fit_on_copy -> _fit -> here)
+            )
+
+        self.net_ = net
+        self.history_ = net.history
+        self.meta_model_ = net.module_
+        # Counted over all fits of a warm start, also one continued from a
+        # loaded model file (whose history starts empty).
+        new_steps = sum(meta_steps_per_epoch(net.history)) - (steps_before if warm else 0)
+        self.n_meta_steps_ = (self.n_meta_steps_ if warm else 0) + new_steps
+        self.episode_shape_ = shape
+        self.config_ = config
+        self.algorithm_ = config.algorithm
+        self.device_ = device
+        self.precision_ = config.precision
+        self.inner_lr_ = config.inner_lr
+        self.task_batching_ = config.task_batching
+        if not warm:
+            self.input_shape_ = (
+                image_shape_of(X.shape[1], input_shape) if input_shape is not None
+                else getattr(meta_model.backbone, "input_shape", None))
+        self.task_model_ = None
+        return X_t
+
+    def _describe_shape(self, shape):
+        return (f"episodes {shape.n_ways}-way {shape.k_shot}-shot with "
+                f"{shape.n_query} queries")
+
+    def _resolve_config(self, params, meta_model, device):
+        """The frozen configuration of meta-training and adaptation."""
+        return resolve_config(params, get_algorithm(params["algorithm"]), meta_model, device,
+                              loss=self._loss)
+
+    def _net_params(self, shape, train_split=None, **valid_params):
+        """The skorch net's training settings: meta-batches of ``shape`` episodes."""
+        return dict(
+            max_epochs=self.max_epochs,
+            batch_size=self.meta_batch_size,
+            iterator_train=EpisodeLoader,
+            iterator_train__shape=shape,
+            iterator_train__n_batches=self.meta_batches_per_epoch,
+            train_split=train_split,
+            **valid_params,
+        )
+
+    def _build_meta_model(self, n_features, input_shape, n_rows, generator):
+        """A new meta-model (``n_rows`` rows of a ``"fixed"`` head), initialised
+        from ``generator``."""
+        options = {} if self._mlp_batch_norm else {"batch_norm": False}
+        backbone = build_backbone(
+            self.module,
+            n_features,
+            input_shape=input_shape,
+            hidden_layer_sizes=self.hidden_layer_sizes,
+            n_filters=self.n_filters,
+            module_params=self.module_params,
+            generator=generator,
+            **options,
+        )
+        return MetaModel(backbone, n_features, head=self._head, n_rows=n_rows,
+                         generator=generator)
+
+    def _build_net(self, meta_model, optimizer_cls, device, episode_rng, net_params):
+        """The skorch net that meta-trains ``meta_model``."""
+        callbacks = copy.deepcopy(list(self.callbacks or []))
+        if self.verbose:
+            from skorch.callbacks import ProgressBar
+
+            n_batches = self.meta_batches_per_epoch
+            if net_params.get("iterator_valid") is not None:
+                n_batches += -(-self.n_eval_episodes // self.meta_batch_size)
+            callbacks.append(("progress_bar", ProgressBar(batches_per_epoch=n_batches)))
+        return MetaTrainingNet(
+            meta_model,
+            criterion=None,
+            optimizer=optimizer_cls,
+            lr=self.lr,
+            iterator_train__rng=episode_rng,
+            callbacks=callbacks,
+            verbose=self.verbose,
+            device=device,
+            **{f"optimizer__{k}": v for k, v in (self.optimizer_params or {}).items()},
+            **net_params,
+        )
+
+    def _fit_adapt_sample(self, n_samples, strata, rng):
+        """Indices of at most ``_fit_adapt_max_samples`` examples for the final
+        adaptation, the same number from every stratum (class or task),
+        fewer where a stratum has fewer (a uniform sample where there are
+        more strata than examples allowed); all of them when there are few
+        enough."""
+        limit = self._fit_adapt_max_samples
+        if n_samples <= limit:
+            return np.arange(n_samples)
+        n_strata = int(strata.max()) + 1
+        per = limit // n_strata
+        if per == 0:  # more strata than examples allowed: a uniform sample
+            keep = rng.choice(n_samples, size=limit, replace=False)
+        else:
+            keep = np.concatenate([rng.permutation(np.flatnonzero(strata == c))[:per]
+                                   for c in range(n_strata)])
+        keep.sort()
+        return keep
+
+    def _adapt_safely(self, adapt, what):
+        """Run the final adaptation of fit; a failure (for example out of
+        memory) keeps the meta-trained model and warns."""
+        try:
+            adapt()
+        except Exception as exc:
+            self.task_model_ = None
+            warnings.warn(
+                f"fit meta-trained the model, but its final adaptation to {what} failed "
+                f"({type(exc).__name__}: {exc}). The estimator keeps the meta-trained "
+                "model; call adapt(X_support, y_support) before predict.",
+                UserWarning, stacklevel=6)  # fit -> _fit_on_copy -> _fit -> _adapt_on_fit
+
+    # ------------------------------------------------------------------- adapt
+    def _runner(self):
+        """A task runner for adaptation. ``n_inner_steps_test`` is read now,
+        so ``set_params(n_inner_steps_test=k)`` after ``fit`` applies to
+        ``adapt``, ``evaluate`` and ``score``; every other setting is as
+        fitted (``config_``)."""
+        config = self.config_
+        steps = self.n_inner_steps_test
+        if steps != config.n_inner_steps_test:
+            check_params({"n_inner_steps_test": self._PARAM_TABLE["n_inner_steps_test"]},
+                         {"n_inner_steps_test": steps})
+            config = config.replace(n_inner_steps_test=int(steps))
+        return TaskRunner(self.meta_model_, config)
+
+    def _adapt_tensors(self, X_t, y_t, n_outputs):
+        """Adapt from the meta-parameters on ``(X_t, y_t)``; keep the task network."""
+        runner = self._runner()
+        head = self.algorithm_.adapt(runner, X_t, y_t, n_outputs)
+        self.task_model_ = runner.task_model(head)
+
+    # ----------------------------------------------------------------- predict
+    def _task_outputs(self, X, n_outputs):
+        """Outputs of the adapted task network on ``X`` (float64, on the CPU)."""
+        check_is_fitted(self, "meta_model_")
+        if getattr(self, "task_model_", None) is None:
+            raise NotFittedError(
+                "No task to predict for: this estimator was fitted with "
+                "adapt_on_fit=False or its parameters were reloaded with "
+                "load_params; call adapt(X_support, y_support) first."
+            )
+        X, _ = self._validate_X(X, reset=False)
+        model = self.task_model_
+        device = next(model.parameters()).device
+        # On CPU, predict in float64: float32 kernels round differently for
+        # different batch sizes, and a sample's outputs should not depend on
+        # its batch even in the last digits.
+        dtype = torch.float64 if device.type == "cpu" else torch.float32
+        transductive = self.config_.transductive  # as fitted, not the current parameter
+        if transductive or dtype != torch.float32:
+            model = copy.deepcopy(model).to(dtype).train(transductive)
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(X), _PREDICT_CHUNK):
+                xb = torch.tensor(X[start:start + _PREDICT_CHUNK], device=device)
+                chunks.append(model(xb.to(dtype)).double().cpu())
+        return torch.cat(chunks) if chunks else torch.empty(0, n_outputs, dtype=torch.float64)
+
+    # ----------------------------------------------------------- persistence
+    def save_params(self, f_params=None, f_optimizer=None, f_history=None):
+        """Save the meta-parameters (and optionally optimizer state, history).
+
+        skorch's ``save_params``: ``f_params`` holds the meta-learned network's
+        ``state_dict``. Pickling (or ``joblib.dump``) the whole estimator is
+        the other way, which also keeps the adapted task.
+
+        Parameters
+        ----------
+        f_params, f_optimizer, f_history : str, path or file-like, default=None
+            Where to write each part; ``None`` skips that part.
+
+        Returns
+        -------
+        self : estimator
+        """
+        self._check_meta_fitted("save_params")
+        for name, f in (("f_params", f_params), ("f_optimizer", f_optimizer),
+                        ("f_history", f_history)):
+            if isinstance(f, (str, os.PathLike)):
+                folder = os.path.dirname(os.path.abspath(os.fspath(f)))
+                if not os.path.isdir(folder):
+                    raise FileNotFoundError(
+                        f"{name}={os.fspath(f)!r}: the folder {folder} does not exist; "
+                        "create it first or save elsewhere."
+                    )
+        self.net_.save_params(f_params=f_params, f_optimizer=f_optimizer, f_history=f_history)
+        return self
+
+    def load_params(self, f_params=None, f_optimizer=None, f_history=None):
+        """Load what :meth:`save_params` wrote into this meta-trained estimator.
+
+        The network must have the same architecture: fit an estimator with
+        the same parameters first (``max_epochs=0`` is enough). Tensors are
+        mapped to this estimator's device, so parameters saved on a GPU load
+        on a CPU-only machine. The adapted task is discarded: call
+        :meth:`adapt` before ``predict``.
+
+        Parameters
+        ----------
+        f_params, f_optimizer, f_history : str, path or file-like, default=None
+            Files written by :meth:`save_params`; ``None`` skips that part.
+
+        Returns
+        -------
+        self : estimator
+        """
+        self._check_meta_fitted("load_params")
+        net = self.net_
+        before = (copy.deepcopy(net.module_.state_dict()),
+                  copy.deepcopy(net.optimizer_.state_dict()), net.history)
+        try:
+            net.load_params(f_params=f_params, f_optimizer=f_optimizer, f_history=f_history)
+        except Exception as exc:
+            # torch copies the tensors that fit before it reports the others:
+            # put everything back, so a failed load changes nothing.
+            net.module_.load_state_dict(before[0])
+            net.optimizer_.load_state_dict(before[1])
+            net.history = before[2]
+            files = ", ".join(f"{k}={v!r}" for k, v in (("f_params", f_params),
+                              ("f_optimizer", f_optimizer), ("f_history", f_history))
+                              if v is not None)
+            raise ValueError(
+                f"load_params could not load {files} into this estimator "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). The files must "
+                "come from save_params of an estimator with the same network (module, "
+                f"{self._network_params_hint}); fit such an estimator first "
+                "(max_epochs=0 is enough). Nothing was changed."
+            ) from exc
+        self.meta_model_ = self.net_.module_
+        self.history_ = self.net_.history
+        if f_params is not None:
+            self.task_model_ = None
+        return self
+
+    _network_params_hint = "hidden_layer_sizes, n_filters, input_shape"
+
+    def save(self, path):
+        """Save the fitted estimator to a safe model file.
+
+        The file holds tensors (safetensors) and JSON under a SHA-256
+        checksum, with its format and package versions; :meth:`load` reads
+        it back without running any code from it, unlike a pickle. It keeps
+        what predicting, adapting, evaluating and scoring need (the
+        meta-parameters, the adapted task, the fitted attributes) but not
+        ``callbacks`` (stored as None), the optimizer state or ``history_``:
+        to continue meta-training with the optimizer's state, pickle the
+        estimator instead (for trusted files only). See
+        :func:`fomaml_sklearn.persistence.save_model`.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The file to write (replaced atomically).
+
+        Returns
+        -------
+        path : pathlib.Path
+            The file written.
+
+        Raises
+        ------
+        ValueError
+            If ``module`` is a user torch module, ``algorithm`` or
+            ``optimizer`` a user class, or (classifier) the labels are not
+            int, float, bool or str: the safe format does not rebuild user
+            code.
+        """
+        from .persistence import save_model
+
+        return save_model(self, path)
+
+    @classmethod
+    def load(cls, path):
+        """Load an estimator saved with :meth:`save`, without running code from the file.
+
+        The checksum and format version are checked first; a pickle is
+        refused, never unpickled. Tensors saved on a GPU load on a CPU-only
+        machine. See :func:`fomaml_sklearn.persistence.load_model`.
+
+        Parameters
+        ----------
+        path : str or path-like
+            A file written by :meth:`save`.
+
+        Returns
+        -------
+        estimator : estimator of this class
+            The fitted estimator; it predicts, adapts, evaluates and scores
+            exactly like the saved one.
+
+        Raises
+        ------
+        ValueError
+            If the file is corrupted, from a newer format version, lacks a
+            field, is not a model file or holds another kind of estimator.
+        """
+        from .persistence import load_model
+
+        estimator = load_model(path)
+        if not isinstance(estimator, cls):
+            raise ValueError(
+                f"the model file {os.fspath(path)} holds a {type(estimator).__name__}, not "
+                f"a {cls.__name__}; load it with {type(estimator).__name__}.load or "
+                "fomaml_sklearn.persistence.load_model."
+            )
+        return estimator
+
+    def __getstate__(self):
+        # A copy: on Python 3.11+ object.__getstate__ returns __dict__ itself.
+        state = dict(super().__getstate__())
+        # meta_model_ is net_.module_, which skorch pickles device-safely.
+        if "net_" in state:
+            state.pop("meta_model_", None)
+        if state.get("task_model_") is not None:
+            state["task_model_"] = copy.deepcopy(state["task_model_"]).to("cpu")
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "net_" in state:
+            self.meta_model_ = self.net_.module_
+            self.device_ = torch.device(self.net_.device)
+        if getattr(self, "task_model_", None) is not None and hasattr(self, "device_"):
+            self.task_model_.to(self.device_)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags
