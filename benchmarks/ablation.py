@@ -18,6 +18,10 @@ Examples
 --------
 python benchmarks/ablation.py --data-home ../shared/data --steps 600 \
     --variants base queries15 ways20 --threads 1 | tee -a benchmarks/results/ablation.txt
+
+A score is printed as ``<setting>/<test-time inner steps>``: ``5w5s/0`` is
+5-way 5-shot with no inner step at test time (the meta-learned body and the
+prototype head as they are).
 """
 
 import argparse
@@ -50,6 +54,11 @@ VARIANTS = {
     "lr3e-3": dict(lr=3e-3),
     "inner-lr0.1": dict(inner_lr=0.1),
     "inner-lr0.02": dict(inner_lr=0.02),
+    "inner-lr0.01": dict(inner_lr=0.01),
+    "cosine": dict(lr_schedule="cosine"),
+    "cosine-lr3e-3": dict(lr_schedule="cosine", lr=3e-3),
+    "shots5": dict(k_shot=5),
+    "ways10-cosine": dict(n_ways=10, lr_schedule="cosine"),
 }
 
 
@@ -83,6 +92,8 @@ def main(argv=None):
     parser.add_argument("--eval", nargs="+", default=["5w1s"],
                         help="validation settings, e.g. 5w1s 5w5s 20w1s")
     parser.add_argument("--episodes", type=int, default=300)
+    parser.add_argument("--test-steps", type=int, nargs="+", default=[0, 3],
+                        help="test-time inner steps to score with (default: 0 3)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -106,9 +117,11 @@ def main(argv=None):
         scores = []
         for setting in args.eval:
             ways, shots = parse_eval(setting)
-            r = clf.evaluate(X_val, y_val, n_ways=ways, k_shot=shots, n_query=15,
-                             n_episodes=args.episodes, random_state=args.seed)
-            scores.append(f"{setting} {100 * r.mean:.2f} +- {100 * r.ci95:.2f}")
+            for steps in args.test_steps:
+                clf.set_params(n_inner_steps_test=steps)
+                r = clf.evaluate(X_val, y_val, n_ways=ways, k_shot=shots, n_query=15,
+                                 n_episodes=args.episodes, random_state=args.seed)
+                scores.append(f"{setting}/{steps} {100 * r.mean:.2f} +- {100 * r.ci95:.2f}")
         print(f"{name:<14s} {clf.n_meta_steps_} steps, {seconds / clf.n_meta_steps_:.3f} "
               f"s/step ({clf.precision_}); validation: " + "; ".join(scores) + " %",
               flush=True)

@@ -342,6 +342,12 @@ class MetaEstimatorBase(BaseEstimator):
     def _build_net(self, meta_model, optimizer_cls, device, episode_rng, net_params):
         """The skorch net that meta-trains ``meta_model``."""
         callbacks = copy.deepcopy(list(self.callbacks or []))
+        if self.lr_schedule == "cosine":
+            from skorch.callbacks import LRScheduler
+
+            n_steps = max(1, self.max_epochs * self.meta_batches_per_epoch)
+            callbacks.append(("lr_schedule", LRScheduler(
+                policy="CosineAnnealingLR", T_max=n_steps, step_every="batch")))
         if self.verbose:
             from skorch.callbacks import ProgressBar
 

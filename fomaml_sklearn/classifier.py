@@ -122,6 +122,12 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         Meta learning rate (beta).
     optimizer_params : dict or None, default=None
         Further keyword arguments of the meta-optimizer.
+    lr_schedule : {"constant", "cosine"}, default="constant"
+        The meta learning rate over the ``max_epochs * meta_batches_per_epoch``
+        meta-steps of a fit: constant, or cosine-annealed from ``lr`` to 0
+        after every meta-step (MAML++, Antoniou et al. 2019; skorch's
+        ``LRScheduler`` with ``CosineAnnealingLR``). A warm-start fit keeps
+        the schedule of the first.
     max_epochs : int, default=10
         Number of epochs of meta-training.
     meta_batches_per_epoch : int, default=100
@@ -279,6 +285,7 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         optimizer="adam",
         lr=1e-3,
         optimizer_params=None,
+        lr_schedule="constant",
         max_epochs=10,
         meta_batches_per_epoch=100,
         n_eval_episodes=100,
@@ -310,6 +317,7 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         self.optimizer = optimizer
         self.lr = lr
         self.optimizer_params = optimizer_params
+        self.lr_schedule = lr_schedule
         self.max_epochs = max_epochs
         self.meta_batches_per_epoch = meta_batches_per_epoch
         self.n_eval_episodes = n_eval_episodes
@@ -343,6 +351,7 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         "n_inner_steps_test": Int(0),
         "lr": Real(0.0),
         "optimizer_params": NoneOr(Mapping()),
+        "lr_schedule": Options("constant", "cosine"),
         "max_epochs": Int(0),
         "meta_batches_per_epoch": Int(1),
         "n_eval_episodes": Int(1),

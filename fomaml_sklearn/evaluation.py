@@ -146,7 +146,9 @@ def episodic_regression_errors(runner, X, Y, episodes):
     Returns
     -------
     mses, r2s : ndarray of shape (n_episodes,)
-        ``r2s`` is nan where an episode has a single query.
+        ``r2s`` is nan where an episode has a single query, and where the
+        adapted predictions are not finite (a diverging inner loop, whose
+        ``mses`` entry is then inf or nan).
     """
     from sklearn.metrics import r2_score
 
@@ -159,8 +161,8 @@ def episodic_regression_errors(runner, X, Y, episodes):
         pred = adapted_query_logits(runner, X[sup[t]], Y[sup[t]], X[qry[t]], n_outputs)
         pred = pred.double().cpu().numpy()
         true = Y[qry[t]].double().cpu().numpy()
-        mses[t] = float(np.mean((pred - true) ** 2))
-        if len(true) > 1:
+        mses[t] = float(np.mean((pred - true) ** 2))  # inf or nan if adaptation diverged
+        if len(true) > 1 and np.isfinite(pred).all():
             r2s[t] = r2_score(true, pred)
     return mses, r2s
 

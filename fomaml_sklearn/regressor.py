@@ -102,6 +102,12 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
         Meta learning rate (beta).
     optimizer_params : dict or None, default=None
         Further keyword arguments of the meta-optimizer.
+    lr_schedule : {"constant", "cosine"}, default="constant"
+        The meta learning rate over the ``max_epochs * meta_batches_per_epoch``
+        meta-steps of a fit: constant, or cosine-annealed from ``lr`` to 0
+        after every meta-step (MAML++, Antoniou et al. 2019; skorch's
+        ``LRScheduler`` with ``CosineAnnealingLR``). A warm-start fit keeps
+        the schedule of the first.
     max_epochs : int, default=10
         Number of epochs of meta-training.
     meta_batches_per_epoch : int, default=100
@@ -204,6 +210,7 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
         optimizer="adam",
         lr=1e-3,
         optimizer_params=None,
+        lr_schedule="constant",
         max_epochs=10,
         meta_batches_per_epoch=100,
         n_eval_episodes=100,
@@ -231,6 +238,7 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
         self.optimizer = optimizer
         self.lr = lr
         self.optimizer_params = optimizer_params
+        self.lr_schedule = lr_schedule
         self.max_epochs = max_epochs
         self.meta_batches_per_epoch = meta_batches_per_epoch
         self.n_eval_episodes = n_eval_episodes
@@ -256,6 +264,7 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
         "n_inner_steps_test": Int(0),
         "lr": Real(0.0),
         "optimizer_params": NoneOr(Mapping()),
+        "lr_schedule": Options("constant", "cosine"),
         "max_epochs": Int(0),
         "meta_batches_per_epoch": Int(1),
         "n_eval_episodes": Int(1),

@@ -379,3 +379,17 @@ def test_test_time_steps_set_after_fit_apply_to_adapt_and_evaluate(digits):
     assert probas[3, "eval"].mean() > probas[0, "eval"].mean()
     with pytest.raises(ValueError, match="n_inner_steps_test"):
         clf.set_params(n_inner_steps_test=-1).adapt(X[support], y[support])
+
+
+def test_cosine_lr_schedule_anneals_the_meta_learning_rate_to_zero(digits):
+    X, y = digits
+    params = dict(FAST, random_state=0, lr=0.01)
+    constant = FOMAMLClassifier(**params).fit(X[y < 6], y[y < 6])
+    cosine = FOMAMLClassifier(lr_schedule="cosine", **params).fit(X[y < 6], y[y < 6])
+    assert constant.net_.optimizer_.param_groups[0]["lr"] == 0.01
+    assert cosine.net_.optimizer_.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    lrs = [b["event_lr"] for epoch in cosine.history_ for b in epoch["batches"]]
+    assert len(lrs) == 20 and lrs[0] == 0.01 and all(np.diff(lrs) < 0)
+    np.testing.assert_allclose(lrs[10], 0.005 * (1 + np.cos(np.pi * 10 / 20)))
+    with pytest.raises(ValueError, match="lr_schedule"):
+        FOMAMLClassifier(lr_schedule="linear", **FAST).fit(X[y < 6], y[y < 6])

@@ -8,6 +8,7 @@ ORDER = [
     "plot_model_selection.py",
     "plot_training_curves.py",
     "plot_curvature.py",
+    "plot_sinusoid_regression.py",
     "plot_algorithms_omniglot.py",
     "plot_mnist.py",
 ]
