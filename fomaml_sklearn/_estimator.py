@@ -19,6 +19,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from . import distributed
 from ._config import resolve_config, resolve_device, resolve_precision
 from ._constraints import check_params
 from ._training import EpisodeLoader, MetaTrainingNet
@@ -53,6 +54,25 @@ def _image_layout_error(got, fitted, what):
         "(for channels-last arrays, X.transpose(0, 3, 1, 2)), or rows of "
         f"{int(np.prod(fitted))} features."
     )
+
+
+def _private_checkpoint(callback):
+    """A Checkpoint-like callback (``dirname`` and ``f_*`` files) writing into
+    a private temporary folder instead (for ranks other than 0)."""
+    name, cb = callback if isinstance(callback, tuple) else (None, callback)
+    target = getattr(cb, "checkpoint", cb)  # TrainEndCheckpoint wraps a Checkpoint
+    if not hasattr(target, "dirname"):
+        return callback
+    import tempfile
+
+    target.dirname = tempfile.mkdtemp(prefix="fomaml_sklearn_rank_")
+    for attr in ("f_params", "f_optimizer", "f_criterion", "f_history", "f_pickle"):
+        value = getattr(target, attr, None)
+        if isinstance(value, (str, os.PathLike)):
+            setattr(target, attr, os.path.basename(os.fspath(value)))
+    if hasattr(cb, "dirname") and cb is not target:
+        cb.dirname = target.dirname
+    return callback if name is None else (name, cb)
 
 
 class MetaEstimatorBase(BaseEstimator):
@@ -160,6 +180,10 @@ class MetaEstimatorBase(BaseEstimator):
         """Run ``_fit(*args, warm)`` on a copy and swap it in only when it
         succeeds: a failed call leaves a fitted estimator exactly as it was."""
         warm = bool(self.warm_start) and hasattr(self, "net_")
+        # Under torchrun, join (initialise) the process group first: the
+        # ranks then agree on every seed (distributed.py).
+        device = distributed.init_from_env(
+            self.device_ if warm else resolve_device(self.device))
         new = object.__new__(type(self))  # not copy.copy: no __getstate__ round trip
         new.__dict__.update(self.__dict__)
         if warm:  # meta-trained further on a copy of the net
@@ -167,7 +191,13 @@ class MetaEstimatorBase(BaseEstimator):
         else:
             for name in [k for k in vars(new) if k.endswith("_") and not k.startswith("_")]:
                 delattr(new, name)
-        new._fit(*args, warm)
+        new._fit_device = device
+        try:
+            new._fit(*args, warm)
+        except BaseException as exc:
+            raise distributed.rank_note(exc, "fit")
+        finally:
+            del new._fit_device
         self.__dict__.clear()
         self.__dict__.update(vars(new))
         return self
@@ -181,8 +211,11 @@ class MetaEstimatorBase(BaseEstimator):
         torch_seed, episode_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
         split_seed, valid_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
         adapt_seed = int(rng.randint(0, 2**31 - 1))
-        return dict(torch=torch_seed, episodes=episode_seed, split=split_seed,
-                    valid=valid_seed, adapt=adapt_seed)
+        # In a distributed fit every rank takes rank 0's seeds: the same
+        # initialisation and the same meta-batches (random_state=None too).
+        seeds = distributed.broadcast_ints(
+            [torch_seed, episode_seed, split_seed, valid_seed, adapt_seed])
+        return dict(zip(("torch", "episodes", "split", "valid", "adapt"), seeds))
 
     def _meta_train(self, *, X, image_shape, train_mask, fit_labels, shape, valid, n_rows,
                     warm, seeds, optimizer_cls, targets=None):
@@ -221,7 +254,7 @@ class MetaEstimatorBase(BaseEstimator):
         X_t : torch.Tensor
             All of ``X`` on the device (for the final adaptation).
         """
-        device = self.device_ if warm else resolve_device(self.device)
+        device = self._fit_device
         resolve_precision(self.precision, device)  # fail before building anything
         X_t = self._to_tensor(X, device)
         train_split, valid_params = None, {}
@@ -251,8 +284,10 @@ class MetaEstimatorBase(BaseEstimator):
         meta_model = (self.net_.module_ if warm else
                       self._build_meta_model(X.shape[1], input_shape, n_rows, generator))
         config = self._resolve_config(self.get_params(deep=False), meta_model, device)
-        if self.verbose:
-            print(f"Meta-training on {device} in {config.precision} precision with "
+        rank, world_size = distributed.world()
+        if self.verbose and rank == 0:
+            where = f" x {world_size} processes" if world_size > 1 else ""
+            print(f"Meta-training on {device}{where} in {config.precision} precision with "
                   f"{type(config.algorithm).__name__}, {self._describe_shape(shape)}.")
         net_params["config"] = config
         if warm:
@@ -342,13 +377,20 @@ class MetaEstimatorBase(BaseEstimator):
     def _build_net(self, meta_model, optimizer_cls, device, episode_rng, net_params):
         """The skorch net that meta-trains ``meta_model``."""
         callbacks = copy.deepcopy(list(self.callbacks or []))
+        rank, _ = distributed.world()
+        if rank != 0:
+            # Only rank 0 writes checkpoints where the user asked; the other
+            # ranks keep theirs in a private folder, so that every rank's
+            # history and load_best behave alike.
+            callbacks = [_private_checkpoint(cb) for cb in callbacks]
         if self.lr_schedule == "cosine":
             from skorch.callbacks import LRScheduler
 
             n_steps = max(1, self.max_epochs * self.meta_batches_per_epoch)
             callbacks.append(("lr_schedule", LRScheduler(
                 policy="CosineAnnealingLR", T_max=n_steps, step_every="batch")))
-        if self.verbose:
+        verbose = self.verbose if rank == 0 else 0
+        if verbose:
             from skorch.callbacks import ProgressBar
 
             n_batches = self.meta_batches_per_epoch
@@ -362,7 +404,7 @@ class MetaEstimatorBase(BaseEstimator):
             lr=self.lr,
             iterator_train__rng=episode_rng,
             callbacks=callbacks,
-            verbose=self.verbose,
+            verbose=verbose,
             device=device,
             **{f"optimizer__{k}": v for k, v in (self.optimizer_params or {}).items()},
             **net_params,

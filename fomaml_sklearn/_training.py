@@ -24,6 +24,7 @@ import torch
 from skorch import NeuralNet
 from skorch.callbacks import PassthroughScoring
 
+from . import distributed
 from .algorithms._base import TaskRunner
 from .episodes import EpisodeSampler
 from .evaluation import adapted_query_logits
@@ -59,6 +60,19 @@ class MetaBatch:
 
     def __len__(self):
         return len(self.x_support)
+
+    @property
+    def queries_per_task(self):
+        return self.x_query.shape[1]
+
+    def subset(self, lo, hi):
+        """Tasks ``lo .. hi-1`` as a meta-batch (views, no copies)."""
+        part = object.__new__(type(self))
+        part.__dict__.update(self.__dict__)
+        part.x_support, part.x_query = self.x_support[lo:hi], self.x_query[lo:hi]
+        if self.per_task_targets:
+            part.y_support, part.y_query = self.y_support[lo:hi], self.y_query[lo:hi]
+        return part
 
     def __iter__(self):
         if self.per_task_targets:
@@ -197,13 +211,55 @@ class MetaTrainingNet(NeuralNet):
 
     def train_step_single(self, batch, **fit_params):
         self._set_training(True)
-        result = self.config.algorithm.meta_gradient(
-            self.runner_, batch, batched=self.config.task_batching == "grouped")
-        for param, grad in zip(self.module_.parameters(), result.grads):
+        rank, world_size = distributed.world()
+        if world_size > 1:
+            grads, loss, accuracy = self._sharded_meta_gradient(batch, rank, world_size)
+        else:
+            grads, loss, accuracy = self.config.algorithm.meta_gradient(
+                self.runner_, batch, batched=self.config.task_batching == "grouped")
+        for param, grad in zip(self.module_.parameters(), grads):
             param.grad = grad
-        if not math.isnan(result.accuracy):  # nan: real-valued targets
-            self.history.record_batch("train_query_acc", result.accuracy)
-        return {"loss": torch.tensor(result.loss), "y_pred": None}
+        if not math.isnan(accuracy):  # nan: real-valued targets
+            self.history.record_batch("train_query_acc", accuracy)
+        return {"loss": torch.tensor(loss), "y_pred": None}
+
+    def _sharded_meta_gradient(self, batch, rank, world_size):
+        """This rank's slice of the meta-batch, then one bucketed all-reduce
+        of the gradient sums, the loss sum and the counts: the mean over all
+        the tasks, the same on every rank."""
+        lo, hi = distributed.shard(len(batch), rank, world_size)
+        params = list(self.module_.parameters())
+        n, n_queries = hi - lo, (hi - lo) * batch.queries_per_task
+        if n > 0:
+            result = self.config.algorithm.meta_gradient(
+                self.runner_, batch.subset(lo, hi),
+                batched=self.config.task_batching == "grouped")
+            sums = [g * n for g in result.grads]
+            correct = distributed.nan_to_zero(result.accuracy) * n_queries
+            stats = [result.loss * n, correct, n, n_queries]
+        else:  # more ranks than tasks
+            sums = [torch.zeros_like(p) for p in params]
+            stats = [0.0, 0.0, 0, 0]
+        stats = torch.tensor(stats, dtype=torch.float64, device=params[0].device)
+        self._all_reduce(sums + [stats], "the meta-gradient")
+        total = stats[2].item()
+        grads = [(s / total).to(p.dtype) for s, p in zip(sums, params)]
+        accuracy = (float("nan") if batch.per_task_targets
+                    else stats[1].item() / stats[3].item())
+        return grads, stats[0].item() / total, accuracy
+
+    def _all_reduce(self, tensors, what):
+        step = len(self.history[-1]["batches"]) if len(self.history) else 0
+        try:
+            distributed.all_reduce_sum(tensors)
+        except Exception as exc:
+            rank, world_size = distributed.world()
+            raise RuntimeError(
+                f"rank {rank} of {world_size}: the all-reduce of {what} failed in epoch "
+                f"{len(self.history)}, batch {step + 1} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:300]}). Another rank has probably died or "
+                "hung (the process group's timeout bounds the wait); see its error."
+            ) from exc
 
     def validation_step(self, batch, **fit_params):
         """Few-shot query loss and accuracy of a meta-batch of validation episodes.
@@ -211,15 +267,24 @@ class MetaTrainingNet(NeuralNet):
         Each episode adapts from the meta-parameters (which do not change)
         with the rule's test-time adaptation, as
         :meth:`FOMAMLClassifier.evaluate` does. Real-valued targets record
-        the loss alone.
+        the loss alone. In a distributed fit each rank scores its slice of
+        the episodes and the sums are all-reduced.
         """
+        rank, world_size = distributed.world()
+        lo, hi = distributed.shard(len(batch), rank, world_size)
+        part = batch if world_size == 1 else batch.subset(lo, hi)
         total_loss, n_correct, n_queries = 0.0, 0, 0
-        for x_s, y_s, x_q, y_q in batch:
+        for x_s, y_s, x_q, y_q in part:
             logits = adapted_query_logits(self.runner_, x_s, y_s, x_q, batch.n_classes)
             total_loss += float(self.criterion_(logits.float(), y_q))
             if not y_q.is_floating_point():
                 n_correct += int((logits.argmax(1) == y_q).sum())
             n_queries += len(y_q)
+        if world_size > 1:
+            stats = torch.tensor([total_loss, n_correct, n_queries], dtype=torch.float64,
+                                 device=next(self.module_.parameters()).device)
+            self._all_reduce([stats], "the validation scores")
+            total_loss, n_correct, n_queries = stats.tolist()
         if not batch.per_task_targets:
             self.history.record_batch("valid_acc", n_correct / n_queries)
         return {"loss": torch.tensor(total_loss / len(batch)), "y_pred": None}

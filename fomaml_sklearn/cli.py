@@ -304,7 +304,8 @@ def _default_ways(spec, y, ways):
 
 # ----------------------------------------------------------------- commands
 def _info(args, message):
-    if not args.quiet:
+    # Under torchrun only rank 0 reports (RANK is set before the group exists).
+    if not args.quiet and os.environ.get("RANK", "0") == "0":
         print(message, file=sys.stderr)
 
 
@@ -367,10 +368,13 @@ def cmd_train(args):
     """
     from .callbacks import TimeLimit
     from .classifier import FOMAMLClassifier
+    from .distributed import world
 
     output = args.output or args.resume or DEFAULT_MODEL
     _check_output(output)
     _require_safetensors()
+    if args.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        return _launch_with_torchrun(args.nproc_per_node, args.argv)
     if args.epochs is not None:
         max_epochs = args.epochs
     else:
@@ -427,6 +431,8 @@ def cmd_train(args):
     n_steps = clf.n_meta_steps_ - previous  # fit counts over all warm-started runs
     if args.resume:
         clf.set_params(warm_start=warm_start)  # as saved: a later fit starts afresh
+    if world()[0] != 0:  # every rank holds the same model; rank 0 writes it
+        return 0
     _save_model(clf, output)
     s = clf.episode_shape_
     total = f" ({clf.n_meta_steps_} in total)" if args.resume else ""
@@ -441,6 +447,27 @@ def cmd_train(args):
               f"--resume {output}{same}", file=sys.stderr)
     print(f"Saved the model to {output}")
     return 0
+
+
+def _launch_with_torchrun(nproc, command_line):
+    """Run this same command under ``torch.distributed.run`` with ``nproc``
+    processes (rank 0 prints and saves); return its exit code."""
+    import subprocess
+
+    argv, skip = [], False
+    for arg in command_line:  # the command line without --nproc-per-node
+        if skip:
+            skip = False
+        elif arg == "--nproc-per-node":
+            skip = True
+        elif not arg.startswith("--nproc-per-node="):
+            argv.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", "fomaml_sklearn", *argv]
+    env = dict(os.environ)
+    # Each process gets its share of the cores, unless --threads says otherwise.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    return subprocess.call(cmd, env=env)
 
 
 def cmd_evaluate(args):
@@ -704,6 +731,10 @@ def build_parser():
                             "hardware is fast at it (default: auto)")
     outer.add_argument("--seed", type=int, default=0,
                        help="random seed of the initialisation and episodes (default: 0)")
+    outer.add_argument("--nproc-per-node", type=_count(1), default=1, metavar="N",
+                       help="shard each meta-batch over N processes on this machine, "
+                            "launched with torch.distributed.run (torchrun); the same "
+                            "model as one process, to float tolerance (default: 1)")
     _data_options(train, image_size=True)
     _common_options(train)
     train.set_defaults(handler=cmd_train, resume_fixed={
@@ -796,6 +827,7 @@ def main(argv=None):
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version or a usage error
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
 
     import torch
 

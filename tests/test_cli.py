@@ -501,3 +501,26 @@ def test_the_main_job_runs_end_to_end(fake_omniglot_home, capsys):
     out = capsys.readouterr().out
     assert "meta-steps of" in out and "gradient through the prototypes: True" in out
     assert "1-nearest neighbour on pixels" in out and "FOMAML minus the best baseline" in out
+
+
+def test_train_nproc_per_node_launches_torchrun_and_saves_the_one_process_model(tmp_path):
+    """--nproc-per-node 2 runs the same command under torch.distributed.run;
+    rank 0 saves a model equal (to float tolerance) to one process's."""
+    import subprocess
+    import sys
+
+    one, two = tmp_path / "one.fomaml", tmp_path / "two.fomaml"
+    code, _, err = run(["train", "-o", str(one), "-q", *FAST])
+    assert code == 0, err
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "fomaml_sklearn", "train", "-o", str(two), "--nproc-per-node",
+         "2", *FAST], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("Saved the model") == 1  # rank 0 only
+    a, b = FOMAMLClassifier.load(one), FOMAMLClassifier.load(two)
+    assert a.n_meta_steps_ == b.n_meta_steps_ == 3
+    for p, q in zip(a.meta_model_.parameters(), b.meta_model_.parameters()):
+        np.testing.assert_allclose(q.detach().numpy(), p.detach().numpy(), rtol=1e-4,
+                                   atol=1e-5)
