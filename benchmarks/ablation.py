@@ -59,6 +59,9 @@ VARIANTS = {
     "cosine-lr3e-3": dict(lr_schedule="cosine", lr=3e-3),
     "shots5": dict(k_shot=5),
     "ways10-cosine": dict(n_ways=10, lr_schedule="cosine"),
+    "ways10-lr3e-3": dict(n_ways=10, lr=3e-3),
+    "ways10-lr3e-3-cosine": dict(n_ways=10, lr=3e-3, lr_schedule="cosine"),
+    "ways20-lr3e-3-cosine": dict(n_ways=20, lr=3e-3, lr_schedule="cosine"),
 }
 
 

@@ -20,8 +20,21 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import distributed
-from ._config import resolve_config, resolve_device, resolve_precision
-from ._constraints import check_params
+from ._config import PRECISIONS, resolve_config, resolve_device, resolve_precision
+from ._constraints import (
+    Bool,
+    Callbacks,
+    Either,
+    Int,
+    Mapping,
+    NoneOr,
+    Options,
+    RandomState,
+    Real,
+    Shape,
+    Sizes,
+    check_params,
+)
 from ._training import EpisodeLoader, MetaTrainingNet
 from .algorithms import get_algorithm
 from .algorithms._base import TaskRunner
@@ -54,6 +67,33 @@ def _image_layout_error(got, fitted, what):
         "(for channels-last arrays, X.transpose(0, 3, 1, 2)), or rows of "
         f"{int(np.prod(fitted))} features."
     )
+
+
+# The constraints of the parameters both estimators have (each adds its own).
+COMMON_PARAMS = {
+    "hidden_layer_sizes": Sizes(),
+    "n_filters": Int(1),
+    "input_shape": NoneOr(Shape()),
+    "module_params": NoneOr(Mapping()),
+    "k_shot": Int(1),
+    "n_query": Int(1),
+    "meta_batch_size": Int(1),
+    "n_inner_steps": Int(0),
+    "n_inner_steps_test": Int(0),
+    "lr": Real(0.0),
+    "optimizer_params": NoneOr(Mapping()),
+    "lr_schedule": Options("constant", "cosine"),
+    "max_epochs": Int(0),
+    "meta_batches_per_epoch": Int(1),
+    "n_eval_episodes": Int(1),
+    "validation_fraction": NoneOr(Real(0.0, strict=True, high=1.0)),
+    "precision": Options("auto", *PRECISIONS),
+    "adapt_on_fit": Bool(),
+    "warm_start": Bool(),
+    "callbacks": Callbacks(),
+    "random_state": RandomState(),
+    "verbose": Either(Bool(), Int(0)),
+}
 
 
 def _private_checkpoint(callback):

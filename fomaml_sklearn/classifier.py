@@ -11,22 +11,18 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 from torch.nn import functional as F
 
-from ._config import PRECISIONS, TASK_BATCHING
+from ._config import TASK_BATCHING
 from ._constraints import (
     Bool,
-    Callbacks,
     Either,
     Int,
-    Mapping,
     NoneOr,
     Options,
     RandomState,
     Real,
-    Shape,
-    Sizes,
     check_params,
 )
-from ._estimator import MetaEstimatorBase, _flatten_images
+from ._estimator import COMMON_PARAMS, MetaEstimatorBase, _flatten_images
 from .episodes import resolve_episode_shape
 from .evaluation import (
     FewShotResult,
@@ -337,33 +333,12 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
     # ``module``, ``algorithm``, ``optimizer`` and ``device`` have their own
     # checks below, since what they accept is richer).
     _PARAM_TABLE = {
-        "hidden_layer_sizes": Sizes(),
-        "n_filters": Int(1),
-        "input_shape": NoneOr(Shape()),
-        "module_params": NoneOr(Mapping()),
+        **COMMON_PARAMS,
         "head": Options(*HEADS),
         "n_ways": Int(2),
-        "k_shot": Int(1),
-        "n_query": Int(1),
-        "meta_batch_size": Int(1),
         "inner_lr": Either(Options("auto"), Real(0.0)),
-        "n_inner_steps": Int(0),
-        "n_inner_steps_test": Int(0),
-        "lr": Real(0.0),
-        "optimizer_params": NoneOr(Mapping()),
-        "lr_schedule": Options("constant", "cosine"),
-        "max_epochs": Int(0),
-        "meta_batches_per_epoch": Int(1),
-        "n_eval_episodes": Int(1),
-        "validation_fraction": NoneOr(Real(0.0, strict=True, high=1.0)),
         "transductive": Bool(),
-        "precision": Options("auto", *PRECISIONS),
         "task_batching": Options(*TASK_BATCHING),
-        "adapt_on_fit": Bool(),
-        "warm_start": Bool(),
-        "callbacks": Callbacks(),
-        "random_state": RandomState(),
-        "verbose": Either(Bool(), Int(0)),
     }
 
     def _validate_Xy(self, X, y, reset, what="X"):

@@ -61,6 +61,27 @@ class EpisodeBatch:
         return len(self.support_idx)
 
 
+def _fit_examples(counts, names, k_shot, n_query, unit, item, add, what=None):
+    """Support and query examples per class (or task) that the smallest one
+    allows, shrinking the queries first; raise where one has fewer than 2.
+
+    Returns ``(shots, queries, smallest size, name of the smallest)``.
+    """
+    if counts.min() < 2:
+        small = names[counts < 2]
+        listed = ", ".join(repr(c.item() if hasattr(c, "item") else c) for c in small[:5])
+        raise ValueError(
+            f"Every {what or unit} needs at least 2 {item}s (1 support + 1 query), but "
+            f"{unit} {listed} has only {int(counts.min())} {item}"
+            f"{'' if counts.min() == 1 else 's'}; add {add} or drop the {unit}."
+        )
+    smallest = int(counts.min())
+    shots = max(1, min(int(k_shot), smallest - 1))
+    queries = max(1, min(int(n_query), smallest - shots))
+    name = names[int(np.argmin(counts))]
+    return shots, queries, smallest, (name.item() if hasattr(name, "item") else name)
+
+
 def resolve_episode_shape(class_counts, n_ways, k_shot, n_query, class_names=None):
     """Shrink the requested episode shape to what the data allows.
 
@@ -105,23 +126,12 @@ def resolve_episode_shape(class_counts, n_ways, k_shot, n_query, class_names=Non
             f"Episodes need at least 2 classes, but the data has {len(counts)} "
             "class; pass labelled examples of 2 or more classes."
         )
-    if counts.min() < 2:
-        small = names[counts < 2]
-        listed = ", ".join(repr(c.item() if hasattr(c, "item") else c) for c in small[:5])
-        raise ValueError(
-            f"Every class needs at least 2 examples (1 support + 1 query), but "
-            f"class {listed} has only {int(counts.min())} example"
-            f"{'' if counts.min() == 1 else 's'}; add examples or drop the class."
-        )
-    smallest = int(counts.min())
+    shots, queries, smallest, name = _fit_examples(
+        counts, names, k_shot, n_query, "class", "example", "examples")
     ways = min(int(n_ways), len(counts))
-    shots = max(1, min(int(k_shot), smallest - 1))
-    queries = max(1, min(int(n_query), smallest - shots))
     shape = EpisodeShape(ways, shots, queries)
     if (ways, shots, queries) == (n_ways, k_shot, n_query):
         return shape, None
-    name = names[int(np.argmin(counts))]
-    name = name.item() if hasattr(name, "item") else name
     message = (
         f"The data allows smaller episodes than requested: using n_ways={ways}, "
         f"k_shot={shots}, n_query={queries} instead of n_ways={n_ways}, "
@@ -170,22 +180,11 @@ def resolve_task_shape(task_sizes, k_shot, n_query, task_names=None):
     names = np.arange(len(sizes)) if task_names is None else np.asarray(task_names)
     if len(sizes) == 0:
         raise ValueError("Episodes need at least one task; the data is empty.")
-    if sizes.min() < 2:
-        small = names[sizes < 2]
-        listed = ", ".join(repr(c.item() if hasattr(c, "item") else c) for c in small[:5])
-        raise ValueError(
-            f"Every task (group) needs at least 2 samples (1 support + 1 query), but "
-            f"group {listed} has only {int(sizes.min())} sample"
-            f"{'' if sizes.min() == 1 else 's'}; add samples or drop the group."
-        )
-    smallest = int(sizes.min())
-    shots = max(1, min(int(k_shot), smallest - 1))
-    queries = max(1, min(int(n_query), smallest - shots))
+    shots, queries, smallest, name = _fit_examples(
+        sizes, names, k_shot, n_query, "group", "sample", "samples", "task (group)")
     shape = EpisodeShape(1, shots, queries)
     if (shots, queries) == (k_shot, n_query):
         return shape, None
-    name = names[int(np.argmin(sizes))]
-    name = name.item() if hasattr(name, "item") else name
     message = (
         f"The data allows smaller episodes than requested: using k_shot={shots}, "
         f"n_query={queries} instead of k_shot={k_shot}, n_query={n_query} (the smallest "

@@ -9,22 +9,14 @@ from sklearn.base import RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch.nn import functional as F
 
-from ._config import PRECISIONS
 from ._constraints import (
-    Bool,
-    Callbacks,
-    Either,
     Int,
-    Mapping,
     NoneOr,
-    Options,
     RandomState,
     Real,
-    Shape,
-    Sizes,
     check_params,
 )
-from ._estimator import MetaEstimatorBase, _flatten_images
+from ._estimator import COMMON_PARAMS, MetaEstimatorBase, _flatten_images
 from .episodes import resolve_task_shape
 from .evaluation import (
     FewShotRegressionResult,
@@ -251,31 +243,7 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
         self.random_state = random_state
         self.verbose = verbose
 
-    _PARAM_TABLE = {
-        "hidden_layer_sizes": Sizes(),
-        "n_filters": Int(1),
-        "input_shape": NoneOr(Shape()),
-        "module_params": NoneOr(Mapping()),
-        "k_shot": Int(1),
-        "n_query": Int(1),
-        "meta_batch_size": Int(1),
-        "inner_lr": Real(0.0),
-        "n_inner_steps": Int(0),
-        "n_inner_steps_test": Int(0),
-        "lr": Real(0.0),
-        "optimizer_params": NoneOr(Mapping()),
-        "lr_schedule": Options("constant", "cosine"),
-        "max_epochs": Int(0),
-        "meta_batches_per_epoch": Int(1),
-        "n_eval_episodes": Int(1),
-        "validation_fraction": NoneOr(Real(0.0, strict=True, high=1.0)),
-        "precision": Options("auto", *PRECISIONS),
-        "adapt_on_fit": Bool(),
-        "warm_start": Bool(),
-        "callbacks": Callbacks(),
-        "random_state": RandomState(),
-        "verbose": Either(Bool(), Int(0)),
-    }
+    _PARAM_TABLE = {**COMMON_PARAMS, "inner_lr": Real(0.0)}
     _loss = staticmethod(_mse)
     _head = "fixed"  # a meta-learned linear output layer, one row per output
     _mlp_batch_norm = False
