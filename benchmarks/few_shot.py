@@ -85,6 +85,9 @@ def build_parser():
                         help="never download; fail with a clear message if the data is absent")
     parser.add_argument("--minutes", type=float, default=None,
                         help="meta-training time budget (default: 5; digits: 0.5)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="meta-training budget in meta-steps (a multiple of 50) "
+                             "instead of minutes; --minutes then only caps it")
     parser.add_argument("--ways", type=int, default=None, help="N (default: 5, digits: 3)")
     parser.add_argument("--shots", type=int, default=1, help="K (default: 1)")
     parser.add_argument("--queries", type=int, default=5,
@@ -100,6 +103,8 @@ def build_parser():
     parser.add_argument("--inner-steps", type=int, default=1)
     parser.add_argument("--inner-steps-test", type=int, default=3)
     parser.add_argument("--lr", type=float, default=1e-3, help="meta learning rate (Adam)")
+    parser.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+                        help="cosine annealing over the --steps budget (default: constant)")
     parser.add_argument("--transductive", action="store_true",
                         help="query-batch BatchNorm statistics, as in the MAML paper")
     parser.add_argument("--precision", default="auto")
@@ -117,6 +122,7 @@ def run(args, data=None):
     ``data``: ``(X_train, y_train, X_test, y_test)`` already loaded, or None.
     """
     torch.set_num_threads(args.threads)
+    args.minutes_given = args.minutes is not None
     if args.minutes is None:
         args.minutes = 5.0 if args.dataset == "omniglot" else 0.5
     start = time.perf_counter()
@@ -137,9 +143,14 @@ def run(args, data=None):
                   meta_batch_size=args.meta_batch_size, precision=args.precision,
                   algorithm=args.algorithm, head=args.head, inner_lr=inner_lr, lr=args.lr,
                   n_inner_steps=args.inner_steps, n_inner_steps_test=args.inner_steps_test,
-                  transductive=args.transductive, adapt_on_fit=False, random_state=args.seed)
-    clf = FOMAMLClassifier(module, max_epochs=100_000, meta_batches_per_epoch=50,
-                           callbacks=[TimeLimit(args.minutes)], verbose=1, **common)
+                  transductive=args.transductive, lr_schedule=args.lr_schedule,
+                  adapt_on_fit=False, random_state=args.seed)
+    if args.lr_schedule != "constant" and args.steps is None:
+        raise SystemExit("--lr-schedule cosine needs a --steps budget (its length)")
+    max_epochs = 100_000 if args.steps is None else max(1, args.steps // 50)
+    limit = [TimeLimit(args.minutes)] if args.steps is None or args.minutes_given else []
+    clf = FOMAMLClassifier(module, max_epochs=max_epochs, meta_batches_per_epoch=50,
+                           callbacks=limit, verbose=1, **common)
     t0 = time.perf_counter()
     clf.fit(X_train, y_train)
     train_seconds = time.perf_counter() - t0

@@ -19,9 +19,15 @@ Setups (``--setup``):
 - ``default``: this package's defaults (prototype head, ``inner_lr="auto"``,
   support-set BatchNorm statistics), meta-batch 16, 5 queries per class.
 
+The header gives the CPU model and the float32 (and bfloat16) matmul
+GFLOP/s measured at the start of the run; with ``--steps`` the budget is a
+number of meta-steps instead of minutes (both are printed either way).
+
 Examples
 --------
 python benchmarks/omniglot.py --data-home ../shared/data --offline --settings 5w1s --minutes 30
+python benchmarks/omniglot.py --data-home ../shared/data --offline --settings 5w1s,5w5s \
+    --steps 1000
 python benchmarks/omniglot.py --setup paper --settings 5w1s,20w1s --minutes 10
 """
 
@@ -34,6 +40,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from few_shot import PUBLISHED, build_parser, load_omniglot, run  # noqa: E402
 
 SETTINGS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
+# Snell et al. 2017 (ProtoNets, Conv-4, non-transductive, 60-way training) and
+# Antoniou et al. 2019 (MAML++), in %.
+PUBLISHED_BEST = {(5, 1): ("98.8", "99.47"), (5, 5): ("99.7", "99.93"),
+                  (20, 1): ("96.0", "97.65"), (20, 5): ("98.9", "99.33")}
+
+
+def machine_line():
+    """The CPU model and its matmul GFLOP/s, measured now (2 threads or fewer)."""
+    import torch
+    from throughput import matmul_peak
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = "unknown CPU"
+    peaks = {str(d).replace("torch.", ""): matmul_peak(d)
+             for d in (torch.float32, torch.bfloat16)}
+    return (f"Machine: {model}, {torch.get_num_threads()} torch threads; matmul "
+            + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
 
 
 def setup_args(setup, ways):
@@ -55,6 +82,9 @@ def main(argv=None):
     parser.add_argument("--setup", choices=["default", "paper"], default="default")
     parser.add_argument("--minutes", type=float, default=30.0,
                         help="meta-training budget per setting (default: 30)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="budget in meta-steps per setting instead (--minutes is "
+                             "then ignored)")
     parser.add_argument("--data-home", default=None)
     parser.add_argument("--offline", action="store_true")
     parser.add_argument("--episodes", type=int, default=600)
@@ -67,8 +97,9 @@ def main(argv=None):
 
     base = ["--data-home", args.data_home] if args.data_home else []
     base += ["--offline"] if args.offline else []
-    base += ["--minutes", str(args.minutes), "--episodes", str(args.episodes),
-             "--seed", str(args.seed)]
+    base += (["--minutes", str(args.minutes)] if args.steps is None
+             else ["--steps", str(args.steps)])
+    base += ["--episodes", str(args.episodes), "--seed", str(args.seed)]
     first = build_parser().parse_args(base)
     t0 = time.perf_counter()
     try:
@@ -76,11 +107,14 @@ def main(argv=None):
     except OSError as exc:
         parser.exit(2, f"error: {exc}\n")
     print(f"Omniglot loaded in {time.perf_counter() - t0:.1f} s")
+    print(machine_line(), flush=True)
 
     summary = []
     for name in names:
         ways, shots = SETTINGS[name]
-        print(f"\n=== {name} ({args.setup} setup, {args.minutes:g} min) ===")
+        budget = (f"{args.minutes:g} min" if args.steps is None
+                  else f"{args.steps} meta-steps")
+        print(f"\n=== {name} ({args.setup} setup, {budget}) ===")
         run_args = build_parser().parse_args(
             base + ["--ways", str(ways), "--shots", str(shots)]
             + setup_args(args.setup, ways) + extra
@@ -91,14 +125,18 @@ def main(argv=None):
     print(f"\nSummary ({args.setup} setup, {args.episodes} test episodes of the 423 unseen "
           "characters, mean +- 95% CI):")
     print(f"{'setting':<8} {'ours':>16} {'meta-steps':>10} {'min':>5} {'precision':>9} "
-          f"{'best baseline':>16} {'margin':>7}   published FOMAML / MAML / Reptile")
+          f"{'best baseline':>16} {'margin':>7}   published FOMAML / MAML / Reptile; "
+          "ProtoNets (best non-transductive) / MAML++")
     for name, out in summary:
         r = out["result"]
         fo, so, rep = PUBLISHED[SETTINGS[name]]
+        proto, mamlpp = PUBLISHED_BEST[SETTINGS[name]]
         best = out["baselines"][out["best_baseline"]]
         print(f"{name:<8} {100 * r.mean:8.2f} +- {100 * r.ci95:4.2f} {out['n_steps']:>10d} "
               f"{out['train_seconds'] / 60:5.1f} {out['precision']:>9} "
-              f"{100 * best:16.2f} {out['margin']:+7.2f}   {fo} / {so} / {rep}")
+              f"{100 * best:16.2f} {out['margin']:+7.2f}   {fo} / {so} / {rep}; "
+              f"{proto} / {mamlpp}")
+    print(machine_line())
     return 0
 
 

@@ -3,7 +3,8 @@ learning rate, rules; query MSE on 300 new waves after 1 and 10 test-time
 inner steps (10 support points), after ``STEPS`` meta-steps of 10 tasks.
 Chose the regressor's defaults and the learning tests' settings.
 
-Usage: python benchmarks/sinusoid_settings.py 2000   (1 thread)
+Usage: python benchmarks/sinusoid_settings.py [STEPS [NAME ...]]   (1 thread;
+default 2000 meta-steps, every setting)
 """
 
 import sys
@@ -13,6 +14,7 @@ import warnings
 import torch
 
 from fomaml_sklearn import FOMAMLRegressor
+from fomaml_sklearn.algorithms import IMAML
 from fomaml_sklearn.datasets import make_sinusoid_tasks
 
 torch.set_num_threads(1)
@@ -33,7 +35,13 @@ configs = [
  ("fo-anil a.1 k5", dict(algorithm="fo-anil", inner_lr=0.1, n_inner_steps=5)),
  ("pretrained a.01", dict(n_inner_steps=0)),
  ("pretrained a.05", dict(n_inner_steps=0, inner_lr=0.05)),
+ ("imaml lam1 k5", dict(algorithm="imaml", n_inner_steps=5)),
+ ("imaml lam1 k20", dict(algorithm="imaml", n_inner_steps=20)),
+ ("imaml lam10 k5", dict(algorithm=IMAML(lam=10.0), n_inner_steps=5)),
+ ("imaml lam0.1 k20", dict(algorithm=IMAML(lam=0.1), n_inner_steps=20)),
 ]
+names = sys.argv[2:]
+configs = [(n, kw) for n, kw in configs if not names or n in names]
 for name, kw in configs:
     t = time.time()
     reg = FOMAMLRegressor(max_epochs=steps // 100, meta_batches_per_epoch=100, random_state=0,
