@@ -17,7 +17,9 @@ Setups (``--setup``):
   32, inner rate 0.4 with 1 step in training and 3 at test for 5-way;
   meta-batch 16, inner rate 0.1 and 5 steps for 20-way; Adam 1e-3.
 - ``default``: this package's defaults (prototype head, ``inner_lr="auto"``,
-  support-set BatchNorm statistics), meta-batch 16, 5 queries per class.
+  support-set BatchNorm statistics), meta-batch 16, 5 queries per class, and
+  the levers that paid in ``benchmarks/ablation.py``: at least 10 ways per
+  training task and a meta rate of 3e-3 (``few_shot.py``'s Omniglot defaults).
 
 The header gives the CPU model and the float32 (and bfloat16) matmul
 GFLOP/s measured at the start of the run; with ``--steps`` the budget is a
@@ -67,11 +69,12 @@ def setup_args(setup, ways):
     """few_shot.py options of a setup for an ``ways``-way setting."""
     if setup == "default":
         return ["--meta-batch-size", "16", "--queries", "5"]
+    paper = ["--lr", "1e-3", "--train-ways", str(ways)]
     if ways == 5:
-        return ["--head", "fixed", "--transductive", "--meta-batch-size", "32",
+        return paper + ["--head", "fixed", "--transductive", "--meta-batch-size", "32",
                 "--inner-lr", "0.4", "--inner-steps", "1", "--inner-steps-test", "3"]
-    return ["--head", "fixed", "--transductive", "--meta-batch-size", "16",
-            "--inner-lr", "0.1", "--inner-steps", "5", "--inner-steps-test", "5"]
+    return paper + ["--head", "fixed", "--transductive", "--meta-batch-size", "16",
+                    "--inner-lr", "0.1", "--inner-steps", "5", "--inner-steps-test", "5"]
 
 
 def main(argv=None):
