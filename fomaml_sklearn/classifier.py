@@ -104,8 +104,9 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
     meta_batch_size : int, default=4
         Tasks per outer (meta) step.
     inner_lr : float or "auto", default="auto"
-        Inner-loop SGD rate (alpha). ``"auto"``: 0.05 with the prototype head
-        (which starts close to a good classifier; a large rate hurts it, see
+        Inner-loop SGD rate (alpha). ``"auto"``: 0.01 with the prototype head
+        (which starts close to a good classifier: larger rates made the
+        test-time steps collapse some 5-shot episodes, see
         ``docs/design.md``) and 0.4, the MAML paper's Omniglot value, with
         the ``"shared"`` and ``"fixed"`` heads.
     n_inner_steps : int, default=1

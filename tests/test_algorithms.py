@@ -271,11 +271,16 @@ def test_every_algorithm_beats_random_init_on_an_omniglot_slice(omniglot_slice, 
     X, y = omniglot_slice
     train = y < 60
 
+    # iMAML's implicit gradient needs its proximal inner problem solved: 5
+    # steps (with 1 at the prototype head's rate 0.01 it learned less: 57 %
+    # against 48 % from random initialisation).
+    steps = 5 if algorithm == "imaml" else 1
+
     def make(epochs):
         return FOMAMLClassifier("conv4", n_filters=32, algorithm=algorithm, n_ways=5,
                                 k_shot=1, n_query=5, meta_batch_size=4, max_epochs=epochs,
-                                meta_batches_per_epoch=100, device="cpu",
-                                adapt_on_fit=False, random_state=0)
+                                meta_batches_per_epoch=100, n_inner_steps=steps,
+                                device="cpu", adapt_on_fit=False, random_state=0)
 
     meta = make(1).fit(X[train], y[train]).evaluate(X[~train], y[~train], n_episodes=100)
     scratch = make(0).fit(X[train], y[train]).evaluate(X[~train], y[~train], n_episodes=100)
