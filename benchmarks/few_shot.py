@@ -93,6 +93,10 @@ def build_parser():
                         help="classes per meta-training task (default: at least 10 on "
                              "Omniglot, the best of benchmarks/ablation.py, else N)")
     parser.add_argument("--shots", type=int, default=1, help="K (default: 1)")
+    parser.add_argument("--train-shots", type=int, default=None,
+                        help="support examples per class in meta-training tasks "
+                             "(default: 1 on Omniglot, where 1-shot training also scored "
+                             "best on 5-shot tests, else K)")
     parser.add_argument("--queries", type=int, default=5,
                         help="query examples per class in meta-training (default: 5)")
     parser.add_argument("--meta-batch-size", type=int, default=16)
@@ -150,7 +154,8 @@ def run(args, data=None):
     train_ways = args.train_ways or (max(ways, 10) if omniglot else ways)
     if args.lr is None:
         args.lr = 3e-3 if omniglot else 1e-3
-    common = dict(n_ways=train_ways, k_shot=args.shots, n_query=args.queries,
+    train_shots = args.train_shots or (1 if omniglot else args.shots)
+    common = dict(n_ways=train_ways, k_shot=train_shots, n_query=args.queries,
                   meta_batch_size=args.meta_batch_size, precision=args.precision,
                   algorithm=args.algorithm, head=args.head, inner_lr=inner_lr, lr=args.lr,
                   n_inner_steps=args.inner_steps, n_inner_steps_test=args.inner_steps_test,
@@ -173,6 +178,7 @@ def run(args, data=None):
     print(f"\n{ways}-way {args.shots}-shot accuracy on {args.episodes} episodes of "
           f"unseen classes ({shape.n_query} queries per class), 95% CI; "
           f"meta-training: {n_steps} meta-steps of {args.meta_batch_size} {train_ways}-way "
+          f"{train_shots}-shot "
           f"tasks (lr {args.lr:g}, {args.lr_schedule}) in "
           f"{train_seconds / 60:.1f} min, {clf.precision_}, gradient through the "
           f"prototypes: {through}:")

@@ -103,9 +103,13 @@ def _private_checkpoint(callback):
     target = getattr(cb, "checkpoint", cb)  # TrainEndCheckpoint wraps a Checkpoint
     if not hasattr(target, "dirname"):
         return callback
+    import atexit
+    import shutil
     import tempfile
 
     target.dirname = tempfile.mkdtemp(prefix="fomaml_sklearn_rank_")
+    # Kept while the process lives (a warm-start fit writes there again).
+    atexit.register(shutil.rmtree, target.dirname, True)
     for attr in ("f_params", "f_optimizer", "f_criterion", "f_history", "f_pickle"):
         value = getattr(target, attr, None)
         if isinstance(value, (str, os.PathLike)):
