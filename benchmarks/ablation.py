@@ -26,7 +26,6 @@ prototype head as they are).
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fomaml_sklearn import FOMAMLClassifier  # noqa: E402
 
 from few_shot import load_omniglot  # noqa: E402
+from throughput import cpu_model  # noqa: E402
 
 # The reference point: the fixed_steps.py settings (16 tasks per meta-step).
 BASE = dict(module="conv4", n_ways=5, k_shot=1, n_query=5, meta_batch_size=16, lr=1e-3,
@@ -106,7 +106,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     X, y, _, _ = load_omniglot(argparse.Namespace(data_home=args.data_home, offline=True))
     X_tr, y_tr, X_val, y_val = validation_split(X, y, args.n_val)
-    print(f"# {platform.processor() or platform.machine()}, {args.threads} threads; "
+    print(f"# {cpu_model()}, {args.threads} threads; "
           f"{len(np.unique(y_tr))} training classes, {len(np.unique(y_val))} validation "
           f"characters; {args.steps} meta-steps, seed {args.seed}", flush=True)
     for name in args.variants:

@@ -51,14 +51,10 @@ PUBLISHED_BEST = {(5, 1): ("98.8", "99.47"), (5, 5): ("99.7", "99.93"),
 def machine_line():
     """The CPU model and its matmul GFLOP/s, measured now (2 threads or fewer)."""
     import torch
-    from throughput import matmul_peak
 
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f
-                         if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = "unknown CPU"
+    from throughput import cpu_model, matmul_peak
+
+    model = cpu_model()
     peaks = {str(d).replace("torch.", ""): matmul_peak(d)
              for d in (torch.float32, torch.bfloat16)}
     return (f"Machine: {model}, {torch.get_num_threads()} torch threads; matmul "

@@ -121,13 +121,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args)
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f
-                         if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = "unknown CPU"
-    print(f"# {model}, {os.cpu_count()} cores; Omniglot 5-way 1-shot, meta-batch 16, "
+    sys.path.insert(0, str(SCRIPT.parent))
+    from throughput import cpu_model
+
+    print(f"# {cpu_model()}, {os.cpu_count()} cores; Omniglot 5-way 1-shot, meta-batch 16, "
           f"{args.steps} meta-steps per run ({args.warmup} untimed), round-robin x "
           f"{args.rounds}", flush=True)
     results = {"1 process x 2 threads": [], "2 processes x 1 thread": []}

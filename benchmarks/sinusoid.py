@@ -22,16 +22,19 @@ Usage::
 
 import argparse
 import os
-import platform
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from fomaml_sklearn import FOMAMLRegressor
 from fomaml_sklearn.datasets import make_sinusoid_tasks
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import cpu_model  # noqa: E402
 
 METHODS = {
     "FOMAML": dict(algorithm="fomaml"),
@@ -40,17 +43,6 @@ METHODS = {
     "pretrained": dict(n_inner_steps=0),
     "random": dict(max_epochs=0),
 }
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None):

@@ -151,6 +151,20 @@ def _time_interleaved(fns, repeats):
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
+def cpu_model():
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def matmul_peak(dtype, n=2048, repeats=5):
     """GFLOP/s of an n x n matmul on this machine (median)."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)

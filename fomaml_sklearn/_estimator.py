@@ -9,6 +9,7 @@ lives here once.
 """
 
 import copy
+import numbers
 import os
 import warnings
 
@@ -41,6 +42,7 @@ from .algorithms._base import TaskRunner
 from .backbones import build_backbone
 from .backbones import image_shape as image_shape_of
 from .callbacks import meta_steps_per_epoch
+from .evaluation import sample_episodes
 from .heads import MetaModel
 
 __all__ = ["MetaEstimatorBase"]
@@ -221,7 +223,7 @@ class MetaEstimatorBase(BaseEstimator):
 
     # --------------------------------------------------------------------- fit
     def _fit_on_copy(self, *args):
-        """Run ``_fit(*args, warm)`` on a copy and swap it in only when it
+        """Run ``_fit(*args, warm=, device=)`` on a copy and swap it in only when it
         succeeds: a failed call leaves a fitted estimator exactly as it was."""
         warm = bool(self.warm_start) and hasattr(self, "net_")
         # Under torchrun, join (initialise) the process group first: the
@@ -235,13 +237,10 @@ class MetaEstimatorBase(BaseEstimator):
         else:
             for name in [k for k in vars(new) if k.endswith("_") and not k.startswith("_")]:
                 delattr(new, name)
-        new._fit_device = device
         try:
-            new._fit(*args, warm)
+            new._fit(*args, warm=warm, device=device)
         except BaseException as exc:
             raise distributed.rank_note(exc, "fit")
-        finally:
-            del new._fit_device
         self.__dict__.clear()
         self.__dict__.update(vars(new))
         return self
@@ -262,7 +261,7 @@ class MetaEstimatorBase(BaseEstimator):
         return dict(zip(("torch", "episodes", "split", "valid", "adapt"), seeds))
 
     def _meta_train(self, *, X, image_shape, train_mask, fit_labels, shape, valid, n_rows,
-                    warm, seeds, optimizer_cls, targets=None):
+                    warm, device, seeds, optimizer_cls, targets=None):
         """Build (or continue) the skorch net and meta-train it; set the
         fitted attributes every estimator has.
 
@@ -286,6 +285,8 @@ class MetaEstimatorBase(BaseEstimator):
             Rows of a ``"fixed"`` head.
         warm : bool
             Continue the existing net.
+        device : torch.device
+            Where to train (``fit`` resolved it, and joined a process group).
         seeds : dict
             From :meth:`_draw_seeds`.
         optimizer_cls : type
@@ -298,7 +299,6 @@ class MetaEstimatorBase(BaseEstimator):
         X_t : torch.Tensor
             All of ``X`` on the device (for the final adaptation).
         """
-        device = self._fit_device
         resolve_precision(self.precision, device)  # fail before building anything
         X_t = self._to_tensor(X, device)
         train_split, valid_params = None, {}
@@ -379,6 +379,14 @@ class MetaEstimatorBase(BaseEstimator):
                 else getattr(meta_model.backbone, "input_shape", None))
         self.task_model_ = None
         return X_t
+
+    @staticmethod
+    def _warn_smaller_episodes(message, what=None):
+        """Warn that the episodes shrank (``what``: where), at the user's fit
+        call (fit -> _fit_on_copy -> _fit -> the shape helper -> here)."""
+        if message is not None:
+            warnings.warn(message if what is None else f"{message[:-1]} {what}.",
+                          UserWarning, stacklevel=6)
 
     def _describe_shape(self, shape):
         return (f"episodes {shape.n_ways}-way {shape.k_shot}-shot with "
@@ -485,6 +493,18 @@ class MetaEstimatorBase(BaseEstimator):
                 f"({type(exc).__name__}: {exc}). The estimator keeps the meta-trained "
                 "model; call adapt(X_support, y_support) before predict.",
                 UserWarning, stacklevel=6)  # fit -> _fit_on_copy -> _fit -> _adapt_on_fit
+
+    def _evaluation_episodes(self, codes, shape, n_episodes, random_state):
+        """``evaluate``'s episodes: ``n_eval_episodes`` by default, seeded by
+        ``random_state``, else the estimator's int ``random_state``, else 0
+        (repeated calls score the same episodes)."""
+        if isinstance(random_state, np.random.RandomState):
+            random_state = int(random_state.randint(0, 2**31 - 1))
+        if random_state is None:
+            seed = self.random_state
+            random_state = seed if isinstance(seed, numbers.Integral) else 0
+        n_episodes = self.n_eval_episodes if n_episodes is None else n_episodes
+        return sample_episodes(codes, shape, n_episodes, random_state)
 
     # ------------------------------------------------------------------- adapt
     def _runner(self):

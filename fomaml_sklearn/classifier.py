@@ -1,6 +1,5 @@
 """The scikit-learn estimator: :class:`FOMAMLClassifier`."""
 
-import numbers
 import warnings
 
 import numpy as np
@@ -28,7 +27,6 @@ from .evaluation import (
     FewShotResult,
     confidence_interval,
     episodic_accuracies,
-    sample_episodes,
 )
 from .heads import HEADS
 
@@ -391,7 +389,7 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
     _head = property(lambda self: self.head)
     _network_params_hint = "hidden_layer_sizes, n_filters, input_shape, head, n_ways"
 
-    def _fit(self, X, y, X_val, y_val, warm):
+    def _fit(self, X, y, X_val, y_val, warm, device):
         optimizer_cls = self._check_params()
         X, codes, classes, image_shape = self._validate_Xy(X, y, reset=not warm)
         self._check_input_shape(X, image_shape)
@@ -408,7 +406,7 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
                 valid_codes, valid_names, "in the validation episodes"), None)
         X_t = self._meta_train(X=X, image_shape=image_shape, train_mask=train_mask,
                                fit_labels=train_codes, shape=shape, valid=valid,
-                               n_rows=shape.n_ways, warm=warm, seeds=seeds,
+                               n_rows=shape.n_ways, warm=warm, device=device, seeds=seeds,
                                optimizer_cls=optimizer_cls)
         self.classes_ = classes
         if self.adapt_on_fit:
@@ -440,9 +438,7 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         shape, message = resolve_episode_shape(
             counts, self.n_ways, self.k_shot, self.n_query, class_names=class_names
         )
-        if message is not None:
-            warnings.warn(message if what is None else f"{message[:-1]} {what}.",
-                          UserWarning, stacklevel=5)  # fit -> _fit_on_copy -> _fit -> here
+        self._warn_smaller_episodes(message, what)
         return shape
 
     def _validation_data(self, codes, classes, X, X_val, y_val, rng):
@@ -587,9 +583,6 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
                       "random_state": NoneOr(RandomState())},
                      dict(n_ways=n_ways, k_shot=k_shot, n_query=n_query,
                           n_episodes=n_episodes, random_state=random_state))
-        if isinstance(random_state, np.random.RandomState):
-            random_state = int(random_state.randint(0, 2**31 - 1))
-        n_episodes = self.n_eval_episodes if n_episodes is None else n_episodes
         counts = np.bincount(codes, minlength=len(classes))
         shape, message = resolve_episode_shape(
             counts,
@@ -600,10 +593,7 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         )
         if message is not None:
             warnings.warn(message, UserWarning, stacklevel=2)
-        if random_state is None:
-            seed = self.random_state
-            random_state = seed if isinstance(seed, numbers.Integral) else 0
-        episodes = sample_episodes(codes, shape, n_episodes, random_state)
+        episodes = self._evaluation_episodes(codes, shape, n_episodes, random_state)
         runner = self._runner()
         accuracies = episodic_accuracies(runner, self._to_tensor(X, self.device_), episodes)
         mean, ci95 = confidence_interval(accuracies)

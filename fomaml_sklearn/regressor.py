@@ -1,6 +1,5 @@
 """The scikit-learn few-shot regressor: :class:`FOMAMLRegressor`."""
 
-import numbers
 import warnings
 
 import numpy as np
@@ -22,7 +21,6 @@ from .evaluation import (
     FewShotRegressionResult,
     confidence_interval,
     episodic_regression_errors,
-    sample_episodes,
 )
 
 __all__ = ["FOMAMLRegressor"]
@@ -309,7 +307,7 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
         """
         return self._fit_on_copy(X, y, groups)
 
-    def _fit(self, X, y, groups, warm):
+    def _fit(self, X, y, groups, warm, device):
         optimizer_cls = self._check_params()
         if warm:
             n_outputs_before = self.n_outputs_
@@ -332,9 +330,13 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
         self._check_validation_callbacks(valid is not None)
         train_codes = np.unique(codes[train_mask], return_inverse=True)[1]
         shape = self._task_shape(train_codes, names[np.unique(codes[train_mask])])
+        if valid is not None:
+            X_valid, valid_codes, valid_names, Y_valid = valid
+            valid = (X_valid, valid_codes, self._task_shape(
+                valid_codes, valid_names, "in the validation episodes"), Y_valid)
         X_t = self._meta_train(X=X, image_shape=image_shape, train_mask=train_mask,
                                fit_labels=train_codes, shape=shape, valid=valid,
-                               n_rows=Y.shape[1], warm=warm, seeds=seeds,
+                               n_rows=Y.shape[1], warm=warm, device=device, seeds=seeds,
                                optimizer_cls=optimizer_cls, targets=Y[train_mask])
         self.n_outputs_ = Y.shape[1]
         self.n_tasks_ = int(train_codes.max()) + 1
@@ -356,13 +358,11 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
     def _task_shape(self, codes, names, what=None):
         sizes = np.bincount(codes, minlength=len(names))
         shape, message = resolve_task_shape(sizes, self.k_shot, self.n_query, names)
-        if message is not None:
-            warnings.warn(message if what is None else f"{message[:-1]} {what}.",
-                          UserWarning, stacklevel=5)  # fit -> _fit_on_copy -> _fit -> here
+        self._warn_smaller_episodes(message, what)
         return shape
 
     def _validation_data(self, codes, names, X, Y, rng):
-        """Training mask and validation ``(X, codes, shape, targets)`` or None."""
+        """Training mask and validation ``(X, codes, task names, targets)`` or None."""
         if self.validation_fraction is None:
             return np.ones(len(codes), dtype=bool), None
         n_tasks = len(names)
@@ -377,8 +377,7 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
         held_out[rng.permutation(n_tasks)[:n_valid]] = True
         valid_mask = held_out[codes]
         valid_codes = np.unique(codes[valid_mask], return_inverse=True)[1]
-        shape = self._task_shape(valid_codes, names[held_out], "in the validation episodes")
-        return ~valid_mask, (X[valid_mask], valid_codes, shape, Y[valid_mask])
+        return ~valid_mask, (X[valid_mask], valid_codes, names[held_out], Y[valid_mask])
 
     # ------------------------------------------------------------------- adapt
     def adapt(self, X_support, y_support):
@@ -462,8 +461,6 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
                       "n_episodes": NoneOr(Int(1)), "random_state": NoneOr(RandomState())},
                      dict(k_shot=k_shot, n_query=n_query, n_episodes=n_episodes,
                           random_state=random_state))
-        if isinstance(random_state, np.random.RandomState):
-            random_state = int(random_state.randint(0, 2**31 - 1))
         codes, names = self._group_codes(
             np.zeros(len(X), dtype=int) if groups is None else groups, len(X))
         shape, message = resolve_task_shape(
@@ -471,11 +468,7 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
             self.n_query if n_query is None else n_query, names)
         if message is not None:
             warnings.warn(message, UserWarning, stacklevel=2)
-        if random_state is None:
-            seed = self.random_state
-            random_state = seed if isinstance(seed, numbers.Integral) else 0
-        n_episodes = self.n_eval_episodes if n_episodes is None else n_episodes
-        episodes = sample_episodes(codes, shape, n_episodes, random_state)
+        episodes = self._evaluation_episodes(codes, shape, n_episodes, random_state)
         mses, r2s = episodic_regression_errors(
             self._runner(), self._to_tensor(X, self.device_),
             self._to_tensor(Y, self.device_), episodes)
