@@ -35,8 +35,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fomaml_sklearn import FOMAMLClassifier  # noqa: E402
+from fomaml_sklearn.callbacks import meta_steps_per_epoch  # noqa: E402
 
 from few_shot import load_omniglot  # noqa: E402
+from maml_plus_plus import LSLRFOMAML, MultiStepLossFOMAML  # noqa: E402
 from throughput import cpu_model  # noqa: E402
 
 # The reference point: the fixed_steps.py settings (16 tasks per meta-step).
@@ -62,6 +64,18 @@ VARIANTS = {
     "ways10-lr3e-3": dict(n_ways=10, lr=3e-3),
     "ways10-lr3e-3-cosine": dict(n_ways=10, lr=3e-3, lr_schedule="cosine"),
     "ways20-lr3e-3-cosine": dict(n_ways=20, lr=3e-3, lr_schedule="cosine"),
+    # On top of ways10-lr3e-3 (the main job's training tasks):
+    "ways20-lr3e-3": dict(n_ways=20, lr=3e-3),
+    "ways10-lr3e-3-shift1": dict(n_ways=10, lr=3e-3, augment_shift=1),
+    "ways10-lr3e-3-shift2": dict(n_ways=10, lr=3e-3, augment_shift=2),
+    "ways10-lr3e-3-shift3": dict(n_ways=10, lr=3e-3, augment_shift=3),
+    "ways10-lr3e-3-lslr": dict(n_ways=10, lr=3e-3, algorithm=LSLRFOMAML()),
+    "ways10-lr3e-3-inner3": dict(n_ways=10, lr=3e-3, n_inner_steps=3),
+    "ways10-lr3e-3-inner3-msl": dict(n_ways=10, lr=3e-3, n_inner_steps=3,
+                                     algorithm=MultiStepLossFOMAML()),
+    "ways10-lr3e-3-inner3-lslr": dict(n_ways=10, lr=3e-3, n_inner_steps=3,
+                                      algorithm=LSLRFOMAML()),
+    "ways10-lr3e-3-mb32": dict(n_ways=10, lr=3e-3, meta_batch_size=32),
 }
 
 
@@ -97,6 +111,9 @@ def main(argv=None):
     parser.add_argument("--episodes", type=int, default=300)
     parser.add_argument("--test-steps", type=int, nargs="+", default=[0, 3],
                         help="test-time inner steps to score with (default: 0 3)")
+    parser.add_argument("--curve", action="store_true",
+                        help="also score 100 validation episodes (of the training "
+                             "episodes' shape) after every 50 meta-steps and print the curve")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -115,7 +132,7 @@ def main(argv=None):
         clf = FOMAMLClassifier(max_epochs=epochs, meta_batches_per_epoch=args.steps // epochs,
                                adapt_on_fit=False, random_state=args.seed, **params)
         t0 = time.perf_counter()
-        clf.fit(X_tr, y_tr)
+        clf.fit(X_tr, y_tr, **(dict(X_val=X_val, y_val=y_val) if args.curve else {}))
         seconds = time.perf_counter() - t0
         scores = []
         for setting in args.eval:
@@ -128,6 +145,16 @@ def main(argv=None):
         print(f"{name:<14s} {clf.n_meta_steps_} steps, {seconds / clf.n_meta_steps_:.3f} "
               f"s/step ({clf.precision_}); validation: " + "; ".join(scores) + " %",
               flush=True)
+        if args.curve:
+            steps = np.cumsum(meta_steps_per_epoch(clf.history_))
+            acc = clf.history_[:, "valid_acc"]
+            print(f"{'':<14s} validation curve (meta-steps: accuracy of "
+                  f"{clf.episode_shape_.n_ways}-way {clf.episode_shape_.k_shot}-shot "
+                  "episodes, %): " + ", ".join(f"{n}: {100 * a:.1f}"
+                                               for n, a in zip(steps, acc)), flush=True)
+        if hasattr(clf.algorithm_, "describe"):
+            print(f"{'':<14s} learned inner rates (min / median / max): "
+                  f"{clf.algorithm_.describe()}", flush=True)
     return 0
 
 

@@ -88,11 +88,19 @@ def build_parser():
     parser.add_argument("--steps", type=int, default=None,
                         help="meta-training budget in meta-steps (a multiple of 50) "
                              "instead of minutes; --minutes then only caps it")
+    parser.add_argument("--continue-to", type=int, default=None, metavar="STEPS",
+                        help="after the evaluation, continue meta-training (warm start, "
+                             "new episodes) up to this many meta-steps and evaluate the "
+                             "model again, e.g. --steps 3000 --continue-to 6000")
     parser.add_argument("--ways", type=int, default=None, help="N (default: 5, digits: 3)")
     parser.add_argument("--train-ways", type=int, default=None,
                         help="classes per meta-training task (default: at least 10 on "
                              "Omniglot, the best of benchmarks/ablation.py, else N)")
     parser.add_argument("--shots", type=int, default=1, help="K (default: 1)")
+    parser.add_argument("--also", default="",
+                        help="more test settings for the same meta-trained model, "
+                             "comma-separated WAYSwSHOTSs, e.g. 5w5s,20w1s (model only, "
+                             "no baselines)")
     parser.add_argument("--train-shots", type=int, default=None,
                         help="support examples per class in meta-training tasks "
                              "(default: 1 on Omniglot, where 1-shot training also scored "
@@ -100,6 +108,8 @@ def build_parser():
     parser.add_argument("--queries", type=int, default=5,
                         help="query examples per class in meta-training (default: 5)")
     parser.add_argument("--meta-batch-size", type=int, default=16)
+    parser.add_argument("--augment-shift", type=int, default=0, metavar="PX",
+                        help="shift meta-training images by up to PX pixels (default: 0)")
     parser.add_argument("--episodes", type=int, default=600,
                         help="test episodes (default: 600)")
     parser.add_argument("--algorithm", default="fomaml",
@@ -157,6 +167,7 @@ def run(args, data=None):
     train_shots = args.train_shots or (1 if omniglot else args.shots)
     common = dict(n_ways=train_ways, k_shot=train_shots, n_query=args.queries,
                   meta_batch_size=args.meta_batch_size, precision=args.precision,
+                  augment_shift=args.augment_shift,
                   algorithm=args.algorithm, head=args.head, inner_lr=inner_lr, lr=args.lr,
                   n_inner_steps=args.inner_steps, n_inner_steps_test=args.inner_steps_test,
                   transductive=args.transductive, lr_schedule=args.lr_schedule,
@@ -179,7 +190,7 @@ def run(args, data=None):
           f"unseen classes ({shape.n_query} queries per class), 95% CI; "
           f"meta-training: {n_steps} meta-steps of {args.meta_batch_size} {train_ways}-way "
           f"{train_shots}-shot "
-          f"tasks (lr {args.lr:g}, {args.lr_schedule}) in "
+          f"tasks (lr {args.lr:g}, {args.lr_schedule}, shifts <= {args.augment_shift} px) in "
           f"{train_seconds / 60:.1f} min, {clf.precision_}, gradient through the "
           f"prototypes: {through}:")
 
@@ -206,6 +217,24 @@ def run(args, data=None):
         t0 = time.perf_counter()
         acc = baseline_accuracies(est, X_test, episodes)
         baselines[name] = _row(name, acc, time.perf_counter() - t0)
+    also = _evaluate_also(clf, args, X_test, y_test, shape)
+    if args.continue_to:
+        if args.lr_schedule != "constant" or args.steps is None:
+            raise SystemExit("--continue-to needs --steps and a constant --lr-schedule")
+        # Warm start: the meta-parameters and Adam's state go on; a new seed
+        # draws new episodes (the same seed would replay the first run's).
+        extra = max(1, (args.continue_to - n_steps) // 50)
+        clf.set_params(warm_start=True, max_epochs=extra, random_state=args.seed + 1)
+        t0 = time.perf_counter()
+        clf.fit(X_train, y_train)
+        more_seconds = time.perf_counter() - t0
+        print(f"\nContinued to {clf.n_meta_steps_} meta-steps ({more_seconds / 60:.1f} min "
+              f"more, {(train_seconds + more_seconds) / 60:.1f} min in all):")
+        res = clf.evaluate(X_test, y_test, n_ways=shape.n_ways, k_shot=shape.k_shot,
+                           n_query=shape.n_query, n_episodes=args.episodes,
+                           random_state=args.seed)
+        _row(f"{ways}-way {args.shots}-shot", res.accuracies)
+        _evaluate_also(clf, args, X_test, y_test, shape)
     best_name = max(baselines, key=baselines.get)
     margin = 100 * (fomaml - baselines[best_name])
     print(f"\n{args.algorithm.upper()} minus the best baseline ({best_name}): "
@@ -218,9 +247,22 @@ def run(args, data=None):
     if args.dataset == "digits" and margin <= 0:
         print("As expected on digits: 6 training classes are too few for meta-learning "
               "to beat pixel-space baselines; Omniglot (964+ classes) is where it pays.")
-    return dict(result=result, train_seconds=train_seconds, n_steps=n_steps,
+    return dict(result=result, also=also, train_seconds=train_seconds, n_steps=n_steps,
                 baselines=baselines, best_baseline=best_name, margin=margin,
                 precision=clf.precision_)
+
+
+def _evaluate_also(clf, args, X_test, y_test, shape):
+    """The ``--also`` settings on the same model; their results by name."""
+    also = {}
+    for setting in filter(None, args.also.split(",")):
+        w, k = (int(v) for v in setting.rstrip("s").split("w"))
+        t0 = time.perf_counter()
+        res = clf.evaluate(X_test, y_test, n_ways=w, k_shot=k, n_query=shape.n_query,
+                           n_episodes=args.episodes, random_state=args.seed)
+        also[setting] = res
+        _row(f"{w}-way {k}-shot, the same model", res.accuracies, time.perf_counter() - t0)
+    return also
 
 
 def main(argv=None):

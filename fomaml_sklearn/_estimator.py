@@ -36,7 +36,7 @@ from ._constraints import (
     Sizes,
     check_params,
 )
-from ._training import EpisodeLoader, MetaTrainingNet
+from ._training import EpisodeLoader, MetaTrainingNet, RandomShift
 from .algorithms import get_algorithm
 from .algorithms._base import TaskRunner
 from .backbones import build_backbone
@@ -328,6 +328,9 @@ class MetaEstimatorBase(BaseEstimator):
         meta_model = (self.net_.module_ if warm else
                       self._build_meta_model(X.shape[1], input_shape, n_rows, generator))
         config = self._resolve_config(self.get_params(deep=False), meta_model, device)
+        images = (image_shape_of(X.shape[1], input_shape) if input_shape is not None
+                  else getattr(meta_model.backbone, "input_shape", None))
+        net_params["iterator_train__augment"] = self._augmentation(images)
         rank, world_size = distributed.world()
         if self.verbose and rank == 0:
             where = f" x {world_size} processes" if world_size > 1 else ""
@@ -374,11 +377,23 @@ class MetaEstimatorBase(BaseEstimator):
         self.inner_lr_ = config.inner_lr
         self.task_batching_ = config.task_batching
         if not warm:
-            self.input_shape_ = (
-                image_shape_of(X.shape[1], input_shape) if input_shape is not None
-                else getattr(meta_model.backbone, "input_shape", None))
+            self.input_shape_ = images
         self.task_model_ = None
         return X_t
+
+    def _augmentation(self, image_shape):
+        """The transform of the meta-training episodes' inputs, or None
+        (``image_shape``: of one input, None where they are not images)."""
+        shift = getattr(self, "augment_shift", 0)
+        if not shift:
+            return None
+        if image_shape is None:
+            raise ValueError(
+                f"augment_shift={shift} shifts images, but the inputs are not known to be "
+                "images: use module='conv4', pass X as (n_samples, channels, height, "
+                "width), or set input_shape=(channels, height, width); or set "
+                "augment_shift=0.")
+        return RandomShift(shift, image_shape)
 
     @staticmethod
     def _warn_smaller_episodes(message, what=None):

@@ -23,13 +23,66 @@ import numpy as np
 import torch
 from skorch import NeuralNet
 from skorch.callbacks import PassthroughScoring
+from torch.nn import functional as F
 
 from . import distributed
 from .algorithms._base import TaskRunner
 from .episodes import EpisodeSampler
 from .evaluation import adapted_query_logits
 
-__all__ = ["MetaBatch", "EpisodeLoader", "MetaTrainingNet"]
+__all__ = ["MetaBatch", "EpisodeLoader", "MetaTrainingNet", "RandomShift"]
+
+
+class RandomShift:
+    """Shift every image by a random whole number of pixels (augmentation of
+    the meta-training episodes).
+
+    Each image moves by ``(dy, dx)``, drawn uniformly from ``-max_shift ..
+    max_shift`` per image and per axis; the pixels that come in repeat the
+    image's border (so it works for white and for black backgrounds alike).
+
+    Parameters
+    ----------
+    max_shift : int
+        The largest shift, in pixels.
+    image_shape : tuple of int
+        ``(channels, height, width)`` of one image; inputs are rows of
+        ``channels * height * width`` features.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> x = torch.arange(9.0).reshape(1, 9)           # one 3x3 image
+    >>> RandomShift(1, (1, 3, 3))(x, np.random.default_rng(0)).shape
+    torch.Size([1, 9])
+    """
+
+    def __init__(self, max_shift, image_shape):
+        self.max_shift = int(max_shift)
+        self.image_shape = tuple(int(s) for s in image_shape)
+
+    def __call__(self, x, rng):
+        """Shifted copies of the rows of ``x`` (any leading axes), shifts drawn
+        from the :class:`numpy.random.Generator` ``rng``."""
+        s = self.max_shift
+        if s == 0 or x.numel() == 0:
+            return x
+        c, h, w = self.image_shape
+        lead = x.shape[:-1]
+        images = x.reshape(-1, c, h, w)
+        n = len(images)
+        shifts = torch.as_tensor(rng.integers(-s, s + 1, size=(n, 2)), device=x.device)
+        padded = F.pad(images, (s, s, s, s), mode="replicate")
+        # Output pixel (i, j) of an image shifted by (dy, dx) is input pixel
+        # (i - dy, j - dx): row s - dy + i of the padded image.
+        rows = (s - shifts[:, :1]) + torch.arange(h, device=x.device)
+        cols = (s - shifts[:, 1:]) + torch.arange(w, device=x.device)
+        picked = padded[torch.arange(n, device=x.device)[:, None, None], :,
+                        rows[:, :, None], cols[:, None, :]]      # (n, h, w, c)
+        return picked.permute(0, 3, 1, 2).reshape(lead + (c * h * w,))
+
+    def __repr__(self):
+        return f"RandomShift(max_shift={self.max_shift}, image_shape={self.image_shape})"
 
 
 class MetaBatch:
@@ -43,11 +96,15 @@ class MetaBatch:
     of outputs; otherwise the episodes' class labels, shared by the tasks.
     """
 
-    def __init__(self, X, episodes, device, targets=None):
+    def __init__(self, X, episodes, device, targets=None, augment=None):
         sup = torch.as_tensor(episodes.support_idx, device=X.device)
         qry = torch.as_tensor(episodes.query_idx, device=X.device)
         self.x_support = X[sup.reshape(-1)].reshape(sup.shape + X.shape[1:])
         self.x_query = X[qry.reshape(-1)].reshape(qry.shape + X.shape[1:])
+        if augment is not None:
+            transform, rng = augment
+            self.x_support = transform(self.x_support, rng)
+            self.x_query = transform(self.x_query, rng)
         self.per_task_targets = targets is not None
         if targets is None:
             self.y_support = torch.as_tensor(episodes.support_y, device=device)
@@ -110,10 +167,13 @@ class EpisodeLoader:
         Real-valued targets (regression): ``dataset.y`` then holds the task
         (group) codes, episodes are 1-way (one task, its examples as support
         and queries) and the tasks' targets are taken from here.
+    augment : callable or None, default=None
+        ``augment(x, rng)`` transforms the inputs of every episode (e.g.
+        :class:`RandomShift`), with randomness from the episodes' generator.
     """
 
     def __init__(self, dataset, batch_size, shape, rng, n_batches=None, n_episodes=None,
-                 targets=None):
+                 targets=None, augment=None):
         if n_batches is None and n_episodes is None:
             raise ValueError("EpisodeLoader needs n_batches or n_episodes.")
         self.X = dataset.X
@@ -125,6 +185,7 @@ class EpisodeLoader:
         self.n_batches = math.ceil(self.n_episodes / batch_size)
         self.rng = rng
         self.targets = targets
+        self.augment = augment
         self.sampler = EpisodeSampler(self.y, shape, self._generator())
 
     def _generator(self):
@@ -139,7 +200,8 @@ class EpisodeLoader:
         self.sampler.rng = self._generator()
         for start in range(0, self.n_episodes, self.batch_size):
             episodes = self.sampler.sample(min(self.batch_size, self.n_episodes - start))
-            yield MetaBatch(self.X, episodes, self.X.device, self.targets)
+            augment = None if self.augment is None else (self.augment, self.sampler.rng)
+            yield MetaBatch(self.X, episodes, self.X.device, self.targets, augment)
 
 
 class _TaskLoss(torch.nn.Module):

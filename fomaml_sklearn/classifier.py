@@ -101,6 +101,12 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         Query examples per class.
     meta_batch_size : int, default=4
         Tasks per outer (meta) step.
+    augment_shift : int, default=0
+        Augment the meta-training episodes: every support and query image
+        moves by a random whole number of pixels, up to ``augment_shift`` in
+        each direction (border pixels fill the gap). Needs images: a
+        ``"conv4"`` backbone, 4-D ``X`` or ``input_shape``. Validation
+        episodes, ``adapt`` and ``predict`` see the images as they are.
     inner_lr : float or "auto", default="auto"
         Inner-loop SGD rate (alpha). ``"auto"``: 0.01 with the prototype head
         (which starts close to a good classifier: larger rates made the
@@ -274,6 +280,7 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         k_shot=1,
         n_query=15,
         meta_batch_size=4,
+        augment_shift=0,
         inner_lr="auto",
         n_inner_steps=1,
         n_inner_steps_test=3,
@@ -306,6 +313,7 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         self.k_shot = k_shot
         self.n_query = n_query
         self.meta_batch_size = meta_batch_size
+        self.augment_shift = augment_shift
         self.inner_lr = inner_lr
         self.n_inner_steps = n_inner_steps
         self.n_inner_steps_test = n_inner_steps_test
@@ -335,6 +343,7 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         **COMMON_PARAMS,
         "head": Options(*HEADS),
         "n_ways": Int(2),
+        "augment_shift": Int(0),
         "inner_lr": Either(Options("auto"), Real(0.0)),
         "transductive": Bool(),
         "task_batching": Options(*TASK_BATCHING),

@@ -393,3 +393,35 @@ def test_cosine_lr_schedule_anneals_the_meta_learning_rate_to_zero(digits):
     np.testing.assert_allclose(lrs[10], 0.005 * (1 + np.cos(np.pi * 10 / 20)))
     with pytest.raises(ValueError, match="lr_schedule"):
         FOMAMLClassifier(lr_schedule="linear", **FAST).fit(X[y < 6], y[y < 6])
+
+
+def test_augment_shift_trains_on_shifted_images_reproducibly():
+    rng = np.random.default_rng(0)
+    X = rng.random((60, 1, 8, 8)).astype(np.float32)
+    y = np.repeat(np.arange(6), 10)
+    params = {**FAST, **dict(n_filters=4, n_ways=3, n_query=2, max_epochs=1,
+                             meta_batches_per_epoch=3, random_state=0)}
+    a = FOMAMLClassifier("conv4", augment_shift=2, **params).fit(X, y)
+    b = FOMAMLClassifier("conv4", augment_shift=2, **params).fit(X, y)
+    plain = FOMAMLClassifier("conv4", **params).fit(X, y)
+    for (name, pa), pb, pp in zip(a.meta_model_.named_parameters(),
+                                  b.meta_model_.parameters(), plain.meta_model_.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0, msg=name)
+    assert any(not torch.equal(pa, pp) for pa, pp in
+               zip(a.meta_model_.parameters(), plain.meta_model_.parameters()))
+    # predict sees the images as they are: deterministic.
+    np.testing.assert_array_equal(a.predict_proba(X[:12]), a.predict_proba(X[:12]))
+
+
+def test_augment_shift_needs_images_and_a_whole_number():
+    rng = np.random.default_rng(0)
+    X = rng.random((60, 64)).astype(np.float32)
+    y = np.repeat(np.arange(6), 10)
+    with pytest.raises(ValueError, match=r"augment_shift=1 shifts images.*input_shape"):
+        FOMAMLClassifier(augment_shift=1, n_ways=3, n_query=2, **FAST).fit(X, y)
+    with pytest.raises(ValueError, match="augment_shift"):
+        FOMAMLClassifier(augment_shift=-1, n_ways=3, n_query=2, **FAST).fit(X, y)
+    # Rows with an input_shape are images.
+    clf = FOMAMLClassifier(augment_shift=1, input_shape=(8, 8), n_ways=3, n_query=2,
+                           **FAST).fit(X, y)
+    assert clf.net_.iterator_train__augment.image_shape == (1, 8, 8)

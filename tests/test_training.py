@@ -253,3 +253,65 @@ def test_model_from_a_gpu_machine_loads_on_a_cpu_only_machine(adapted, digits, m
     assert next(loaded.task_model_.parameters()).device.type == "cpu"
     np.testing.assert_array_equal(loaded.predict_proba(X[:30]), expected)
     loaded.adapt(X[:10], np.arange(10) % 2)  # adapts on the CPU
+
+
+# ------------------------------------------------------- shift augmentation
+def _shifted_reference(image, dy, dx, s):
+    """``image`` (c, h, w) moved down by dy and right by dx, edges repeated (numpy)."""
+    c, h, w = image.shape
+    padded = np.pad(image, ((0, 0), (s, s), (s, s)), mode="edge")
+    return padded[:, s - dy: s - dy + h, s - dx: s - dx + w]
+
+
+def test_random_shift_moves_every_image_by_its_drawn_offset():
+    from fomaml_sklearn._training import RandomShift
+
+    rng = np.random.default_rng(0)
+    images = rng.random((7, 2, 5, 6)).astype(np.float32)
+    x = torch.as_tensor(images.reshape(7, -1))
+    out = RandomShift(2, (2, 5, 6))(x, np.random.default_rng(1)).numpy()
+    shifts = np.random.default_rng(1).integers(-2, 3, size=(7, 2))  # what it drew
+    assert out.shape == x.shape
+    for i, (dy, dx) in enumerate(shifts):
+        expected = _shifted_reference(images[i], dy, dx, 2)
+        np.testing.assert_array_equal(out[i].reshape(2, 5, 6), expected)
+    assert len({tuple(s) for s in shifts}) > 1  # a real mix of offsets was tested
+
+
+def test_random_shift_keeps_leading_axes_and_zero_shift_is_the_identity():
+    from fomaml_sklearn._training import RandomShift
+
+    x = torch.rand(3, 4, 16)  # tasks x examples x (1 x 4 x 4)
+    out = RandomShift(1, (1, 4, 4))(x, np.random.default_rng(0))
+    assert out.shape == x.shape
+    assert not torch.equal(out, x)
+    assert RandomShift(0, (1, 4, 4))(x, np.random.default_rng(0)) is x
+    a = RandomShift(1, (1, 4, 4))(x, np.random.default_rng(5))
+    b = RandomShift(1, (1, 4, 4))(x, np.random.default_rng(5))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_loader_shifts_support_and_query_images_of_the_drawn_episodes():
+    from fomaml_sklearn._training import EpisodeLoader, RandomShift
+    from fomaml_sklearn.episodes import EpisodeShape
+
+    rng = np.random.default_rng(0)
+    images = rng.random((40, 1, 6, 6)).astype(np.float32)
+    dataset = type("D", (), {"X": torch.as_tensor(images.reshape(40, -1)),
+                             "y": np.repeat(np.arange(8), 5)})()
+    shape = EpisodeShape(3, 1, 2)
+
+    def first_batch(augment):
+        loader = EpisodeLoader(dataset, 2, shape, np.random.default_rng(3), n_batches=1,
+                               augment=augment)
+        return next(iter(loader))
+
+    plain, shifted = first_batch(None), first_batch(RandomShift(1, (1, 6, 6)))
+    # The same episodes (indices drawn before the shifts), every image moved
+    # by one of the 9 offsets, and not all by (0, 0).
+    for a, b in [(plain.x_support, shifted.x_support), (plain.x_query, shifted.x_query)]:
+        a, b = a.reshape(-1, 1, 6, 6).numpy(), b.reshape(-1, 1, 6, 6).numpy()
+        for original, moved in zip(a, b):
+            assert any(np.array_equal(moved, _shifted_reference(original, dy, dx, 1))
+                       for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+    assert not torch.equal(plain.x_query, shifted.x_query)
