@@ -268,6 +268,12 @@ def _evaluate_also(clf, args, X_test, y_test, shape):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.dataset == "omniglot":
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from throughput import machine_line
+
+        torch.set_num_threads(args.threads)
+        print(machine_line(), flush=True)
     try:
         run(args)
     except OSError as exc:

@@ -40,25 +40,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from few_shot import PUBLISHED, build_parser, load_omniglot, run  # noqa: E402
+from throughput import machine_line  # noqa: E402
 
 SETTINGS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
 # Snell et al. 2017 (ProtoNets, Conv-4, non-transductive, 60-way training) and
 # Antoniou et al. 2019 (MAML++), in %.
 PUBLISHED_BEST = {(5, 1): ("98.8", "99.47"), (5, 5): ("99.7", "99.93"),
                   (20, 1): ("96.0", "97.65"), (20, 5): ("98.9", "99.33")}
-
-
-def machine_line():
-    """The CPU model and its matmul GFLOP/s, measured now (2 threads or fewer)."""
-    import torch
-
-    from throughput import cpu_model, matmul_peak
-
-    model = cpu_model()
-    peaks = {str(d).replace("torch.", ""): matmul_peak(d)
-             for d in (torch.float32, torch.bfloat16)}
-    return (f"Machine: {model}, {torch.get_num_threads()} torch threads; matmul "
-            + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
 
 
 def setup_args(setup, ways):

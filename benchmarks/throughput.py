@@ -171,6 +171,15 @@ def matmul_peak(dtype, n=2048, repeats=5):
     return 2 * n**3 / _time(lambda: a @ b, repeats) / 1e9
 
 
+def machine_line():
+    """The CPU model and its matmul GFLOP/s (float32, bfloat16), measured now
+    on the current number of torch threads."""
+    peaks = {str(d).replace("torch.", ""): matmul_peak(d)
+             for d in (torch.float32, torch.bfloat16)}
+    return (f"Machine: {cpu_model()}, {torch.get_num_threads()} torch threads; matmul "
+            + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+
+
 def flops_per_task(fn, n_tasks):
     from torch.utils.flop_counter import FlopCounterMode
 
