@@ -108,8 +108,9 @@ def build_parser():
     parser.add_argument("--queries", type=int, default=5,
                         help="query examples per class in meta-training (default: 5)")
     parser.add_argument("--meta-batch-size", type=int, default=16)
-    parser.add_argument("--augment-shift", type=int, default=0, metavar="PX",
-                        help="shift meta-training images by up to PX pixels (default: 0)")
+    parser.add_argument("--augment-shift", type=int, default=None, metavar="PX",
+                        help="shift meta-training images by up to PX pixels (default: 2 "
+                             "on Omniglot, where it paid at 3000 meta-steps, else 0)")
     parser.add_argument("--episodes", type=int, default=600,
                         help="test episodes (default: 600)")
     parser.add_argument("--algorithm", default="fomaml",
@@ -165,6 +166,8 @@ def run(args, data=None):
     if args.lr is None:
         args.lr = 3e-3 if omniglot else 1e-3
     train_shots = args.train_shots or (1 if omniglot else args.shots)
+    if args.augment_shift is None:
+        args.augment_shift = 2 if omniglot else 0
     common = dict(n_ways=train_ways, k_shot=train_shots, n_query=args.queries,
                   meta_batch_size=args.meta_batch_size, precision=args.precision,
                   augment_shift=args.augment_shift,

@@ -411,6 +411,7 @@ def cmd_train(args):
             max_epochs=max_epochs,
             meta_batches_per_epoch=args.meta_batches_per_epoch or 100,
             transductive=args.transductive,
+            augment_shift=args.augment_shift,
             precision=args.precision,
             adapt_on_fit=False,  # adapting to thousands of training classes is costly
             device=args.device,
@@ -711,6 +712,9 @@ def build_parser():
                           help="inner SGD steps when adapting to a new task (default: 3)")
     episodes.add_argument("--transductive", action="store_true",
                           help="BatchNorm on query-batch statistics, as in the MAML paper")
+    episodes.add_argument("--augment-shift", type=_count(0), default=0, metavar="PX",
+                          help="shift meta-training images by up to PX pixels (images "
+                               "only; default: 0)")
     outer = train.add_argument_group("meta-training")
     outer.add_argument("--lr", type=_positive_float, default=1e-3, metavar="BETA",
                        help="meta learning rate of Adam (default: 0.001)")

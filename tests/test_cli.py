@@ -232,6 +232,19 @@ def test_train_and_evaluate_on_omniglot(fake_omniglot_home, tmp_path):
     assert ACCURACY.match(out.strip()).group(1) == "5"
 
 
+def test_train_with_shift_augmentation(fake_omniglot_home, tmp_path):
+    model = tmp_path / "shifted.fomaml"
+    data = ["omniglot", "--offline", "--data-home", str(fake_omniglot_home)]
+    code, out, err = run(["train", *data, "--image-size", "15", "--augment-shift", "2",
+                          "-o", str(model), *FAST])
+    assert code == 0, err
+    assert FOMAMLClassifier.load(model).augment_shift == 2
+    # Digits are rows of an MLP: the estimator's message, on one line.
+    assert_one_line_error(*run(["train", "--augment-shift", "1", "-o",
+                                str(tmp_path / "d.fomaml"), *FAST]),
+                          contains="augment_shift=1 shifts images")
+
+
 def test_model_image_shape_checks_the_shape_against_the_features(digits_model):
     clf = FOMAMLClassifier.load(digits_model)             # an MLP on 8x8 rows
     assert clf.input_shape_ is None and model_image_shape(clf) == (1, 8, 8)

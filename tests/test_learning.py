@@ -63,6 +63,7 @@ LEVERS = {
     "cosine-lr": dict(lr_schedule="cosine", lr=3e-3),
     "more-ways-in-training": dict(n_ways=10),
     "no-test-time-steps": dict(n_inner_steps_test=0),
+    "shift-augmentation": dict(augment_shift=2),
 }
 
 
