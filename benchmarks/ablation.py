@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fomaml_sklearn import FOMAMLClassifier  # noqa: E402
 from fomaml_sklearn.callbacks import meta_steps_per_epoch  # noqa: E402
 
-from few_shot import load_omniglot  # noqa: E402
+from few_shot import load_omniglot, parse_setting  # noqa: E402
 from maml_plus_plus import LSLRFOMAML, MultiStepLossFOMAML  # noqa: E402
 from throughput import cpu_model  # noqa: E402
 
@@ -93,11 +93,6 @@ def validation_split(X, y, n_val, seed=0):
     return X[~val], y[~val], X[keep], y[keep]
 
 
-def parse_eval(text):
-    ways, shots = text.lower().split("w")
-    return int(ways), int(shots.rstrip("s"))
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-home", default=None)
@@ -136,7 +131,7 @@ def main(argv=None):
         seconds = time.perf_counter() - t0
         scores = []
         for setting in args.eval:
-            ways, shots = parse_eval(setting)
+            ways, shots = parse_setting(setting)
             for steps in args.test_steps:
                 clf.set_params(n_inner_steps_test=steps)
                 r = clf.evaluate(X_val, y_val, n_ways=ways, k_shot=shots, n_query=15,

@@ -177,6 +177,12 @@ def run(args, data=None):
                   adapt_on_fit=False, random_state=args.seed)
     if args.lr_schedule != "constant" and args.steps is None:
         raise SystemExit("--lr-schedule cosine needs a --steps budget (its length)")
+    if args.continue_to and (args.lr_schedule != "constant" or args.steps is None):
+        raise SystemExit("--continue-to needs --steps and a constant --lr-schedule")
+    try:  # checked before the long part
+        also_settings = [parse_setting(t) for t in filter(None, args.also.split(","))]
+    except ValueError:
+        raise SystemExit(f"--also {args.also!r}: give settings like 5w5s,20w1s") from None
     max_epochs = 100_000 if args.steps is None else max(1, args.steps // 50)
     limit = [TimeLimit(args.minutes)] if args.steps is None or args.minutes_given else []
     clf = FOMAMLClassifier(module, max_epochs=max_epochs, meta_batches_per_epoch=50,
@@ -186,7 +192,7 @@ def run(args, data=None):
     train_seconds = time.perf_counter() - t0
     n_steps = clf.n_meta_steps_
 
-    shape = EpisodeShape(ways, args.shots, 15 if args.dataset == "omniglot" else 10)
+    shape = EpisodeShape(ways, args.shots, _test_queries(args))
     through = (getattr(clf.algorithm_, "prototype_gradient", "n/a")
                if args.head == "prototype" else "n/a")
     print(f"\n{ways}-way {args.shots}-shot accuracy on {args.episodes} episodes of "
@@ -198,9 +204,7 @@ def run(args, data=None):
           f"prototypes: {through}:")
 
     t0 = time.perf_counter()
-    result = clf.evaluate(X_test, y_test, n_ways=shape.n_ways, k_shot=shape.k_shot,
-                          n_query=shape.n_query, n_episodes=args.episodes,
-                          random_state=args.seed)
+    result = _evaluate(clf, args, X_test, y_test, shape.n_ways, shape.k_shot)
     fomaml = _row(f"{args.algorithm.upper()} ({module}, meta-trained)", result.accuracies,
                   time.perf_counter() - t0)
     # The same episodes as evaluate() drew (same labels, shape and seed).
@@ -220,10 +224,8 @@ def run(args, data=None):
         t0 = time.perf_counter()
         acc = baseline_accuracies(est, X_test, episodes)
         baselines[name] = _row(name, acc, time.perf_counter() - t0)
-    also = _evaluate_also(clf, args, X_test, y_test, shape)
+    also = _evaluate_also(clf, args, X_test, y_test, also_settings)
     if args.continue_to:
-        if args.lr_schedule != "constant" or args.steps is None:
-            raise SystemExit("--continue-to needs --steps and a constant --lr-schedule")
         # Warm start: the meta-parameters and Adam's state go on; a new seed
         # draws new episodes (the same seed would replay the first run's).
         extra = max(1, (args.continue_to - n_steps) // 50)
@@ -233,11 +235,9 @@ def run(args, data=None):
         more_seconds = time.perf_counter() - t0
         print(f"\nContinued to {clf.n_meta_steps_} meta-steps ({more_seconds / 60:.1f} min "
               f"more, {(train_seconds + more_seconds) / 60:.1f} min in all):")
-        res = clf.evaluate(X_test, y_test, n_ways=shape.n_ways, k_shot=shape.k_shot,
-                           n_query=shape.n_query, n_episodes=args.episodes,
-                           random_state=args.seed)
-        _row(f"{ways}-way {args.shots}-shot", res.accuracies)
-        _evaluate_also(clf, args, X_test, y_test, shape)
+        _row(f"{ways}-way {args.shots}-shot",
+             _evaluate(clf, args, X_test, y_test, ways, args.shots).accuracies)
+        _evaluate_also(clf, args, X_test, y_test, also_settings)
     best_name = max(baselines, key=baselines.get)
     margin = 100 * (fomaml - baselines[best_name])
     print(f"\n{args.algorithm.upper()} minus the best baseline ({best_name}): "
@@ -255,15 +255,32 @@ def run(args, data=None):
                 precision=clf.precision_)
 
 
-def _evaluate_also(clf, args, X_test, y_test, shape):
-    """The ``--also`` settings on the same model; their results by name."""
+def parse_setting(text):
+    """``"20w5s"`` -> ``(20, 5)``: ways and shots of a test setting."""
+    ways, shots = text.lower().split("w")
+    return int(ways), int(shots.rstrip("s"))
+
+
+def _test_queries(args):
+    """Queries per class of a test episode: 15 on Omniglot (the standard), else 10."""
+    return 15 if args.dataset == "omniglot" else 10
+
+
+def _evaluate(clf, args, X_test, y_test, ways, shots):
+    """``clf`` on ``args.episodes`` test episodes of ``ways``-way ``shots``-shot
+    (the benchmark's query count and seed)."""
+    return clf.evaluate(X_test, y_test, n_ways=ways, k_shot=shots, n_query=_test_queries(args),
+                        n_episodes=args.episodes, random_state=args.seed)
+
+
+def _evaluate_also(clf, args, X_test, y_test, settings):
+    """The ``--also`` settings, ``[(ways, shots), ...]``, on the same model;
+    their results by name (``"20w5s"``)."""
     also = {}
-    for setting in filter(None, args.also.split(",")):
-        w, k = (int(v) for v in setting.rstrip("s").split("w"))
+    for w, k in settings:
         t0 = time.perf_counter()
-        res = clf.evaluate(X_test, y_test, n_ways=w, k_shot=k, n_query=shape.n_query,
-                           n_episodes=args.episodes, random_state=args.seed)
-        also[setting] = res
+        res = _evaluate(clf, args, X_test, y_test, w, k)
+        also[f"{w}w{k}s"] = res
         _row(f"{w}-way {k}-shot, the same model", res.accuracies, time.perf_counter() - t0)
     return also
 
