@@ -111,6 +111,11 @@ def build_parser():
     parser.add_argument("--augment-shift", type=int, default=None, metavar="PX",
                         help="shift meta-training images by up to PX pixels (default: 2 "
                              "on Omniglot, where it paid at 3000 meta-steps, else 0)")
+    parser.add_argument("--test-shift", type=int, default=0, metavar="PX",
+                        help="also score every test setting with test-time shifts "
+                             "(the estimator's test_shift=PX: adapt on the support "
+                             "images and copies shifted by up to PX pixels, average "
+                             "each query over its copies; default: 0, off)")
     parser.add_argument("--episodes", type=int, default=600,
                         help="test episodes (default: 600)")
     parser.add_argument("--algorithm", default="fomaml",
@@ -183,6 +188,8 @@ def run(args, data=None):
         also_settings = [parse_setting(t) for t in filter(None, args.also.split(","))]
     except ValueError:
         raise SystemExit(f"--also {args.also!r}: give settings like 5w5s,20w1s") from None
+    if args.test_shift and not omniglot:
+        raise SystemExit("--test-shift shifts images: use it with --dataset omniglot")
     max_epochs = 100_000 if args.steps is None else max(1, args.steps // 50)
     limit = [TimeLimit(args.minutes)] if args.steps is None or args.minutes_given else []
     clf = FOMAMLClassifier(module, max_epochs=max_epochs, meta_batches_per_epoch=50,
@@ -225,6 +232,8 @@ def run(args, data=None):
         acc = baseline_accuracies(est, X_test, episodes)
         baselines[name] = _row(name, acc, time.perf_counter() - t0)
     also = _evaluate_also(clf, args, X_test, y_test, also_settings)
+    settings = [(ways, args.shots)] + also_settings
+    shifted = _evaluate_test_shift(clf, args, X_test, y_test, settings)
     if args.continue_to:
         # Warm start: the meta-parameters and Adam's state go on; a new seed
         # draws new episodes (the same seed would replay the first run's).
@@ -238,6 +247,7 @@ def run(args, data=None):
         _row(f"{ways}-way {args.shots}-shot",
              _evaluate(clf, args, X_test, y_test, ways, args.shots).accuracies)
         _evaluate_also(clf, args, X_test, y_test, also_settings)
+        _evaluate_test_shift(clf, args, X_test, y_test, settings)
     best_name = max(baselines, key=baselines.get)
     margin = 100 * (fomaml - baselines[best_name])
     print(f"\n{args.algorithm.upper()} minus the best baseline ({best_name}): "
@@ -250,7 +260,8 @@ def run(args, data=None):
     if args.dataset == "digits" and margin <= 0:
         print("As expected on digits: 6 training classes are too few for meta-learning "
               "to beat pixel-space baselines; Omniglot (964+ classes) is where it pays.")
-    return dict(result=result, also=also, train_seconds=train_seconds, n_steps=n_steps,
+    return dict(result=result, also=also, test_shift=shifted, train_seconds=train_seconds,
+                n_steps=n_steps,
                 baselines=baselines, best_baseline=best_name, margin=margin,
                 precision=clf.precision_)
 
@@ -283,6 +294,25 @@ def _evaluate_also(clf, args, X_test, y_test, settings):
         also[f"{w}w{k}s"] = res
         _row(f"{w}-way {k}-shot, the same model", res.accuracies, time.perf_counter() - t0)
     return also
+
+
+def _evaluate_test_shift(clf, args, X_test, y_test, settings):
+    """The test settings again with ``test_shift=args.test_shift`` (if set);
+    their results by name. The estimator is left with ``test_shift=0``."""
+    if not args.test_shift:
+        return {}
+    results = {}
+    clf.set_params(test_shift=args.test_shift)
+    try:
+        for w, k in settings:
+            t0 = time.perf_counter()
+            res = _evaluate(clf, args, X_test, y_test, w, k)
+            results[f"{w}w{k}s"] = res
+            _row(f"{w}-way {k}-shot, test-time shifts <= {args.test_shift} px",
+                 res.accuracies, time.perf_counter() - t0)
+    finally:
+        clf.set_params(test_shift=0)
+    return results
 
 
 def main(argv=None):

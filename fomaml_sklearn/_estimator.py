@@ -36,9 +36,10 @@ from ._constraints import (
     Sizes,
     check_params,
 )
-from ._training import EpisodeLoader, MetaTrainingNet, RandomShift
+from ._training import EpisodeLoader, MetaTrainingNet
 from .algorithms import get_algorithm
 from .algorithms._base import TaskRunner
+from .augmentation import RandomShift, ShiftEnsemble
 from .backbones import build_backbone
 from .backbones import image_shape as image_shape_of
 from .callbacks import meta_steps_per_epoch
@@ -60,6 +61,16 @@ def _flatten_images(X):
             X = X.detach().cpu().numpy()
         return np.asarray(X).reshape(X.shape[0], -1), shape
     return X, None
+
+
+def _require_images(name, shift, image_shape):
+    """Raise if the parameter ``name`` asks to shift inputs that are not images."""
+    if shift and image_shape is None:
+        raise ValueError(
+            f"{name}={shift} shifts images, but the inputs are not known to be "
+            "images: use module='conv4', pass X as (n_samples, channels, height, "
+            "width), or set input_shape=(channels, height, width); or set "
+            f"{name}=0.")
 
 
 def _image_layout_error(got, fitted, what):
@@ -383,17 +394,24 @@ class MetaEstimatorBase(BaseEstimator):
 
     def _augmentation(self, image_shape):
         """The transform of the meta-training episodes' inputs, or None
-        (``image_shape``: of one input, None where they are not images)."""
+        (``image_shape``: of one input, None where they are not images).
+        Also checks that ``test_shift`` has images to shift."""
         shift = getattr(self, "augment_shift", 0)
+        _require_images("augment_shift", shift, image_shape)
+        _require_images("test_shift", getattr(self, "test_shift", 0), image_shape)
+        return RandomShift(shift, image_shape) if shift else None
+
+    def _test_augmentation(self):
+        """The test-time :class:`ShiftEnsemble` of ``test_shift`` (read now, so
+        ``set_params(test_shift=s)`` after ``fit`` applies to ``adapt``,
+        ``predict`` and ``evaluate``), or None."""
+        shift = getattr(self, "test_shift", 0)
         if not shift:
             return None
-        if image_shape is None:
-            raise ValueError(
-                f"augment_shift={shift} shifts images, but the inputs are not known to be "
-                "images: use module='conv4', pass X as (n_samples, channels, height, "
-                "width), or set input_shape=(channels, height, width); or set "
-                "augment_shift=0.")
-        return RandomShift(shift, image_shape)
+        check_params({"test_shift": self._PARAM_TABLE["test_shift"]}, {"test_shift": shift})
+        images = getattr(self, "input_shape_", None)
+        _require_images("test_shift", shift, images)
+        return ShiftEnsemble(shift, images)
 
     @staticmethod
     def _warn_smaller_episodes(message, what=None):
@@ -538,6 +556,9 @@ class MetaEstimatorBase(BaseEstimator):
     def _adapt_tensors(self, X_t, y_t, n_outputs):
         """Adapt from the meta-parameters on ``(X_t, y_t)``; keep the task network."""
         runner = self._runner()
+        ensemble = self._test_augmentation()
+        if ensemble is not None:
+            X_t, y_t = ensemble.support(X_t, y_t)
         head = self.algorithm_.adapt(runner, X_t, y_t, n_outputs)
         self.task_model_ = runner.task_model(head)
 
@@ -552,6 +573,7 @@ class MetaEstimatorBase(BaseEstimator):
                 "load_params; call adapt(X_support, y_support) first."
             )
         X, _ = self._validate_X(X, reset=False)
+        ensemble = self._test_augmentation()
         model = self.task_model_
         device = next(model.parameters()).device
         # On CPU, predict in float64: float32 kernels round differently for
@@ -565,7 +587,9 @@ class MetaEstimatorBase(BaseEstimator):
         with torch.inference_mode():
             for start in range(0, len(X), _PREDICT_CHUNK):
                 xb = torch.tensor(X[start:start + _PREDICT_CHUNK], device=device)
-                chunks.append(model(xb.to(dtype)).double().cpu())
+                xb = xb.to(dtype)
+                out = model(xb) if ensemble is None else ensemble.log_proba(model, xb)
+                chunks.append(out.double().cpu())
         return torch.cat(chunks) if chunks else torch.empty(0, n_outputs, dtype=torch.float64)
 
     # ----------------------------------------------------------- persistence

@@ -23,66 +23,13 @@ import numpy as np
 import torch
 from skorch import NeuralNet
 from skorch.callbacks import PassthroughScoring
-from torch.nn import functional as F
 
 from . import distributed
 from .algorithms._base import TaskRunner
 from .episodes import EpisodeSampler
 from .evaluation import adapted_query_logits
 
-__all__ = ["MetaBatch", "EpisodeLoader", "MetaTrainingNet", "RandomShift"]
-
-
-class RandomShift:
-    """Shift every image by a random whole number of pixels (augmentation of
-    the meta-training episodes).
-
-    Each image moves by ``(dy, dx)``, drawn uniformly from ``-max_shift ..
-    max_shift`` per image and per axis; the pixels that come in repeat the
-    image's border (so it works for white and for black backgrounds alike).
-
-    Parameters
-    ----------
-    max_shift : int
-        The largest shift, in pixels.
-    image_shape : tuple of int
-        ``(channels, height, width)`` of one image; inputs are rows of
-        ``channels * height * width`` features.
-
-    Examples
-    --------
-    >>> import numpy as np, torch
-    >>> x = torch.arange(9.0).reshape(1, 9)           # one 3x3 image
-    >>> RandomShift(1, (1, 3, 3))(x, np.random.default_rng(0)).shape
-    torch.Size([1, 9])
-    """
-
-    def __init__(self, max_shift, image_shape):
-        self.max_shift = int(max_shift)
-        self.image_shape = tuple(int(s) for s in image_shape)
-
-    def __call__(self, x, rng):
-        """Shifted copies of the rows of ``x`` (any leading axes), shifts drawn
-        from the :class:`numpy.random.Generator` ``rng``."""
-        s = self.max_shift
-        if s == 0 or x.numel() == 0:
-            return x
-        c, h, w = self.image_shape
-        lead = x.shape[:-1]
-        images = x.reshape(-1, c, h, w)
-        n = len(images)
-        shifts = torch.as_tensor(rng.integers(-s, s + 1, size=(n, 2)), device=x.device)
-        padded = F.pad(images, (s, s, s, s), mode="replicate")
-        # Output pixel (i, j) of an image shifted by (dy, dx) is input pixel
-        # (i - dy, j - dx): row s - dy + i of the padded image.
-        rows = (s - shifts[:, :1]) + torch.arange(h, device=x.device)
-        cols = (s - shifts[:, 1:]) + torch.arange(w, device=x.device)
-        picked = padded[torch.arange(n, device=x.device)[:, None, None], :,
-                        rows[:, :, None], cols[:, None, :]]      # (n, h, w, c)
-        return picked.permute(0, 3, 1, 2).reshape(lead + (c * h * w,))
-
-    def __repr__(self):
-        return f"RandomShift(max_shift={self.max_shift}, image_shape={self.image_shape})"
+__all__ = ["MetaBatch", "EpisodeLoader", "MetaTrainingNet"]
 
 
 class MetaBatch:
@@ -169,7 +116,8 @@ class EpisodeLoader:
         and queries) and the tasks' targets are taken from here.
     augment : callable or None, default=None
         ``augment(x, rng)`` transforms the inputs of every episode (e.g.
-        :class:`RandomShift`), with randomness from the episodes' generator.
+        :class:`~fomaml_sklearn.augmentation.RandomShift`), with randomness
+        from the episodes' generator.
     """
 
     def __init__(self, dataset, batch_size, shape, rng, n_batches=None, n_episodes=None,

@@ -107,6 +107,16 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         each direction (border pixels fill the gap). Needs images: a
         ``"conv4"`` backbone, 4-D ``X`` or ``input_shape``. Validation
         episodes, ``adapt`` and ``predict`` see the images as they are.
+    test_shift : int, default=0
+        Test-time augmentation: ``adapt`` fine-tunes on the support images
+        together with copies of them moved by every offset ``(dy, dx)`` with
+        ``|dy| + |dx| <= test_shift`` pixels (5 copies at 1, 13 at 2), and
+        ``predict_proba`` averages each example's probabilities over the same
+        copies of it; ``evaluate`` and ``score`` do both. Still
+        non-transductive (each query is classified on its own), at that many
+        times the cost of adapting and predicting. Read when adapting and
+        predicting, so it can be set after ``fit``. Needs images, as
+        ``augment_shift`` does.
     inner_lr : float or "auto", default="auto"
         Inner-loop SGD rate (alpha). ``"auto"``: 0.01 with the prototype head
         (which starts close to a good classifier: larger rates made the
@@ -281,6 +291,7 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         n_query=15,
         meta_batch_size=4,
         augment_shift=0,
+        test_shift=0,
         inner_lr="auto",
         n_inner_steps=1,
         n_inner_steps_test=3,
@@ -314,6 +325,7 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         self.n_query = n_query
         self.meta_batch_size = meta_batch_size
         self.augment_shift = augment_shift
+        self.test_shift = test_shift
         self.inner_lr = inner_lr
         self.n_inner_steps = n_inner_steps
         self.n_inner_steps_test = n_inner_steps_test
@@ -344,6 +356,7 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         "head": Options(*HEADS),
         "n_ways": Int(2),
         "augment_shift": Int(0),
+        "test_shift": Int(0),
         "inner_lr": Either(Options("auto"), Real(0.0)),
         "transductive": Bool(),
         "task_batching": Options(*TASK_BATCHING),
@@ -603,8 +616,9 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         if message is not None:
             warnings.warn(message, UserWarning, stacklevel=2)
         episodes = self._evaluation_episodes(codes, shape, n_episodes, random_state)
-        runner = self._runner()
-        accuracies = episodic_accuracies(runner, self._to_tensor(X, self.device_), episodes)
+        runner, augment = self._runner(), self._test_augmentation()
+        accuracies = episodic_accuracies(runner, self._to_tensor(X, self.device_), episodes,
+                                         augment=augment)
         mean, ci95 = confidence_interval(accuracies)
         return FewShotResult(mean=mean, ci95=ci95, accuracies=accuracies, shape=shape)
 

@@ -335,6 +335,7 @@ def _resumed_model(args, max_epochs, callbacks, verbose):
                                   offline=args.offline, image_size=image_size,
                                   channels=channels, ink=args.ink)
     _check_features(clf, X, args.resume, description)
+    _apply_test_shift(clf, args)
     warm_start = clf.warm_start
     clf.set_params(
         warm_start=True,
@@ -412,6 +413,7 @@ def cmd_train(args):
             meta_batches_per_epoch=args.meta_batches_per_epoch or 100,
             transductive=args.transductive,
             augment_shift=args.augment_shift,
+            test_shift=args.test_shift or 0,
             precision=args.precision,
             adapt_on_fit=False,  # adapting to thousands of training classes is costly
             device=args.device,
@@ -471,6 +473,12 @@ def _launch_with_torchrun(nproc, command_line):
     return subprocess.call(cmd, env=env)
 
 
+def _apply_test_shift(clf, args):
+    """``--test-shift PX`` of evaluate and predict: overrides the model's."""
+    if args.test_shift is not None:
+        clf.set_params(test_shift=args.test_shift)
+
+
 def cmd_evaluate(args):
     """Run ``evaluate``: print the episodic few-shot accuracy of a saved model.
 
@@ -493,6 +501,7 @@ def cmd_evaluate(args):
                                   offline=args.offline, image_size=image_size,
                                   channels=channels, ink=args.ink)
     _check_features(clf, X, args.model, description)
+    _apply_test_shift(clf, args)
     n_ways = _default_ways(args.data, y, args.ways)
     _info(args, f"Evaluating {args.model} on {description}: {len(np.unique(y))} classes, "
                 f"{len(y)} examples.")
@@ -523,6 +532,7 @@ def cmd_predict(args):
     if args.output:  # before any work: a bad path fails now, not after predicting
         _check_output(args.output, example="predictions.csv")
     clf = load_model(args.model)
+    _apply_test_shift(clf, args)
     size, channels = _image_options(clf, args.model)
     X_support, y_support = load_image_folder(args.support, image_size=size,
                                              channels=channels, return_X_y=True)
@@ -600,6 +610,13 @@ def _inner_lr(text):
     if not (value >= 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be 'auto' or a number >= 0, got {text}")
     return value
+
+
+def _test_shift_option(group, default):
+    group.add_argument("--test-shift", type=_count(0), default=None, metavar="PX",
+                       help="test-time shifts: adapt on the support images and copies "
+                            "of them moved by up to PX pixels, average each query's "
+                            f"probabilities over its copies (images only; {default})")
 
 
 def _common_options(parser):
@@ -715,6 +732,7 @@ def build_parser():
     episodes.add_argument("--augment-shift", type=_count(0), default=0, metavar="PX",
                           help="shift meta-training images by up to PX pixels (images "
                                "only; default: 0)")
+    _test_shift_option(episodes, "saved with the model; default: 0")
     outer = train.add_argument_group("meta-training")
     outer.add_argument("--lr", type=_positive_float, default=1e-3, metavar="BETA",
                        help="meta learning rate of Adam (default: 0.001)")
@@ -770,6 +788,7 @@ def build_parser():
                     help="number of episodes (default: 600)")
     ev.add_argument("--seed", type=int, default=0,
                     help="random seed of the episodes (default: 0)")
+    _test_shift_option(ev, "default: the model's")
     _data_options(evaluate, image_size=False)
     _common_options(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
@@ -795,6 +814,7 @@ def build_parser():
     pg.add_argument("--ink", choices=["auto", "dark", "light"], default="auto",
                     help="'dark' strokes on a light background are inverted so that ink "
                          "is 1; 'auto' decides from the support images (default: auto)")
+    _test_shift_option(pg, "default: the model's")
     _common_options(predict)
     predict.set_defaults(handler=cmd_predict)
     return parser

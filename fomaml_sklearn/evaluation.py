@@ -99,7 +99,7 @@ def confidence_interval(accuracies):
     return float(acc.mean()), float(1.96 * acc.std(ddof=1) / np.sqrt(len(acc)))
 
 
-def episodic_accuracies(runner, X, episodes):
+def episodic_accuracies(runner, X, episodes, augment=None):
     """Query accuracy of each episode after adapting on its support set.
 
     Parameters
@@ -111,6 +111,8 @@ def episodic_accuracies(runner, X, episodes):
         All examples, on the runner's device.
     episodes : EpisodeBatch
         The episodes (indices into ``X``).
+    augment : ShiftEnsemble or None, default=None
+        Test-time augmentation (see :func:`adapted_query_logits`).
 
     Returns
     -------
@@ -124,7 +126,8 @@ def episodic_accuracies(runner, X, episodes):
     qry = torch.as_tensor(episodes.query_idx, device=device)
     accuracies = np.empty(len(episodes))
     for t in range(len(episodes)):
-        logits = adapted_query_logits(runner, X[sup[t]], y_s, X[qry[t]], n_classes)
+        logits = adapted_query_logits(runner, X[sup[t]], y_s, X[qry[t]], n_classes,
+                                      augment=augment)
         accuracies[t] = (logits.argmax(1) == y_q).float().mean().item()
     return accuracies
 
@@ -167,7 +170,7 @@ def episodic_regression_errors(runner, X, Y, episodes):
     return mses, r2s
 
 
-def adapted_query_logits(runner, x_support, y_support, x_query, n_classes):
+def adapted_query_logits(runner, x_support, y_support, x_query, n_classes, augment=None):
     """Adapt from the meta-parameters on one support set; logits of its queries.
 
     Parameters
@@ -181,15 +184,25 @@ def adapted_query_logits(runner, x_support, y_support, x_query, n_classes):
         The queries.
     n_classes : int
         Number of classes of the task.
+    augment : ShiftEnsemble or None, default=None
+        Test-time augmentation
+        (:class:`~fomaml_sklearn.augmentation.ShiftEnsemble`): adapt on
+        ``augment.support(x_support, y_support)`` and return
+        ``augment.log_proba`` of the queries (log-probabilities averaged over
+        their shifted copies) instead of their logits.
 
     Returns
     -------
     logits : torch.Tensor of shape (n_queries, n_classes)
         Computed without a graph.
     """
+    if augment is not None:
+        x_support, y_support = augment.support(x_support, y_support)
     head = runner.algorithm.adapt(runner, x_support, y_support, n_classes)
     with torch.no_grad():
-        return runner.query_logits(x_query, head)
+        if augment is None:
+            return runner.query_logits(x_query, head)
+        return augment.log_proba(lambda x: runner.query_logits(x, head), x_query)
 
 
 def sample_episodes(y, shape, n_episodes, random_state):
@@ -232,6 +245,8 @@ def baseline_accuracies(estimator, X, episodes):
         All examples.
     episodes : EpisodeBatch
         The episodes (indices into ``X``).
+    augment : ShiftEnsemble or None, default=None
+        Test-time augmentation (see :func:`adapted_query_logits`).
 
     Returns
     -------

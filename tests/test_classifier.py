@@ -413,6 +413,66 @@ def test_augment_shift_trains_on_shifted_images_reproducibly():
     np.testing.assert_array_equal(a.predict_proba(X[:12]), a.predict_proba(X[:12]))
 
 
+def _shifted_fit(**extra):
+    rng = np.random.default_rng(0)
+    X = rng.random((60, 1, 8, 8)).astype(np.float32)
+    y = np.repeat(np.arange(6), 10)
+    params = {**FAST, **dict(n_filters=4, n_ways=3, n_query=2, max_epochs=1,
+                             meta_batches_per_epoch=3, random_state=0, adapt_on_fit=False)}
+    return FOMAMLClassifier("conv4", **params, **extra).fit(X[y < 4], y[y < 4]), X, y
+
+
+def test_test_shift_adapts_on_shifted_copies_and_averages_predictions():
+    from fomaml_sklearn.augmentation import ShiftEnsemble
+
+    clf, X, y = _shifted_fit(precision="float32")  # as predict, not bfloat16
+    Xs, ys = X[40::5], y[40::5]  # 2 examples of classes 4 and 5
+    ens = ShiftEnsemble(1, (1, 8, 8))
+    copies, y_copies = ens.support(torch.as_tensor(Xs.reshape(len(Xs), -1)),
+                                   torch.as_tensor(ys))
+    # adapt with test_shift=1 is adapt on the support set and its copies ...
+    clf.set_params(test_shift=0).adapt(copies.numpy().reshape(-1, 1, 8, 8), y_copies.numpy())
+    queries = X[41:50]
+    per_copy = [clf.predict_proba(c.numpy().reshape(-1, 1, 8, 8))
+                for c in ens.copies(torch.as_tensor(queries.reshape(9, -1))).split(9)]
+    clf.set_params(test_shift=1).adapt(Xs, ys)
+    # ... and predict_proba averages over each query's copies.
+    proba = clf.predict_proba(queries)
+    np.testing.assert_allclose(proba, np.mean(per_copy, axis=0), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(proba, per_copy[0])
+    np.testing.assert_array_equal(clf.predict(queries), clf.classes_[proba.argmax(1)])
+    # evaluate's episodes go the same way (in float32, predict in float64).
+    from fomaml_sklearn.evaluation import adapted_query_logits
+
+    logits = adapted_query_logits(
+        clf._runner(), torch.as_tensor(Xs.reshape(len(Xs), -1)),
+        torch.as_tensor(np.searchsorted(clf.classes_, ys)),
+        torch.as_tensor(queries.reshape(9, -1)), 2, augment=ens)
+    np.testing.assert_allclose(logits.softmax(1).numpy(), proba, atol=1e-4)
+    a = clf.evaluate(X[y >= 4], y[y >= 4], n_ways=2, n_episodes=5)
+    b = clf.evaluate(X[y >= 4], y[y >= 4], n_ways=2, n_episodes=5)
+    c = clf.set_params(test_shift=0).evaluate(X[y >= 4], y[y >= 4], n_ways=2, n_episodes=5)
+    np.testing.assert_array_equal(a.accuracies, b.accuracies)
+    assert not np.array_equal(a.accuracies, c.accuracies)
+
+
+def test_test_shift_needs_images_and_a_bad_value_leaves_the_task_unchanged():
+    rng = np.random.default_rng(0)
+    X = rng.random((60, 64)).astype(np.float32)
+    y = np.repeat(np.arange(6), 10)
+    with pytest.raises(ValueError, match=r"test_shift=1 shifts images.*input_shape"):
+        FOMAMLClassifier(test_shift=1, n_ways=3, n_query=2, **FAST).fit(X, y)
+    clf = FOMAMLClassifier(n_ways=3, n_query=2, **FAST).fit(X, y)
+    before = clf.predict_proba(X[:6])
+    for value, message in [(1, "test_shift=1 shifts images"), (-1, "test_shift"),
+                           (1.5, "test_shift")]:
+        clf.set_params(test_shift=value)
+        with pytest.raises(ValueError, match=message):
+            clf.adapt(X[:12], y[:12])
+    clf.set_params(test_shift=0)
+    np.testing.assert_array_equal(clf.predict_proba(X[:6]), before)
+
+
 def test_augment_shift_needs_images_and_a_whole_number():
     rng = np.random.default_rng(0)
     X = rng.random((60, 64)).astype(np.float32)

@@ -236,13 +236,27 @@ def test_train_with_shift_augmentation(fake_omniglot_home, tmp_path):
     model = tmp_path / "shifted.fomaml"
     data = ["omniglot", "--offline", "--data-home", str(fake_omniglot_home)]
     code, out, err = run(["train", *data, "--image-size", "15", "--augment-shift", "2",
-                          "-o", str(model), *FAST])
+                          "--test-shift", "1", "-o", str(model), *FAST])
     assert code == 0, err
-    assert FOMAMLClassifier.load(model).augment_shift == 2
+    saved = FOMAMLClassifier.load(model)
+    assert (saved.augment_shift, saved.test_shift) == (2, 1)
+    for extra in [], ["--test-shift", "0"]:
+        code, out, err = run(["evaluate", str(model), *data, "--episodes", "2",
+                              "--queries", "1", "--threads", "1", *extra])
+        assert code == 0, err
+        assert ACCURACY.match(out.strip())
     # Digits are rows of an MLP: the estimator's message, on one line.
     assert_one_line_error(*run(["train", "--augment-shift", "1", "-o",
                                 str(tmp_path / "d.fomaml"), *FAST]),
                           contains="augment_shift=1 shifts images")
+
+
+def test_evaluate_test_shift_overrides_the_models(digits_model):
+    # The digits MLP's inputs are rows, not images: the override reaches the
+    # estimator, which says so on one line.
+    assert_one_line_error(*run(["evaluate", str(digits_model), "--test-shift", "1",
+                                "--episodes", "2"]),
+                          contains="test_shift=1 shifts images")
 
 
 def test_model_image_shape_checks_the_shape_against_the_features(digits_model):

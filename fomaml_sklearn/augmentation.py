@@ -1,0 +1,155 @@
+"""Image augmentation by whole-pixel shifts, for meta-training and at test time.
+
+- :class:`RandomShift` moves each meta-training image by a random offset
+  (``augment_shift``), with randomness from the episodes' generator;
+- :class:`ShiftEnsemble` is test-time augmentation (``test_shift``): adapt
+  on the support images and shifted copies of them, and average each
+  query's class probabilities over its shifted copies. It stays
+  non-transductive: every query is classified on its own.
+
+Both take images as rows of ``channels * height * width`` features, the
+layout the estimators work in.
+"""
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+__all__ = ["RandomShift", "ShiftEnsemble", "shift_images"]
+
+
+def shift_images(x, shifts, image_shape):
+    """Move each image by its own whole number of pixels, repeating the border.
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape (..., channels * height * width)
+        Images as rows (any leading axes).
+    shifts : torch.Tensor of shape (n_images, 2), integer
+        ``(dy, dx)`` of each image, in the order of ``x``'s rows flattened
+        over the leading axes; positive moves down and right.
+    image_shape : tuple of int
+        ``(channels, height, width)`` of one image.
+
+    Returns
+    -------
+    torch.Tensor
+        Of ``x``'s shape: output pixel ``(i, j)`` is input pixel
+        ``(i - dy, j - dx)``, clamped to the image.
+    """
+    c, h, w = image_shape
+    lead = x.shape[:-1]
+    images = x.reshape(-1, c, h, w)
+    n = len(images)
+    shifts = torch.as_tensor(shifts, device=x.device).long()
+    s = int(shifts.abs().max()) if n else 0
+    if s == 0:
+        return x
+    padded = F.pad(images, (s, s, s, s), mode="replicate")
+    # Input pixel (i - dy, j - dx) is row s - dy + i of the padded image.
+    rows = (s - shifts[:, :1]) + torch.arange(h, device=x.device)
+    cols = (s - shifts[:, 1:]) + torch.arange(w, device=x.device)
+    picked = padded[torch.arange(n, device=x.device)[:, None, None], :,
+                    rows[:, :, None], cols[:, None, :]]      # (n, h, w, c)
+    return picked.permute(0, 3, 1, 2).reshape(lead + (c * h * w,))
+
+
+class RandomShift:
+    """Shift every image by a random whole number of pixels (augmentation of
+    the meta-training episodes).
+
+    Each image moves by ``(dy, dx)``, drawn uniformly from ``-max_shift ..
+    max_shift`` per image and per axis; the pixels that come in repeat the
+    image's border (so it works for white and for black backgrounds alike).
+
+    Parameters
+    ----------
+    max_shift : int
+        The largest shift, in pixels.
+    image_shape : tuple of int
+        ``(channels, height, width)`` of one image; inputs are rows of
+        ``channels * height * width`` features.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> x = torch.arange(9.0).reshape(1, 9)           # one 3x3 image
+    >>> RandomShift(1, (1, 3, 3))(x, np.random.default_rng(0)).shape
+    torch.Size([1, 9])
+    """
+
+    def __init__(self, max_shift, image_shape):
+        self.max_shift = int(max_shift)
+        self.image_shape = tuple(int(s) for s in image_shape)
+
+    def __call__(self, x, rng):
+        """Shifted copies of the rows of ``x`` (any leading axes), shifts drawn
+        from the :class:`numpy.random.Generator` ``rng``."""
+        s = self.max_shift
+        if s == 0 or x.numel() == 0:
+            return x
+        n = x[..., 0].numel()
+        shifts = torch.as_tensor(rng.integers(-s, s + 1, size=(n, 2)), device=x.device)
+        return shift_images(x, shifts, self.image_shape)
+
+    def __repr__(self):
+        return f"RandomShift(max_shift={self.max_shift}, image_shape={self.image_shape})"
+
+
+class ShiftEnsemble:
+    """Test-time shifts: every image and its copies moved by each offset
+    ``(dy, dx)`` with ``|dy| + |dx| <= max_shift``.
+
+    :meth:`support` expands a support set with the shifted copies (their
+    labels repeated), so the adaptation sees them as more examples;
+    :meth:`log_proba` averages each query's class probabilities over its
+    shifted copies. With ``max_shift=1`` that is 5 copies (the image and its
+    four one-pixel neighbours), with 2, 13.
+
+    Parameters
+    ----------
+    max_shift : int
+        The largest shift (in pixels, summed over both axes), at least 1.
+    image_shape : tuple of int
+        ``(channels, height, width)`` of one image.
+
+    Examples
+    --------
+    >>> import torch
+    >>> ens = ShiftEnsemble(1, (1, 3, 3))
+    >>> x, y = ens.support(torch.zeros(2, 9), torch.tensor([0, 1]))
+    >>> x.shape, y.tolist()
+    (torch.Size([10, 9]), [0, 1, 0, 1, 0, 1, 0, 1, 0, 1])
+    """
+
+    def __init__(self, max_shift, image_shape):
+        self.max_shift = int(max_shift)
+        self.image_shape = tuple(int(s) for s in image_shape)
+        s = self.max_shift
+        grid = [(dy, dx) for dy in range(-s, s + 1) for dx in range(-s, s + 1)
+                if abs(dy) + abs(dx) <= s]
+        self.offsets = torch.tensor(sorted(grid, key=lambda o: abs(o[0]) + abs(o[1])))
+
+    def copies(self, x):
+        """``x`` (n, d) and its shifted copies: ``(n_offsets * n, d)``,
+        offset-major (the unshifted images first)."""
+        shifts = self.offsets.to(x.device).repeat_interleave(len(x), dim=0)
+        return shift_images(x.repeat(len(self.offsets), 1), shifts, self.image_shape)
+
+    def support(self, x, y):
+        """The support set with its shifted copies: ``(x', y')``."""
+        return self.copies(x), y.repeat(len(self.offsets))
+
+    def log_proba(self, forward, x):
+        """Log of each row's class probabilities averaged over its copies.
+
+        ``forward`` maps a batch of rows to logits; the result can stand
+        for logits (its softmax is the averaged probabilities).
+        """
+        n = len(self.offsets)
+        logits = forward(self.copies(x)).reshape(n, len(x), -1)
+        return torch.logsumexp(logits.log_softmax(-1), dim=0) - math.log(n)
+
+    def __repr__(self):
+        return f"ShiftEnsemble(max_shift={self.max_shift}, image_shape={self.image_shape})"
