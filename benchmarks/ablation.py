@@ -93,6 +93,13 @@ def validation_split(X, y, n_val, seed=0):
     return X[~val], y[~val], X[keep], y[keep]
 
 
+def load_validation_split(data_home, n_val):
+    """Omniglot's training characters (offline from ``data_home``), split by
+    :func:`validation_split`: ``(X_train, y_train, X_val, y_val)``."""
+    X, y, _, _ = load_omniglot(argparse.Namespace(data_home=data_home, offline=True))
+    return validation_split(X, y, n_val)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-home", default=None)
@@ -116,8 +123,7 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     torch.set_num_threads(args.threads)
-    X, y, _, _ = load_omniglot(argparse.Namespace(data_home=args.data_home, offline=True))
-    X_tr, y_tr, X_val, y_val = validation_split(X, y, args.n_val)
+    X_tr, y_tr, X_val, y_val = load_validation_split(args.data_home, args.n_val)
     print(f"# {cpu_model()}, {args.threads} threads; "
           f"{len(np.unique(y_tr))} training classes, {len(np.unique(y_val))} validation "
           f"characters; {args.steps} meta-steps, seed {args.seed}", flush=True)

@@ -111,11 +111,12 @@ def build_parser():
     parser.add_argument("--augment-shift", type=int, default=None, metavar="PX",
                         help="shift meta-training images by up to PX pixels (default: 2 "
                              "on Omniglot, where it paid at 3000 meta-steps, else 0)")
-    parser.add_argument("--test-shift", type=int, default=0, metavar="PX",
+    parser.add_argument("--test-shift", type=int, default=None, metavar="PX",
                         help="also score every test setting with test-time shifts "
                              "(the estimator's test_shift=PX: adapt on the support "
                              "images and copies shifted by up to PX pixels, average "
-                             "each query over its copies; default: 0, off)")
+                             "each query over its copies; default: 1 on Omniglot, "
+                             "where it paid on the validation split, else 0)")
     parser.add_argument("--episodes", type=int, default=600,
                         help="test episodes (default: 600)")
     parser.add_argument("--algorithm", default="fomaml",
@@ -173,6 +174,8 @@ def run(args, data=None):
     train_shots = args.train_shots or (1 if omniglot else args.shots)
     if args.augment_shift is None:
         args.augment_shift = 2 if omniglot else 0
+    if args.test_shift is None:
+        args.test_shift = 1 if omniglot else 0
     common = dict(n_ways=train_ways, k_shot=train_shots, n_query=args.queries,
                   meta_batch_size=args.meta_batch_size, precision=args.precision,
                   augment_shift=args.augment_shift,

@@ -20,7 +20,8 @@ Setups (``--setup``):
   support-set BatchNorm statistics), meta-batch 16, 5 queries per class, and
   the levers that paid in ``benchmarks/ablation.py``: at least 10 ways per
   training task, a meta rate of 3e-3 and shifts of up to 2 pixels
-  (``few_shot.py``'s Omniglot defaults).
+  (``few_shot.py``'s Omniglot defaults); each setting is scored without
+  and with test-time shifts (``test_shift=1``, the column "shifted").
 
 The header gives the CPU model and the float32 (and bfloat16) matmul
 GFLOP/s measured at the start of the run; with ``--steps`` the budget is a
@@ -54,7 +55,8 @@ def setup_args(setup, ways):
     """few_shot.py options of a setup for an ``ways``-way setting."""
     if setup == "default":
         return ["--meta-batch-size", "16", "--queries", "5"]
-    paper = ["--lr", "1e-3", "--train-ways", str(ways), "--augment-shift", "0"]
+    paper = ["--lr", "1e-3", "--train-ways", str(ways), "--augment-shift", "0",
+             "--test-shift", "0"]
     if ways == 5:
         return paper + ["--head", "fixed", "--transductive", "--meta-batch-size", "32",
                 "--inner-lr", "0.4", "--inner-steps", "1", "--inner-steps-test", "3"]
@@ -112,7 +114,8 @@ def main(argv=None):
 
     print(f"\nSummary ({args.setup} setup, {args.episodes} test episodes of the 423 unseen "
           "characters, mean +- 95% CI):")
-    print(f"{'setting':<8} {'ours':>16} {'meta-steps':>10} {'min':>5} {'precision':>9} "
+    print(f"{'setting':<8} {'ours':>16} {'shifted':>16} {'meta-steps':>10} {'min':>5} "
+          f"{'precision':>9} "
           f"{'best baseline':>16} {'margin':>7}   published FOMAML / MAML / Reptile; "
           "ProtoNets (best non-transductive) / MAML++")
     for name, out in summary:
@@ -120,7 +123,10 @@ def main(argv=None):
         fo, so, rep = PUBLISHED[SETTINGS[name]]
         proto, mamlpp = PUBLISHED_BEST[SETTINGS[name]]
         best = out["baselines"][out["best_baseline"]]
-        print(f"{name:<8} {100 * r.mean:8.2f} +- {100 * r.ci95:4.2f} {out['n_steps']:>10d} "
+        t = out["test_shift"].get(name)
+        shifted = "n/a" if t is None else f"{100 * t.mean:.2f} +- {100 * t.ci95:4.2f}"
+        print(f"{name:<8} {100 * r.mean:8.2f} +- {100 * r.ci95:4.2f} {shifted:>16} "
+              f"{out['n_steps']:>10d} "
               f"{out['train_seconds'] / 60:5.1f} {out['precision']:>9} "
               f"{100 * best:16.2f} {out['margin']:+7.2f}   {fo} / {so} / {rep}; "
               f"{proto} / {mamlpp}")

@@ -10,8 +10,10 @@ using shifts at test time. Still non-transductive: the support set is the
 only labelled data, BatchNorm normalises with statistics of the (shifted)
 support images alone, and each query is classified on its own.
 
-Offsets: ``plus`` is the image and its four 1-pixel neighbours (5 copies),
-``3x3`` every offset in ``-1..1`` x ``-1..1`` (9 copies).
+Offsets: ``plus`` is the image and its four 1-pixel neighbours (5 copies,
+the estimator's ``test_shift=1``), ``3x3`` every offset in ``-1..1`` x
+``-1..1`` (9 copies), ``diamond2`` every offset with ``|dy| + |dx| <= 2``
+(13 copies, ``test_shift=2``).
 
 Examples
 --------
@@ -29,23 +31,24 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fomaml_sklearn import FOMAMLClassifier  # noqa: E402
-from fomaml_sklearn.augmentation import shift_images  # noqa: E402
+from fomaml_sklearn.augmentation import ShiftEnsemble, shift_images  # noqa: E402
 from fomaml_sklearn.episodes import EpisodeShape  # noqa: E402
 from fomaml_sklearn.evaluation import confidence_interval, sample_episodes  # noqa: E402
 
-from ablation import BASE, validation_split  # noqa: E402
-from few_shot import load_omniglot, parse_setting  # noqa: E402
+from ablation import BASE, load_validation_split  # noqa: E402
+from few_shot import parse_setting  # noqa: E402
 from throughput import cpu_model  # noqa: E402
 
 OFFSETS = {
     "none": [(0, 0)],
-    "plus": [(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)],
+    "plus": ShiftEnsemble(1, (1, 1, 1)).offsets.tolist(),        # test_shift=1
     "3x3": [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)],
+    "diamond2": ShiftEnsemble(2, (1, 1, 1)).offsets.tolist(),    # test_shift=2
 }
 
 # (support offsets, query offsets)
 COMBINATIONS = [("none", "none"), ("plus", "none"), ("none", "plus"), ("plus", "plus"),
-                ("3x3", "none"), ("none", "3x3"), ("3x3", "3x3")]
+                ("3x3", "3x3"), ("diamond2", "diamond2")]
 
 
 def copies(x, offsets, image_shape):
@@ -91,8 +94,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    X, y, _, _ = load_omniglot(argparse.Namespace(data_home=args.data_home, offline=True))
-    X_tr, y_tr, X_val, y_val = validation_split(X, y, args.n_val)
+    X_tr, y_tr, X_val, y_val = load_validation_split(args.data_home, args.n_val)
     print(f"# {cpu_model()}, {args.threads} threads; {args.steps} meta-steps of "
           f"{args.ways}-way tasks, training shifts {args.train_shift}, seed {args.seed}; "
           f"{args.test_steps} test-time steps", flush=True)
@@ -118,7 +120,7 @@ def main(argv=None):
             t0 = time.perf_counter()
             acc = accuracies(clf, X_val_t, episodes, OFFSETS[support], OFFSETS[query])
             mean, ci = confidence_interval(acc)
-            print(f"{setting} support {support:<5s} queries {query:<5s} "
+            print(f"{setting} support {support:<8s} queries {query:<8s} "
                   f"{100 * mean:.2f} +- {100 * ci:.2f} %  ({time.perf_counter() - t0:.0f} s)",
                   flush=True)
     return 0
