@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fomaml_sklearn import FOMAMLClassifier  # noqa: E402
-from fomaml_sklearn.augmentation import ShiftEnsemble, shift_images  # noqa: E402
+from fomaml_sklearn.augmentation import ShiftEnsemble, shifted_copies  # noqa: E402
 from fomaml_sklearn.episodes import EpisodeShape  # noqa: E402
 from fomaml_sklearn.evaluation import confidence_interval, sample_episodes  # noqa: E402
 
@@ -51,12 +51,6 @@ COMBINATIONS = [("none", "none"), ("plus", "none"), ("none", "plus"), ("plus", "
                 ("3x3", "3x3"), ("diamond2", "diamond2")]
 
 
-def copies(x, offsets, image_shape):
-    """``x`` (n, d) shifted by each offset: (len(offsets) * n, d), offset-major."""
-    shifts = torch.tensor(offsets).repeat_interleave(len(x), dim=0)
-    return shift_images(x.repeat(len(offsets), 1), shifts, image_shape)
-
-
 def accuracies(clf, X, episodes, support_offsets, query_offsets):
     """Per-episode query accuracy with the support set expanded by
     ``support_offsets`` and each query's probabilities averaged over
@@ -70,11 +64,11 @@ def accuracies(clf, X, episodes, support_offsets, query_offsets):
     ys = y_s.repeat(len(support_offsets))
     acc = np.empty(len(episodes))
     for t in range(len(episodes)):
-        xs = copies(X[episodes.support_idx[t]], support_offsets, shape)
+        xs = shifted_copies(X[episodes.support_idx[t]], support_offsets, shape)
         xq = X[episodes.query_idx[t]]
         head = runner.algorithm.adapt(runner, xs, ys, n_classes)
         with torch.no_grad():
-            logits = runner.query_logits(copies(xq, query_offsets, shape), head)
+            logits = runner.query_logits(shifted_copies(xq, query_offsets, shape), head)
             proba = logits.softmax(1).reshape(len(query_offsets), len(xq), -1).mean(0)
         acc[t] = (proba.argmax(1) == y_q).float().mean().item()
     return acc

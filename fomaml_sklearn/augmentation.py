@@ -16,7 +16,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-__all__ = ["RandomShift", "ShiftEnsemble", "shift_images"]
+__all__ = ["RandomShift", "ShiftEnsemble", "shift_images", "shifted_copies"]
 
 
 def shift_images(x, shifts, image_shape):
@@ -53,6 +53,28 @@ def shift_images(x, shifts, image_shape):
     picked = padded[torch.arange(n, device=x.device)[:, None, None], :,
                     rows[:, :, None], cols[:, None, :]]      # (n, h, w, c)
     return picked.permute(0, 3, 1, 2).reshape(lead + (c * h * w,))
+
+
+def shifted_copies(x, offsets, image_shape):
+    """Every image moved by each of the offsets.
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape (n, channels * height * width)
+        Images as rows.
+    offsets : array-like of shape (k, 2), integer
+        The ``(dy, dx)`` shifts, as in :func:`shift_images`.
+    image_shape : tuple of int
+        ``(channels, height, width)`` of one image.
+
+    Returns
+    -------
+    torch.Tensor of shape (k * n, channels * height * width)
+        Offset-major: the first ``n`` rows are ``x`` moved by ``offsets[0]``.
+    """
+    offsets = torch.as_tensor(offsets, device=x.device)
+    shifts = offsets.repeat_interleave(len(x), dim=0)
+    return shift_images(x.repeat(len(offsets), 1), shifts, image_shape)
 
 
 class RandomShift:
@@ -134,8 +156,7 @@ class ShiftEnsemble:
     def copies(self, x):
         """``x`` (n, d) and its shifted copies: ``(n_offsets * n, d)``,
         offset-major (the unshifted images first)."""
-        shifts = self.offsets.to(x.device).repeat_interleave(len(x), dim=0)
-        return shift_images(x.repeat(len(self.offsets), 1), shifts, self.image_shape)
+        return shifted_copies(x, self.offsets, self.image_shape)
 
     def support(self, x, y):
         """The support set with its shifted copies: ``(x', y')``."""
