@@ -76,6 +76,12 @@ VARIANTS = {
     "ways10-lr3e-3-inner3-lslr": dict(n_ways=10, lr=3e-3, n_inner_steps=3,
                                       algorithm=LSLRFOMAML()),
     "ways10-lr3e-3-mb32": dict(n_ways=10, lr=3e-3, meta_batch_size=32),
+    # On top of ways10-lr3e-3-shift2 (the 30-minute runs' configuration):
+    "ways10-lr3e-3-shift2-cosine": dict(n_ways=10, lr=3e-3, augment_shift=2,
+                                        lr_schedule="cosine"),
+    "ways20-lr3e-3-shift2": dict(n_ways=20, lr=3e-3, augment_shift=2),
+    "ways20-lr3e-3-shift2-cosine": dict(n_ways=20, lr=3e-3, augment_shift=2,
+                                        lr_schedule="cosine"),
 }
 
 

@@ -29,7 +29,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
 from fomaml_sklearn import FOMAMLClassifier
-from fomaml_sklearn.callbacks import TimeLimit
+from fomaml_sklearn.callbacks import TimeCosineLR, TimeLimit
 from fomaml_sklearn.episodes import EpisodeShape
 from fomaml_sklearn.evaluation import (
     baseline_accuracies,
@@ -130,7 +130,8 @@ def build_parser():
                         help="meta learning rate (Adam; default: 3e-3 on Omniglot, the "
                              "best of benchmarks/ablation.py, else 1e-3)")
     parser.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
-                        help="cosine annealing over the --steps budget (default: constant)")
+                        help="cosine annealing of the meta rate to 0 over the --steps "
+                             "budget, or else over the --minutes budget (default: constant)")
     parser.add_argument("--transductive", action="store_true",
                         help="query-batch BatchNorm statistics, as in the MAML paper")
     parser.add_argument("--precision", default="auto")
@@ -181,10 +182,9 @@ def run(args, data=None):
                   augment_shift=args.augment_shift,
                   algorithm=args.algorithm, head=args.head, inner_lr=inner_lr, lr=args.lr,
                   n_inner_steps=args.inner_steps, n_inner_steps_test=args.inner_steps_test,
-                  transductive=args.transductive, lr_schedule=args.lr_schedule,
+                  transductive=args.transductive,
+                  lr_schedule=args.lr_schedule if args.steps is not None else "constant",
                   adapt_on_fit=False, random_state=args.seed)
-    if args.lr_schedule != "constant" and args.steps is None:
-        raise SystemExit("--lr-schedule cosine needs a --steps budget (its length)")
     if args.continue_to and (args.lr_schedule != "constant" or args.steps is None):
         raise SystemExit("--continue-to needs --steps and a constant --lr-schedule")
     try:  # checked before the long part
@@ -195,6 +195,9 @@ def run(args, data=None):
         raise SystemExit("--test-shift shifts images: use it with --dataset omniglot")
     max_epochs = 100_000 if args.steps is None else max(1, args.steps // 50)
     limit = [TimeLimit(args.minutes)] if args.steps is None or args.minutes_given else []
+    if args.lr_schedule == "cosine" and args.steps is None:
+        # No step budget to anneal over: anneal over the time budget.
+        limit.append(TimeCosineLR(args.minutes))
     clf = FOMAMLClassifier(module, max_epochs=max_epochs, meta_batches_per_epoch=50,
                            callbacks=limit, verbose=1, **common)
     t0 = time.perf_counter()
@@ -203,13 +206,16 @@ def run(args, data=None):
     n_steps = clf.n_meta_steps_
 
     shape = EpisodeShape(ways, args.shots, _test_queries(args))
+    schedule = args.lr_schedule
+    if schedule != "constant":
+        schedule += f" over {args.steps} steps" if args.steps else f" over {args.minutes:g} min"
     through = (getattr(clf.algorithm_, "prototype_gradient", "n/a")
                if args.head == "prototype" else "n/a")
     print(f"\n{ways}-way {args.shots}-shot accuracy on {args.episodes} episodes of "
           f"unseen classes ({shape.n_query} queries per class), 95% CI; "
           f"meta-training: {n_steps} meta-steps of {args.meta_batch_size} {train_ways}-way "
           f"{train_shots}-shot "
-          f"tasks (lr {args.lr:g}, {args.lr_schedule}, shifts <= {args.augment_shift} px) in "
+          f"tasks (lr {args.lr:g}, {schedule}, shifts <= {args.augment_shift} px) in "
           f"{train_seconds / 60:.1f} min, {clf.precision_}, gradient through the "
           f"prototypes: {through}:")
 

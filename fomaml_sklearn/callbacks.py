@@ -1,10 +1,11 @@
 """skorch callbacks specific to meta-training (skorch's own ones work too)."""
 
+import math
 import time
 
 from skorch.callbacks import Callback
 
-__all__ = ["TimeLimit", "TimeLimitReached", "meta_steps_per_epoch"]
+__all__ = ["TimeCosineLR", "TimeLimit", "TimeLimitReached", "meta_steps_per_epoch"]
 
 
 def meta_steps_per_epoch(history):
@@ -62,3 +63,55 @@ class TimeLimit(Callback):
                     f"{self.minutes:g} min is reached ({elapsed / 60:.1f} min)."
                 )
             raise TimeLimitReached
+
+
+class TimeCosineLR(Callback):
+    """Anneal the meta learning rate to 0 along a cosine over a time budget.
+
+    The estimators' ``lr_schedule="cosine"`` anneals over a number of
+    meta-steps (``max_epochs * meta_batches_per_epoch``), which a
+    time-budgeted fit does not know in advance. This callback anneals over
+    wall-clock time instead: before every meta-step, each parameter group's
+    rate is set to ``lr0 * (1 + cos(pi * f)) / 2``, where ``lr0`` is its rate
+    when training began and ``f`` the fraction of the budget elapsed (capped
+    at 1). Use it beside :class:`TimeLimit` with the same ``minutes``, and
+    keep the estimator's ``lr_schedule="constant"``. The rate of every
+    meta-step is recorded in the history as ``"lr"``.
+
+    Like the time limit itself, the schedule depends on the machine's speed:
+    two runs agree step for step only if their meta-steps take equally long.
+
+    Parameters
+    ----------
+    minutes : float
+        Length of the annealing, from the start of meta-training.
+    clock : callable, default=time.perf_counter
+        Seconds as a float; replaceable for tests.
+    """
+
+    def __init__(self, minutes, clock=time.perf_counter):
+        self.minutes = minutes
+        self.clock = clock
+
+    def initialize(self):
+        if not (isinstance(self.minutes, (int, float)) and self.minutes > 0):
+            raise ValueError(
+                f"TimeCosineLR(minutes={self.minutes!r}): give a positive number of minutes.")
+        return self
+
+    def on_train_begin(self, net, **kwargs):
+        self.start_ = self.clock()
+        self.base_lrs_ = [group["lr"] for group in net.optimizer_.param_groups]
+
+    def rate_factor(self):
+        """The factor ``(1 + cos(pi * f)) / 2`` applied to the rates now."""
+        fraction = min(1.0, (self.clock() - self.start_) / (60.0 * self.minutes))
+        return 0.5 * (1.0 + math.cos(math.pi * fraction))
+
+    def on_batch_begin(self, net, batch=None, training=False, **kwargs):
+        if not training:
+            return
+        factor = self.rate_factor()
+        for group, base in zip(net.optimizer_.param_groups, self.base_lrs_):
+            group["lr"] = base * factor
+        net.history.record_batch("lr", net.optimizer_.param_groups[0]["lr"])

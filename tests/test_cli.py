@@ -530,6 +530,32 @@ def test_the_main_job_runs_end_to_end(fake_omniglot_home, capsys):
     assert "1-nearest neighbour on pixels" in out and "FOMAML minus the best baseline" in out
 
 
+def test_the_main_job_anneals_over_its_time_budget(fake_omniglot_home, capsys):
+    """--lr-schedule cosine without --steps anneals over --minutes
+    (callbacks.TimeCosineLR): the meta rate falls from the first meta-step on."""
+    few_shot = _benchmark_module()
+    fits = []
+    original = few_shot.FOMAMLClassifier.fit
+
+    def spy(self, *args, **kwargs):
+        fits.append(self)
+        return original(self, *args, **kwargs)
+
+    few_shot.FOMAMLClassifier.fit = spy
+    try:
+        few_shot.main(["--data-home", str(fake_omniglot_home), "--offline", "--minutes",
+                       "0.05", "--episodes", "5", "--threads", "1", "--lr-schedule",
+                       "cosine", "--test-shift", "0"])
+    finally:
+        few_shot.FOMAMLClassifier.fit = original
+    assert "cosine over 0.05 min" in capsys.readouterr().out
+    clf = fits[0]
+    assert clf.lr_schedule == "constant"  # the estimator's schedule counts steps
+    rates = [b["lr"] for epoch in clf.history_ for b in epoch["batches"] if "lr" in b]
+    assert len(rates) == clf.n_meta_steps_ > 1
+    assert rates[0] <= 3e-3 and all(np.diff(rates) <= 0) and rates[-1] < rates[0]
+
+
 def test_train_nproc_per_node_launches_torchrun_and_saves_the_one_process_model(tmp_path):
     """--nproc-per-node 2 runs the same command under torch.distributed.run;
     rank 0 saves a model equal (to float tolerance) to one process's."""

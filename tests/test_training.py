@@ -16,7 +16,7 @@ from skorch.callbacks import Checkpoint, EarlyStopping, LoadInitState
 from skorch.exceptions import DeviceWarning
 
 from fomaml_sklearn import FOMAMLClassifier
-from fomaml_sklearn.callbacks import TimeLimit
+from fomaml_sklearn.callbacks import TimeCosineLR, TimeLimit
 
 FAST = dict(n_ways=3, k_shot=1, n_query=5, max_epochs=3, meta_batches_per_epoch=5,
             n_eval_episodes=12, meta_batch_size=4, device="cpu", random_state=0)
@@ -183,6 +183,41 @@ def test_time_limit_stops_without_an_interrupt_warning(digits):
         warnings.simplefilter("error")
         clf.fit(X[y < 6], y[y < 6])
     assert len(clf.history_) == 1
+
+
+class _FakeClock:
+    """Advances 6 seconds every time it is read."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        self.now += 6.0
+        return self.now
+
+
+def test_time_cosine_lr_anneals_the_meta_rate_over_the_budget(digits):
+    X, y = digits
+    clock = _FakeClock()
+    # 3 epochs of 5 meta-steps; each step reads the clock once (6 s), so the
+    # budget of 1.2 min (72 s) ends after 12 steps: the rates fall along the
+    # cosine and stay at 0 afterwards.
+    clf = FOMAMLClassifier(callbacks=[TimeCosineLR(1.2, clock=clock)],
+                           **{**FAST, "lr": 0.01}).fit(X[y < 6], y[y < 6])
+    rates = [b["lr"] for epoch in clf.history_ for b in epoch["batches"] if "lr" in b]
+    assert len(rates) == clf.n_meta_steps_ == 15
+    fractions = np.minimum(1.0, np.arange(1, 16) * 6.0 / 72.0)
+    np.testing.assert_allclose(rates, 0.01 * 0.5 * (1 + np.cos(np.pi * fractions)), atol=1e-12)
+    assert rates[0] > 0.009 and rates[-1] == 0.0
+    # The optimizer ran at the last rate set.
+    assert clf.net_.optimizer_.param_groups[0]["lr"] == rates[-1]
+
+
+def test_time_cosine_lr_rejects_a_bad_budget(digits):
+    X, y = digits
+    clf = FOMAMLClassifier(callbacks=[TimeCosineLR(0)], **FAST)
+    with pytest.raises(ValueError, match=r"TimeCosineLR\(minutes=0\).*positive"):
+        clf.fit(X[y < 6], y[y < 6])
 
 
 # ----------------------------------------------------------------- persistence
