@@ -33,7 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fomaml_sklearn import FOMAMLClassifier  # noqa: E402
 from fomaml_sklearn.augmentation import ShiftEnsemble, shifted_copies  # noqa: E402
 from fomaml_sklearn.episodes import EpisodeShape  # noqa: E402
-from fomaml_sklearn.evaluation import confidence_interval, sample_episodes  # noqa: E402
+from fomaml_sklearn.evaluation import (  # noqa: E402
+    confidence_interval,
+    episodic_accuracies,
+    sample_episodes,
+)
 
 from ablation import BASE, load_validation_split  # noqa: E402
 from few_shot import parse_setting  # noqa: E402
@@ -51,27 +55,33 @@ COMBINATIONS = [("none", "none"), ("plus", "none"), ("none", "plus"), ("plus", "
                 ("3x3", "3x3"), ("diamond2", "diamond2")]
 
 
+class OffsetShifts(ShiftEnsemble):
+    """Test-time shifts with their own offsets for the support set and for
+    the queries (``ShiftEnsemble`` uses the same ones for both): an
+    ``augment`` for :func:`fomaml_sklearn.evaluation.episodic_accuracies`."""
+
+    def __init__(self, support_offsets, query_offsets, image_shape):
+        super().__init__(0, image_shape)
+        self.offsets = torch.as_tensor(query_offsets)           # log_proba's copies
+        self.support_offsets = torch.as_tensor(support_offsets)
+
+    def support(self, x, y):
+        return (shifted_copies(x, self.support_offsets, self.image_shape),
+                y.repeat(len(self.support_offsets)))
+
+    def __repr__(self):
+        return (f"OffsetShifts({self.support_offsets.tolist()}, {self.offsets.tolist()}, "
+                f"{self.image_shape})")
+
+
 def accuracies(clf, X, episodes, support_offsets, query_offsets):
     """Per-episode query accuracy with the support set expanded by
     ``support_offsets`` and each query's probabilities averaged over
     ``query_offsets``."""
-    runner = clf._runner()
     shape = tuple(clf.input_shape_)
     shape = shape if len(shape) == 3 else (1,) + shape
-    y_s = torch.as_tensor(episodes.support_y)
-    y_q = torch.as_tensor(episodes.query_y)
-    n_classes = episodes.classes.shape[1]
-    ys = y_s.repeat(len(support_offsets))
-    acc = np.empty(len(episodes))
-    for t in range(len(episodes)):
-        xs = shifted_copies(X[episodes.support_idx[t]], support_offsets, shape)
-        xq = X[episodes.query_idx[t]]
-        head = runner.algorithm.adapt(runner, xs, ys, n_classes)
-        with torch.no_grad():
-            logits = runner.query_logits(shifted_copies(xq, query_offsets, shape), head)
-            proba = logits.softmax(1).reshape(len(query_offsets), len(xq), -1).mean(0)
-        acc[t] = (proba.argmax(1) == y_q).float().mean().item()
-    return acc
+    augment = OffsetShifts(support_offsets, query_offsets, shape)
+    return episodic_accuracies(clf._runner(), X, episodes, augment=augment)
 
 
 def main(argv=None):

@@ -395,10 +395,14 @@ def test_cosine_lr_schedule_anneals_the_meta_learning_rate_to_zero(digits):
         FOMAMLClassifier(lr_schedule="linear", **FAST).fit(X[y < 6], y[y < 6])
 
 
-def test_augment_shift_trains_on_shifted_images_reproducibly():
+def _random_data(*shape):
+    """60 random samples of ``shape`` (float32), 10 of each of 6 classes."""
     rng = np.random.default_rng(0)
-    X = rng.random((60, 1, 8, 8)).astype(np.float32)
-    y = np.repeat(np.arange(6), 10)
+    return rng.random((60, *shape)).astype(np.float32), np.repeat(np.arange(6), 10)
+
+
+def test_augment_shift_trains_on_shifted_images_reproducibly():
+    X, y = _random_data(1, 8, 8)
     params = {**FAST, **dict(n_filters=4, n_ways=3, n_query=2, max_epochs=1,
                              meta_batches_per_epoch=3, random_state=0)}
     a = FOMAMLClassifier("conv4", augment_shift=2, **params).fit(X, y)
@@ -414,9 +418,7 @@ def test_augment_shift_trains_on_shifted_images_reproducibly():
 
 
 def _shifted_fit(**extra):
-    rng = np.random.default_rng(0)
-    X = rng.random((60, 1, 8, 8)).astype(np.float32)
-    y = np.repeat(np.arange(6), 10)
+    X, y = _random_data(1, 8, 8)
     params = {**FAST, **dict(n_filters=4, n_ways=3, n_query=2, max_epochs=1,
                              meta_batches_per_epoch=3, random_state=0, adapt_on_fit=False)}
     return FOMAMLClassifier("conv4", **params, **extra).fit(X[y < 4], y[y < 4]), X, y
@@ -457,9 +459,7 @@ def test_test_shift_adapts_on_shifted_copies_and_averages_predictions():
 
 
 def test_test_shift_needs_images_and_a_bad_value_leaves_the_task_unchanged():
-    rng = np.random.default_rng(0)
-    X = rng.random((60, 64)).astype(np.float32)
-    y = np.repeat(np.arange(6), 10)
+    X, y = _random_data(64)
     with pytest.raises(ValueError, match=r"test_shift=1 shifts images.*input_shape"):
         FOMAMLClassifier(test_shift=1, n_ways=3, n_query=2, **FAST).fit(X, y)
     clf = FOMAMLClassifier(n_ways=3, n_query=2, **FAST).fit(X, y)
@@ -474,9 +474,7 @@ def test_test_shift_needs_images_and_a_bad_value_leaves_the_task_unchanged():
 
 
 def test_augment_shift_needs_images_and_a_whole_number():
-    rng = np.random.default_rng(0)
-    X = rng.random((60, 64)).astype(np.float32)
-    y = np.repeat(np.arange(6), 10)
+    X, y = _random_data(64)
     with pytest.raises(ValueError, match=r"augment_shift=1 shifts images.*input_shape"):
         FOMAMLClassifier(augment_shift=1, n_ways=3, n_query=2, **FAST).fit(X, y)
     with pytest.raises(ValueError, match="augment_shift"):
