@@ -73,10 +73,11 @@ class TimeCosineLR(Callback):
     time-budgeted fit does not know in advance. This callback anneals over
     wall-clock time instead: before every meta-step, each parameter group's
     rate is set to ``lr0 * (1 + cos(pi * f)) / 2``, where ``lr0`` is its rate
-    when training began and ``f`` the fraction of the budget elapsed (capped
-    at 1). Use it beside :class:`TimeLimit` with the same ``minutes``, and
-    keep the estimator's ``lr_schedule="constant"``. The rate of every
-    meta-step is recorded in the history as ``"lr"``.
+    when training first began (kept as the group's ``"initial_lr"``) and
+    ``f`` the fraction of the budget elapsed (capped at 1). Use it beside
+    :class:`TimeLimit` with the same ``minutes``, and keep the estimator's
+    ``lr_schedule="constant"``. The rate of every meta-step is recorded in
+    the history as ``"lr"``.
 
     Like the time limit itself, the schedule depends on the machine's speed:
     two runs agree step for step only if their meta-steps take equally long.
@@ -101,7 +102,11 @@ class TimeCosineLR(Callback):
 
     def on_train_begin(self, net, **kwargs):
         self.start_ = self.clock()
-        self.base_lrs_ = [group["lr"] for group in net.optimizer_.param_groups]
+        # Kept in the groups (as torch's schedulers do), so that a warm
+        # start on the same optimizer anneals from the original rates, not
+        # from where the previous budget left them.
+        self.base_lrs_ = [group.setdefault("initial_lr", group["lr"])
+                          for group in net.optimizer_.param_groups]
 
     def rate_factor(self):
         """The factor ``(1 + cos(pi * f)) / 2`` applied to the rates now."""

@@ -211,6 +211,12 @@ def test_time_cosine_lr_anneals_the_meta_rate_over_the_budget(digits):
     assert rates[0] > 0.009 and rates[-1] == 0.0
     # The optimizer ran at the last rate set.
     assert clf.net_.optimizer_.param_groups[0]["lr"] == rates[-1]
+    # A warm start anneals its own budget from the original rate again,
+    # not from the 0 where the first one ended.
+    clf.set_params(warm_start=True, callbacks=[TimeCosineLR(1.2, clock=_FakeClock())])
+    clf.fit(X[y < 6], y[y < 6])
+    again = [b["lr"] for epoch in clf.history_ for b in epoch["batches"] if "lr" in b]
+    np.testing.assert_allclose(again[-15:], rates, atol=1e-12)
 
 
 def test_time_cosine_lr_rejects_a_bad_budget(digits):
