@@ -180,13 +180,16 @@ def run(args, data=None):
         args.test_shift = 1 if omniglot else 0
     if args.lr_schedule is None:
         args.lr_schedule = "cosine" if omniglot else "constant"
+    # Without a step budget for the estimator's schedule to count, a cosine
+    # anneals over the time budget instead (callbacks.TimeCosineLR).
+    over_time = args.lr_schedule == "cosine" and args.steps is None
     common = dict(n_ways=train_ways, k_shot=train_shots, n_query=args.queries,
                   meta_batch_size=args.meta_batch_size, precision=args.precision,
                   augment_shift=args.augment_shift,
                   algorithm=args.algorithm, head=args.head, inner_lr=inner_lr, lr=args.lr,
                   n_inner_steps=args.inner_steps, n_inner_steps_test=args.inner_steps_test,
                   transductive=args.transductive,
-                  lr_schedule=args.lr_schedule if args.steps is not None else "constant",
+                  lr_schedule="constant" if over_time else args.lr_schedule,
                   adapt_on_fit=False, random_state=args.seed)
     if args.continue_to and (args.lr_schedule != "constant" or args.steps is None):
         raise SystemExit("--continue-to needs --steps and a constant meta rate: add "
@@ -199,8 +202,7 @@ def run(args, data=None):
         raise SystemExit("--test-shift shifts images: use it with --dataset omniglot")
     max_epochs = 100_000 if args.steps is None else max(1, args.steps // 50)
     limit = [TimeLimit(args.minutes)] if args.steps is None or args.minutes_given else []
-    if args.lr_schedule == "cosine" and args.steps is None:
-        # No step budget to anneal over: anneal over the time budget.
+    if over_time:
         limit.append(TimeCosineLR(args.minutes))
     clf = FOMAMLClassifier(module, max_epochs=max_epochs, meta_batches_per_epoch=50,
                            callbacks=limit, verbose=1, **common)
@@ -212,7 +214,7 @@ def run(args, data=None):
     shape = EpisodeShape(ways, args.shots, _test_queries(args))
     schedule = args.lr_schedule
     if schedule != "constant":
-        schedule += f" over {args.steps} steps" if args.steps else f" over {args.minutes:g} min"
+        schedule += f" over {args.minutes:g} min" if over_time else f" over {args.steps} steps"
     through = (getattr(clf.algorithm_, "prototype_gradient", "n/a")
                if args.head == "prototype" else "n/a")
     print(f"\n{ways}-way {args.shots}-shot accuracy on {args.episodes} episodes of "

@@ -77,7 +77,8 @@ class TimeCosineLR(Callback):
     ``f`` the fraction of the budget elapsed (capped at 1). Use it beside
     :class:`TimeLimit` with the same ``minutes``, and keep the estimator's
     ``lr_schedule="constant"``. The rate of every meta-step is recorded in
-    the history as ``"lr"``.
+    the history as ``"event_lr"``, the key of skorch's ``LRScheduler``
+    (which ``lr_schedule="cosine"`` uses), so both schedules read alike.
 
     Like the time limit itself, the schedule depends on the machine's speed:
     two runs agree step for step only if their meta-steps take equally long.
@@ -119,4 +120,4 @@ class TimeCosineLR(Callback):
         factor = self.rate_factor()
         for group, base in zip(net.optimizer_.param_groups, self.base_lrs_):
             group["lr"] = base * factor
-        net.history.record_batch("lr", net.optimizer_.param_groups[0]["lr"])
+        net.history.record_batch("event_lr", net.optimizer_.param_groups[0]["lr"])
