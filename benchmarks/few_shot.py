@@ -141,6 +141,10 @@ def build_parser():
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the initialisation, the training and the test "
                              "episodes; the Omniglot class split is fixed (default: 0)")
+    parser.add_argument("--save", metavar="FILE", default=None,
+                        help="write the meta-trained model to FILE (FOMAMLClassifier.save) "
+                             "before evaluating it, to score it again later with "
+                             "'python -m fomaml_sklearn evaluate FILE ...'")
     return parser
 
 
@@ -210,6 +214,9 @@ def run(args, data=None):
     clf.fit(X_train, y_train)
     train_seconds = time.perf_counter() - t0
     n_steps = clf.n_meta_steps_
+    if args.save:
+        clf.save(args.save)
+        print(f"Saved the meta-trained model to {args.save}", flush=True)
 
     shape = EpisodeShape(ways, args.shots, _test_queries(args))
     schedule = args.lr_schedule

@@ -18,6 +18,8 @@ the estimator's ``test_shift=1``), ``3x3`` every offset in ``-1..1`` x
 Examples
 --------
 python benchmarks/test_time_shifts.py --data-home ../shared/data --steps 700 --threads 2
+python benchmarks/test_time_shifts.py --data-home ../shared/data --steps 1500 --threads 2 \
+    --eval 20w1s --combinations none/none plus/plus 3x3/3x3 diamond2/diamond2
 """
 
 import argparse
@@ -96,7 +98,17 @@ def main(argv=None):
     parser.add_argument("--train-shift", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--combinations", nargs="+", metavar="SUPPORT/QUERIES",
+                        default=[f"{s}/{q}" for s, q in COMBINATIONS],
+                        help="offsets of the support set and of the queries, each one of "
+                             f"{', '.join(OFFSETS)} (default: every row of the table, "
+                             "e.g. none/none plus/plus 3x3/3x3 diamond2/diamond2)")
     args = parser.parse_args(argv)
+    combinations = [tuple(c.split("/")) for c in args.combinations]
+    for c in combinations:
+        if len(c) != 2 or not set(c) <= set(OFFSETS):
+            parser.error(f"--combinations: {'/'.join(c)!r} is not SUPPORT/QUERIES with "
+                         f"each one of {', '.join(OFFSETS)}, e.g. plus/plus")
     torch.set_num_threads(args.threads)
     X_tr, y_tr, X_val, y_val = load_validation_split(args.data_home, args.n_val)
     print(f"# {cpu_model()}, {args.threads} threads; {args.steps} meta-steps of "
@@ -120,7 +132,7 @@ def main(argv=None):
         check = clf.evaluate(X_val, y_val, n_ways=ways, k_shot=shots, n_query=15,
                              n_episodes=args.episodes, random_state=args.seed)
         print(f"{setting} clf.evaluate (the same episodes) {check}", flush=True)
-        for support, query in COMBINATIONS:
+        for support, query in combinations:
             t0 = time.perf_counter()
             acc = accuracies(clf, X_val_t, episodes, OFFSETS[support], OFFSETS[query])
             mean, ci = confidence_interval(acc)

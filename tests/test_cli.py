@@ -519,15 +519,25 @@ def test_ctrl_c_saves_and_suggests_resume(tmp_path, monkeypatch):
     assert FOMAMLClassifier.load(model).n_meta_steps_ == 1
 
 
-def test_the_main_job_runs_end_to_end(fake_omniglot_home, capsys):
+def test_the_main_job_runs_end_to_end(fake_omniglot_home, tmp_path, capsys):
     """``make run``'s script: meta-train on Omniglot, then the table next to
-    the baselines (a tiny budget; the figures are not checked here)."""
+    the baselines (a tiny budget; the figures are not checked here). With
+    --save, the saved model scores what the table printed, through the CLI."""
+    import re
+
     few_shot = _benchmark_module()
+    model = tmp_path / "main.fomaml"
     few_shot.main(["--data-home", str(fake_omniglot_home), "--offline", "--minutes", "0.01",
-                   "--episodes", "10", "--threads", "1"])
+                   "--episodes", "10", "--threads", "1", "--save", str(model)])
     out = capsys.readouterr().out
     assert "meta-steps of" in out and "gradient through the prototypes: True" in out
     assert "1-nearest neighbour on pixels" in out and "FOMAML minus the best baseline" in out
+    assert f"Saved the meta-trained model to {model}" in out
+    printed = re.search(r"FOMAML \(conv4, meta-trained\) +([0-9.]+) \+-", out).group(1)
+    code, cli_out, err = run(["evaluate", str(model), "omniglot", "--data-home",
+                              str(fake_omniglot_home), "--offline", "--episodes", "10"])
+    assert code == 0, err
+    assert f": {printed} +-" in cli_out  # the same episodes (seed 0), the same accuracy
 
 
 def test_the_main_job_anneals_over_its_time_budget(fake_omniglot_home, capsys):
