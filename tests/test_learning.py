@@ -64,6 +64,7 @@ LEVERS = {
     "more-ways-in-training": dict(n_ways=10),
     "no-test-time-steps": dict(n_inner_steps_test=0),
     "shift-augmentation": dict(augment_shift=2),
+    "test-time-shifts": dict(test_shift=1),
 }
 
 
