@@ -154,6 +154,10 @@ def run(args, data=None):
     ``data``: ``(X_train, y_train, X_test, y_test)`` already loaded, or None.
     """
     torch.set_num_threads(args.threads)
+    if args.save and not os.path.isdir(os.path.dirname(os.path.abspath(args.save))):
+        # Checked now, not after meta-training, which may take an hour.
+        raise SystemExit(f"--save {args.save!r}: its folder does not exist; create it "
+                         "or give a path in an existing folder")
     args.minutes_given = args.minutes is not None
     if args.minutes is None:
         args.minutes = 5.0 if args.dataset == "omniglot" else 0.5

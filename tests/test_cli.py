@@ -523,8 +523,6 @@ def test_the_main_job_runs_end_to_end(fake_omniglot_home, tmp_path, capsys):
     """``make run``'s script: meta-train on Omniglot, then the table next to
     the baselines (a tiny budget; the figures are not checked here). With
     --save, the saved model scores what the table printed, through the CLI."""
-    import re
-
     few_shot = _benchmark_module()
     model = tmp_path / "main.fomaml"
     few_shot.main(["--data-home", str(fake_omniglot_home), "--offline", "--minutes", "0.01",
@@ -538,6 +536,15 @@ def test_the_main_job_runs_end_to_end(fake_omniglot_home, tmp_path, capsys):
                               str(fake_omniglot_home), "--offline", "--episodes", "10"])
     assert code == 0, err
     assert f": {printed} +-" in cli_out  # the same episodes (seed 0), the same accuracy
+
+
+def test_the_main_job_checks_the_save_path_before_meta_training(tmp_path):
+    few_shot = _benchmark_module()
+    target = tmp_path / "missing" / "main.fomaml"
+    with pytest.raises(SystemExit, match="its folder does not exist"):
+        # No data home is needed: the path is checked before anything is loaded.
+        few_shot.run(few_shot.build_parser().parse_args(["--save", str(target)]))
+    assert not target.parent.exists()
 
 
 def test_the_main_job_anneals_over_its_time_budget(fake_omniglot_home, capsys):
