@@ -106,8 +106,8 @@ class TimeCosineLR(Callback):
         # Kept in the groups (as torch's schedulers do), so that a warm
         # start on the same optimizer anneals from the original rates, not
         # from where the previous budget left them.
-        self.base_lrs_ = [group.setdefault("initial_lr", group["lr"])
-                          for group in net.optimizer_.param_groups]
+        for group in net.optimizer_.param_groups:
+            group.setdefault("initial_lr", group["lr"])
 
     def rate_factor(self):
         """The factor ``(1 + cos(pi * f)) / 2`` applied to the rates now."""
@@ -118,6 +118,6 @@ class TimeCosineLR(Callback):
         if not training:
             return
         factor = self.rate_factor()
-        for group, base in zip(net.optimizer_.param_groups, self.base_lrs_):
-            group["lr"] = base * factor
+        for group in net.optimizer_.param_groups:
+            group["lr"] = group["initial_lr"] * factor
         net.history.record_batch("event_lr", net.optimizer_.param_groups[0]["lr"])
