@@ -568,8 +568,7 @@ def test_the_main_job_anneals_over_its_time_budget(fake_omniglot_home, capsys):
     assert "cosine over 0.05 min" in capsys.readouterr().out
     clf = fits[0]
     assert clf.lr_schedule == "constant"  # the estimator's schedule counts steps
-    rates = [b["event_lr"] for epoch in clf.history_ for b in epoch["batches"]
-             if "event_lr" in b]
+    rates = np.concatenate(clf.history_[:, "batches", :, "event_lr"])
     assert len(rates) == clf.n_meta_steps_ > 1
     assert rates[0] <= 3e-3 and all(np.diff(rates) <= 0) and rates[-1] < rates[0]
 

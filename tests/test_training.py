@@ -204,8 +204,7 @@ def test_time_cosine_lr_anneals_the_meta_rate_over_the_budget(digits):
     # cosine and stay at 0 afterwards.
     clf = FOMAMLClassifier(callbacks=[TimeCosineLR(1.2, clock=clock)],
                            **{**FAST, "lr": 0.01}).fit(X[y < 6], y[y < 6])
-    rates = [b["event_lr"] for epoch in clf.history_ for b in epoch["batches"]
-             if "event_lr" in b]
+    rates = np.concatenate(clf.history_[:, "batches", :, "event_lr"])
     assert len(rates) == clf.n_meta_steps_ == 15
     fractions = np.minimum(1.0, np.arange(1, 16) * 6.0 / 72.0)
     np.testing.assert_allclose(rates, 0.01 * 0.5 * (1 + np.cos(np.pi * fractions)), atol=1e-12)
@@ -216,8 +215,7 @@ def test_time_cosine_lr_anneals_the_meta_rate_over_the_budget(digits):
     # not from the 0 where the first one ended.
     clf.set_params(warm_start=True, callbacks=[TimeCosineLR(1.2, clock=_FakeClock())])
     clf.fit(X[y < 6], y[y < 6])
-    again = [b["event_lr"] for epoch in clf.history_ for b in epoch["batches"]
-             if "event_lr" in b]
+    again = np.concatenate(clf.history_[:, "batches", :, "event_lr"])
     np.testing.assert_allclose(again[-15:], rates, atol=1e-12)
 
 
