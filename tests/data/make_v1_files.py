@@ -5,10 +5,15 @@ their saved state (issue 28), to test that files in that layout still load:
     OMP_NUM_THREADS=1 python tests/data/make_v1_files.py tests/data
 The .npy files hold what the saved models predicted then, on the inputs below.
 """
-import numpy as np, os, sys
+import os
+import sys
+
+import numpy as np
 from sklearn.datasets import load_digits
+
 from fomaml_sklearn import FOMAMLClassifier, FOMAMLRegressor
 from fomaml_sklearn.algorithms import IMAML
+
 out = sys.argv[1]
 X, y = load_digits(return_X_y=True)
 X = (X / 16.0).astype(np.float32)
