@@ -49,8 +49,10 @@ examples:
   fomaml-sklearn predict omniglot.fomaml support/ queries/ -o predictions.csv
 
 A folder data set has one subfolder of images per class (support/cat/1.png,
-support/dog/1.png, ...). Run "fomaml-sklearn COMMAND --help" for the options
-of a command.
+support/dog/1.png, ...). Model files are FOMAMLClassifier files (written by
+train or FOMAMLClassifier.save); a FOMAMLRegressor's file is refused: load it
+in Python with FOMAMLRegressor.load. Run "fomaml-sklearn COMMAND --help" for
+the options of a command.
 """
 
 TRAIN_EPILOG = """\
@@ -179,8 +181,10 @@ def load_model(path):
     ------
     CommandError
         If the file is missing, corrupted, of a newer format, a pickle or
-        otherwise not a model file, or safetensors is not installed: one line
-        saying which and what to do.
+        otherwise not a model file, holds another estimator than a
+        :class:`~fomaml_sklearn.FOMAMLClassifier` (a
+        :class:`~fomaml_sklearn.FOMAMLRegressor` is for Python only), or
+        safetensors is not installed: one line saying which and what to do.
     """
     from .persistence import load_model as load
 
@@ -191,9 +195,19 @@ def load_model(path):
         raise CommandError(f"model file {path} not found (train one with '{PROG} train -o "
                            f"{path}')")
     try:
-        return load(path)
+        model = load(path)
     except (ImportError, OSError, ValueError) as exc:
         raise CommandError(str(exc)) from exc
+    from .classifier import FOMAMLClassifier
+
+    if not isinstance(model, FOMAMLClassifier):
+        # Checked before any data is read or anything is written: the file stays as is.
+        kind = type(model).__name__
+        raise CommandError(
+            f"{path} holds a {kind}; the command line serves FOMAMLClassifier files "
+            f"(few-shot classification); use {kind}.load({str(path)!r}) in Python"
+        )
+    return model
 
 
 def _save_model(clf, path):
@@ -654,6 +668,10 @@ DATA_HELP = ("'digits' (scikit-learn's 8x8 digits, embedded: train uses 0-5, eva
              "name). Default: digits")
 
 
+MODEL_HELP = ("a FOMAMLClassifier model file (written by train or FOMAMLClassifier.save; "
+              "a FOMAMLRegressor's is refused)")
+
+
 def build_parser():
     """Build the argument parser of ``fomaml-sklearn``.
 
@@ -773,7 +791,7 @@ def build_parser():
                     "classes the model was not trained on: digits 6-9, Omniglot's "
                     "test characters, or a folder of other classes.",
     )
-    evaluate.add_argument("model", metavar="MODEL", help="a model file written by train")
+    evaluate.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     evaluate.add_argument("data", nargs="?", default="digits", metavar="DATA",
                           help=DATA_HELP)
     ev = evaluate.add_argument_group("episodes")
@@ -803,7 +821,7 @@ def build_parser():
                     "searched recursively). Prints CSV lines path,label,probability. "
                     "Images are converted to the model's channels and size.",
     )
-    predict.add_argument("model", metavar="MODEL", help="a model file written by train")
+    predict.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     predict.add_argument("support", metavar="SUPPORT",
                          help="folder of labelled images: SUPPORT/<class>/<image>")
     predict.add_argument("query", nargs="+", metavar="QUERY",

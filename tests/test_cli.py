@@ -410,6 +410,52 @@ def test_resume_refuses_model_options(tmp_path):
                           contains="not found and download_if_missing=False")
 
 
+@pytest.fixture(scope="module")
+def regressor_files(tmp_path_factory):
+    """Two FOMAMLRegressor files: 64 features (digits-sized rows) and 1 feature."""
+    from sklearn.datasets import load_digits
+
+    from fomaml_sklearn import FOMAMLRegressor
+    from fomaml_sklearn.datasets import make_sinusoid_tasks
+
+    folder = tmp_path_factory.mktemp("regressors")
+    fast = dict(hidden_layer_sizes=(8,), k_shot=2, n_query=3, meta_batch_size=2,
+                max_epochs=1, meta_batches_per_epoch=3, precision="float32", device="cpu",
+                random_state=0)
+    X = (load_digits().data[:200] / 16.0).astype(np.float32)
+    groups = np.repeat(np.arange(20), 10)
+    y = X[:, :8].sum(axis=1) * (1 + groups % 3)
+    wide = folder / "wide.fomaml"
+    FOMAMLRegressor(**fast).fit(X, y, groups=groups).save(wide)
+    X1, y1, g1 = make_sinusoid_tasks(n_tasks=20, n_points=10, random_state=0)
+    narrow = folder / "narrow.fomaml"
+    FOMAMLRegressor(**fast).fit(X1, y1, groups=g1).save(narrow)
+    return wide, narrow
+
+
+def test_a_regressor_file_is_refused_and_left_as_it_was(regressor_files, image_folders,
+                                                        tmp_path):
+    """evaluate, predict and train --resume name what the file holds, before any data
+    is read; --resume does not retrain it as a classifier nor overwrite it."""
+    support, query, _ = image_folders
+    for path in regressor_files:
+        before = path.read_bytes()
+        for argv in (["evaluate", str(path), "--episodes", "2"],
+                     ["evaluate", str(path), str(support)],
+                     ["predict", str(path), str(support), str(query)],
+                     ["train", "--resume", str(path), *FAST[:4]],
+                     ["train", "--resume", str(path), "-o", str(tmp_path / "new.fomaml"),
+                      *FAST[:4]]):
+            code, out, err = run(argv + ["--threads", "1"])
+            assert_one_line_error(code, out, err,
+                                  contains=f"{path} holds a FOMAMLRegressor; the command "
+                                           "line serves FOMAMLClassifier files")
+            assert f"FOMAMLRegressor.load('{path}')" in err
+            assert "takes 1 features" not in err and out == ""
+            assert path.read_bytes() == before
+        assert not (tmp_path / "new.fomaml").exists()
+
+
 def test_a_pickle_is_refused_without_running_it(tmp_path):
     import joblib
 
