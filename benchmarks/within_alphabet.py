@@ -1,0 +1,218 @@
+"""Within-alphabet 20-way one-shot: tell apart the characters of an alphabet
+never seen in meta-training, from one drawing of each (Lake et al. 2015).
+
+Meta-trains ``FOMAMLClassifier`` (``presets.OMNIGLOT_WITHIN_ALPHABET``,
+changed by ``--set``) on the background characters outside the 8 alphabets
+that ``background_alphabets_known.json`` names (722 characters, rotated by
+0/90/180/270 degrees into 2888 classes unless ``--no-rotations``). Then, for
+each of the 7 held-out alphabets with at least 20 characters, it draws
+``--episodes`` episodes: 20 characters of that alphabet, two drawers, one
+drawer's image of each character as the support set and the other's as the
+queries; the estimator adapts on the support (``adapt``) and classifies the
+queries (``predict``). The evaluation alphabets (``images_evaluation.npz``)
+are never read. The episodes are fixed by ``--eval-seed``, independent of the
+training seed, so every run scores the same episodes.
+
+Prints the machine line, the meta-steps and minutes, the accuracy with its
+95 % interval over episodes and over alphabets, and the per-alphabet means.
+A lever's effect is measured at a fixed number of meta-steps (``--steps``);
+``--minutes`` gives a time budget instead (cosine over the minutes).
+
+Examples
+--------
+python benchmarks/within_alphabet.py --data-home ../shared/data --steps 500 --threads 2
+python benchmarks/within_alphabet.py --data-home ../shared/data --steps 500 \
+    --set image_size=56 --set n_filters=64
+python benchmarks/within_alphabet.py --data-home ../shared/data --minutes 59.5 --threads 2
+"""
+
+import argparse
+import ast
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fomaml_sklearn import FOMAMLClassifier, presets  # noqa: E402
+from fomaml_sklearn.callbacks import TimeCosineLR, TimeLimit  # noqa: E402
+from fomaml_sklearn.datasets import fetch_omniglot, get_data_home, rotate_classes  # noqa: E402
+
+from throughput import machine_line  # noqa: E402
+
+WAYS = 20
+KNOWN = "background_alphabets_known.json"
+# t quantile (97.5 %) for the interval over alphabets, by degrees of freedom.
+T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31}
+
+
+def known_alphabets(data_home):
+    """``{alphabet: (first, last)}`` character index ranges (inclusive) into
+    ``images_background.npz``, from the data home's ``omniglot/`` folder."""
+    path = Path(get_data_home(data_home, create=False)) / "omniglot" / KNOWN
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: this benchmark needs the alphabet ranges "
+                         f"of {KNOWN} (shipped with ../shared/data/omniglot; see its README)")
+    with open(path) as f:
+        spec = json.load(f)
+    return {name: (a["first"], a["last"]) for name, a in spec["alphabets"].items()}
+
+
+def load(data_home, offline, image_size, rotations=True):
+    """Meta-training images and the held-out alphabets' images.
+
+    Returns ``(X_train, y_train, held_out)`` where ``held_out`` maps an
+    alphabet name to an array of shape ``(n_characters, 20, 1, S, S)``
+    (character, drawer).
+    """
+    data = fetch_omniglot(data_home, subset="background", image_size=image_size,
+                          download_if_missing=not offline)
+    X, char = data.images, data.character
+    ranges = known_alphabets(data_home)
+    held = np.zeros(char.max() + 1, dtype=bool)
+    held_out = {}
+    for name, (first, last) in sorted(ranges.items()):
+        held[first:last + 1] = True
+        chars = np.arange(first, last + 1)
+        # Each character's 20 drawers, in file order (the drawer is the position).
+        held_out[name] = np.stack([X[char == c] for c in chars])
+    train = ~held[char]
+    X_train, y_train = X[train], char[train]
+    if rotations:
+        X_train, y_train = rotate_classes(X_train, y_train)
+    return X_train, y_train, held_out
+
+
+def episodes(held_out, n_episodes, seed):
+    """``n_episodes`` fixed within-alphabet episodes per alphabet with at least
+    20 characters: ``[(alphabet, characters, support drawer, query drawer)]``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for name, images in sorted(held_out.items()):
+        if len(images) < WAYS:
+            continue
+        for _ in range(n_episodes):
+            chars = rng.choice(len(images), WAYS, replace=False)
+            d_support, d_query = rng.choice(images.shape[1], 2, replace=False)
+            out.append((name, chars, int(d_support), int(d_query)))
+    return out
+
+
+def score(clf, held_out, eps):
+    """Per-episode accuracies of ``clf`` (adapt on the support, predict the
+    queries), and the alphabet of each episode."""
+    accs, names = [], []
+    labels = np.arange(WAYS)
+    for name, chars, d_s, d_q in eps:
+        images = held_out[name]
+        clf.adapt(images[chars, d_s], labels)
+        accs.append(float(np.mean(clf.predict(images[chars, d_q]) == labels)))
+        names.append(name)
+    return np.array(accs), np.array(names)
+
+
+def summary(accs, names):
+    """Mean, 95 % half-width over episodes, over alphabets, and per-alphabet means."""
+    per = {n: float(accs[names == n].mean()) for n in sorted(set(names))}
+    means = np.array(list(per.values()))
+    over_episodes = 1.96 * accs.std(ddof=1) / np.sqrt(len(accs))
+    over_alphabets = T975.get(len(means) - 1, 1.96) * means.std(ddof=1) / np.sqrt(len(means))
+    return float(accs.mean()), float(over_episodes), float(over_alphabets), per
+
+
+def parse_set(items):
+    """``["n_filters=128", "image_size=56"]`` -> a dict of Python values."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: give NAME=VALUE, e.g. --set n_ways=20")
+        try:
+            out[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value
+    return out
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-home", default=None)
+    parser.add_argument("--offline", action="store_true", help="never download")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="meta-steps (a multiple of 50), cosine over them")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="time budget instead of --steps, cosine over it")
+    parser.add_argument("--episodes", type=int, default=60,
+                        help="episodes per held-out alphabet (default 60: 7 x 60 x 20 "
+                             "queries)")
+    parser.add_argument("--eval-seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--precision", default="float32")
+    parser.add_argument("--image-size", type=int, default=28)
+    parser.add_argument("--no-rotations", action="store_true")
+    parser.add_argument("--test-shift", type=int, default=None,
+                        help="also score with this test_shift (default: the preset's)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="an estimator parameter changed from the preset (repeatable)")
+    parser.add_argument("--save", default=None, help="save the meta-trained model here")
+    return parser
+
+
+def run(args):
+    torch.set_num_threads(args.threads)
+    if (args.steps is None) == (args.minutes is None):
+        raise SystemExit("give exactly one of --steps and --minutes")
+    params = {**presets.OMNIGLOT_WITHIN_ALPHABET, **parse_set(args.set)}
+    test_shift = params.pop("test_shift", 0) if args.test_shift is None else args.test_shift
+    params.pop("test_shift", None)
+    print(machine_line(), flush=True)
+    t0 = time.perf_counter()
+    X_train, y_train, held_out = load(args.data_home, args.offline, args.image_size,
+                                      rotations=not args.no_rotations)
+    eps = episodes(held_out, args.episodes, args.eval_seed)
+    print(f"Meta-training: {len(np.unique(y_train))} classes ({len(y_train)} images, "
+          f"{args.image_size}x{args.image_size}); held out: "
+          + ", ".join(f"{n} ({len(v)})" for n, v in sorted(held_out.items()))
+          + f"; {len(eps)} within-alphabet {WAYS}-way 1-shot episodes; loaded in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    callbacks = []
+    if args.steps is not None:
+        params.update(max_epochs=max(1, args.steps // params["meta_batches_per_epoch"]))
+    else:
+        params.update(max_epochs=100_000, lr_schedule="constant")
+        callbacks = [TimeLimit(args.minutes), TimeCosineLR(args.minutes)]
+    clf = FOMAMLClassifier(**params, precision=args.precision, callbacks=callbacks,
+                           adapt_on_fit=False, random_state=args.seed, verbose=1)
+    print("Parameters:", {k: v for k, v in sorted(params.items())}, flush=True)
+    t0 = time.perf_counter()
+    clf.fit(X_train, y_train)
+    minutes = (time.perf_counter() - t0) / 60
+    if args.save:
+        clf.save(args.save)
+    print(f"\n{clf.n_meta_steps_} meta-steps in {minutes:.1f} min ({clf.precision_}, "
+          f"{args.threads} threads)")
+    results = {}
+    for shift in sorted({0, test_shift}):
+        clf.set_params(test_shift=shift)
+        t0 = time.perf_counter()
+        accs, names = score(clf, held_out, eps)
+        mean, ci_ep, ci_alpha, per = summary(accs, names)
+        results[shift] = mean
+        print(f"within-alphabet {WAYS}-way 1-shot, test_shift={shift}: {100 * mean:.2f} % "
+              f"+- {100 * ci_ep:.2f} (episodes) +- {100 * ci_alpha:.2f} (alphabets); "
+              f"{time.perf_counter() - t0:.0f} s")
+        print("  per alphabet: " + ", ".join(f"{n} {100 * a:.1f}" for n, a in per.items()))
+    return dict(n_steps=clf.n_meta_steps_, minutes=minutes, accuracy=results)
+
+
+def main(argv=None):
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

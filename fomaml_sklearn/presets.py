@@ -1,0 +1,77 @@
+"""Named configurations: the best measured settings, as plain parameter dicts.
+
+Each preset is a ``dict`` of :class:`~fomaml_sklearn.FOMAMLClassifier`
+parameters, so ``FOMAMLClassifier(**presets.OMNIGLOT)`` is the configuration
+the benchmarks measured, and any entry can be overridden the usual way::
+
+    from fomaml_sklearn import FOMAMLClassifier, presets
+
+    clf = FOMAMLClassifier(**{**presets.OMNIGLOT, "max_epochs": 60})
+
+The benchmarks (``benchmarks/few_shot.py``, ``ablation.py``,
+``within_alphabet.py``) and ``fomaml-sklearn train omniglot`` read these
+dicts; nothing else keeps a copy. The measurement behind each preset is in
+its comment and in ``docs/performance.md``.
+
+Budgets: ``lr_schedule="cosine"`` anneals the meta rate to 0 over
+``max_epochs * meta_batches_per_epoch`` meta-steps; a time-budgeted fit
+anneals over its minutes instead with ``callbacks.TimeCosineLR`` (and
+``lr_schedule="constant"``), as the benchmarks' ``--minutes`` do.
+"""
+
+__all__ = ["OMNIGLOT", "OMNIGLOT_WITHIN_ALPHABET", "PRESETS", "TABULAR"]
+
+#: Omniglot (or any set of small grey-scale images with many classes), the
+#: MAML-paper shape: Conv-4, 28x28. Chosen on a validation split of the
+#: meta-training characters (``benchmarks/ablation.py``): 10-way training
+#: tasks, meta rate 3e-3 annealed along a cosine, training shifts of up to
+#: 2 px, test-time shifts of 1 px. 700 meta-steps (14 epochs of 50): 97.5 %
+#: 5-way 1-shot on the 423 unseen characters of the MAML split; 30 minutes
+#: on 2 cores (about 2500 meta-steps, float32): 98.8 / 99.7 / 95.8 / 98.9 %
+#: (5w1s / 5w5s / 20w1s / 20w5s, with test-time shifts).
+OMNIGLOT = dict(
+    module="conv4",
+    n_filters=64,
+    head="prototype",
+    n_ways=10,
+    k_shot=1,
+    n_query=5,
+    meta_batch_size=16,
+    inner_lr="auto",
+    n_inner_steps=1,
+    n_inner_steps_test=3,
+    lr=3e-3,
+    lr_schedule="cosine",
+    augment_shift=2,
+    test_shift=1,
+    meta_batches_per_epoch=50,
+    max_epochs=14,
+)
+
+#: Telling apart the characters of one unseen alphabet from one drawing of
+#: each (Lake et al. 2015's within-alphabet 20-way one-shot task), meta-trained
+#: on the other background alphabets with their rotations
+#: (``benchmarks/within_alphabet.py``). Starts from ``OMNIGLOT``; the levers
+#: that paid on the validation alphabets are set here.
+OMNIGLOT_WITHIN_ALPHABET = dict(OMNIGLOT)
+
+#: Small tabular data (feature vectors, a few dozen classes or groups): the
+#: estimator's MLP with its defaults, 3-way tasks as on scikit-learn's digits
+#: (``benchmarks/few_shot.py --dataset digits``).
+TABULAR = dict(
+    module="mlp",
+    hidden_layer_sizes=(64, 64),
+    n_ways=3,
+    k_shot=1,
+    n_query=15,
+    meta_batch_size=4,
+    lr=1e-3,
+    lr_schedule="constant",
+)
+
+#: Every preset by name (the command line's ``--preset`` choices).
+PRESETS = {
+    "omniglot": OMNIGLOT,
+    "omniglot-within-alphabet": OMNIGLOT_WITHIN_ALPHABET,
+    "tabular": TABULAR,
+}
