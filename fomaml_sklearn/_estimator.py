@@ -36,7 +36,7 @@ from ._constraints import (
     Sizes,
     check_params,
 )
-from ._training import EpisodeLoader, MetaTrainingNet
+from ._training import EpisodeLoader, MetaTrainingNet, numeric_hint
 from .algorithms import get_algorithm
 from .algorithms._base import TaskRunner
 from .augmentation import RandomShift, ShiftEnsemble
@@ -560,7 +560,16 @@ class MetaEstimatorBase(BaseEstimator):
         if ensemble is not None:
             X_t, y_t = ensemble.support(X_t, y_t)
         head = self.algorithm_.adapt(runner, X_t, y_t, n_outputs)
-        self.task_model_ = runner.task_model(head)
+        task_model = runner.task_model(head)
+        if not all(bool(torch.isfinite(p).all()) for p in task_model.parameters()):
+            # Kept from predicting NaN; the previous task stays.
+            hint = numeric_hint(y_t.is_floating_point(), inner_lr=runner.config.inner_lr,
+                                n_inner_steps_test=runner.config.n_inner_steps_test)
+            raise ValueError(
+                "the adaptation to the support set diverged: the adapted task network's "
+                f"parameters are not finite. {hint} The adapted task was not changed."
+            )
+        self.task_model_ = task_model
 
     # ----------------------------------------------------------------- predict
     def _task_outputs(self, X, n_outputs):
@@ -569,8 +578,9 @@ class MetaEstimatorBase(BaseEstimator):
         if getattr(self, "task_model_", None) is None:
             raise NotFittedError(
                 "No task to predict for: this estimator was fitted with "
-                "adapt_on_fit=False or its parameters were reloaded with "
-                "load_params; call adapt(X_support, y_support) first."
+                "adapt_on_fit=False, its final adaptation in fit failed (fit warned), "
+                "or its parameters were reloaded with load_params; call "
+                "adapt(X_support, y_support) first."
             )
         X, _ = self._validate_X(X, reset=False)
         ensemble = self._test_augmentation()

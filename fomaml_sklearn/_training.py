@@ -26,10 +26,23 @@ from skorch.callbacks import PassthroughScoring
 
 from . import distributed
 from .algorithms._base import TaskRunner
+from .callbacks import meta_steps_per_epoch
 from .episodes import EpisodeSampler
 from .evaluation import adapted_query_logits
 
-__all__ = ["MetaBatch", "EpisodeLoader", "MetaTrainingNet"]
+__all__ = ["MetaBatch", "EpisodeLoader", "MetaTrainingNet", "numeric_hint"]
+
+
+def numeric_hint(regression, **settings):
+    """What to try when meta-training or an adaptation stops being finite
+    (NaN or infinite): the end of the estimators' error message, naming the
+    ``settings`` to lower with their values (``lr=0.001, inner_lr=0.4``)."""
+    scale = ("scale y, for example TransformedTargetRegressor(regressor=FOMAMLRegressor(...), "
+             "transformer=StandardScaler()) from sklearn.compose and sklearn.preprocessing"
+             if regression else
+             "scale X, for example make_pipeline(StandardScaler(), FOMAMLClassifier(...))")
+    lower = " or ".join(f"{name} (now {value:g})" for name, value in settings.items())
+    return f"Try: {scale}; or a lower {lower}."
 
 
 class MetaBatch:
@@ -227,11 +240,47 @@ class MetaTrainingNet(NeuralNet):
         else:
             grads, loss, accuracy = self.config.algorithm.meta_gradient(
                 self.runner_, batch, batched=self.config.task_batching == "grouped")
-        for param, grad in zip(self.module_.parameters(), grads):
+        # The loss is a float on the host already: checking it costs nothing.
+        # The gradient is checked where that needs no device sync (the CPU);
+        # on a GPU a non-finite gradient makes the weights, hence the next
+        # step's loss, non-finite, and fit checks the final weights.
+        if not math.isfinite(loss):
+            raise self._not_finite_error(f"a training loss of {loss}", batch)
+        params = list(self.module_.parameters())
+        if params and params[0].device.type == "cpu" and not all(
+                bool(torch.isfinite(g).all()) for g in grads):
+            raise self._not_finite_error("a meta-gradient that is not finite", batch)
+        for param, grad in zip(params, grads):
             param.grad = grad
         if not math.isnan(accuracy):  # nan: real-valued targets
             self.history.record_batch("train_query_acc", accuracy)
         return {"loss": torch.tensor(loss), "y_pred": None}
+
+    def _not_finite_error(self, what, batch):
+        """The ValueError (as scikit-learn's MLP raises for non-finite
+        weights) that stops a fit whose meta-step is not finite."""
+        step = sum(meta_steps_per_epoch(self.history)) + 1
+        hint = numeric_hint(batch.per_task_targets, lr=self.lr, inner_lr=self.config.inner_lr)
+        return ValueError(
+            f"fit stopped at meta-step {step} (epoch {len(self.history)}): it gave {what} "
+            f"(the meta-parameters would become NaN or infinite). {hint} The estimator "
+            "was not changed."
+        )
+
+    def partial_fit(self, X, y=None, classes=None, **fit_params):
+        super().partial_fit(X, y, classes=classes, **fit_params)
+        # As scikit-learn's MLP does: never hand back non-finite weights
+        # (also after a stop by a callback or a Ctrl-C).
+        bad = [name for name, p in self.module_.named_parameters()
+               if not bool(torch.isfinite(p).all())]
+        if bad:
+            regression = getattr(self, "iterator_train__targets", None) is not None
+            hint = numeric_hint(regression, lr=self.lr, inner_lr=self.config.inner_lr)
+            raise ValueError(
+                f"fit produced meta-parameters that are not finite ({', '.join(bad[:3])}"
+                f"{', ...' if len(bad) > 3 else ''}). {hint} The estimator was not changed."
+            )
+        return self
 
     def _sharded_meta_gradient(self, batch, rank, world_size):
         """This rank's slice of the meta-batch, then one bucketed all-reduce

@@ -304,6 +304,17 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
         -------
         self : FOMAMLRegressor
             The fitted estimator.
+
+        Raises
+        ------
+        ValueError
+            For invalid parameters or data (naming them), and when a
+            meta-step's loss or meta-gradient, or the final meta-parameters,
+            are not finite (NaN or infinite): the message suggests scaling
+            ``y`` (``TransformedTargetRegressor(regressor=FOMAMLRegressor(...),
+            transformer=StandardScaler())``) or a lower ``lr`` or
+            ``inner_lr``. A failed ``fit`` leaves the estimator (fitted or
+            not) exactly as it was.
         """
         return self._fit_on_copy(X, y, groups)
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.datasets import load_digits
+from sklearn.exceptions import NotFittedError
 from skorch.callbacks import Checkpoint, EarlyStopping
 
 from fomaml_sklearn import FOMAMLClassifier
@@ -262,3 +263,93 @@ def test_numpy_integers_and_no_grad_callers_work(digits):
         support = np.concatenate([np.flatnonzero(y == c)[:2] for c in (6, 7)])
         clf.adapt(X[support], y[support])
     assert 0 <= score <= 1 and list(clf.classes_) == [6, 7]
+
+
+# ------------------------------------------------------------- numeric health
+REG_FAST = dict(max_epochs=1, meta_batches_per_epoch=5, k_shot=5, n_query=5,
+                meta_batch_size=4, n_eval_episodes=5, device="cpu", random_state=0)
+
+
+@pytest.fixture(scope="module")
+def waves():
+    from fomaml_sklearn.datasets import make_sinusoid_tasks
+
+    return make_sinusoid_tasks(n_tasks=20, n_points=20, random_state=0)
+
+
+def test_targets_too_large_stop_the_fit_and_say_what_to_try(waves):
+    from fomaml_sklearn import FOMAMLRegressor
+
+    X, y, g = waves
+    with pytest.raises(ValueError, match=r"meta-step 1 .*training loss of inf.*scale y.*"
+                       r"TransformedTargetRegressor.*StandardScaler.*lower lr \(now 0.001\) "
+                       r"or inner_lr \(now 0.01\)"):
+        FOMAMLRegressor(**REG_FAST).fit(X, y * 1e10, groups=g)
+    # A fitted regressor refitted (or warm-started) on such targets keeps its model.
+    reg = FOMAMLRegressor(**REG_FAST).fit(X, y, groups=g)
+    before, steps, epochs = reg.predict(X[:20]).copy(), reg.n_meta_steps_, len(reg.history_)
+    for warm in (False, True):
+        reg.set_params(warm_start=warm)
+        with pytest.raises(ValueError, match="not finite|training loss of inf"):
+            reg.fit(X, y * 1e10, groups=g)
+        np.testing.assert_array_equal(reg.predict(X[:20]), before)
+        assert reg.n_meta_steps_ == steps and len(reg.history_) == epochs
+
+
+def test_a_diverging_classifier_fit_stops(digits):
+    X, y = digits
+    with pytest.raises(ValueError, match=r"meta-step 2 .*training loss of nan.*scale X.*"
+                       r"lower lr \(now 1e\+30\)"):
+        FOMAMLClassifier(**{**FAST, "lr": 1e30}).fit(X[y < 6], y[y < 6])
+
+
+def test_a_non_finite_meta_gradient_stops_the_step_and_keeps_the_model(fitted, digits,
+                                                                        monkeypatch):
+    from fomaml_sklearn.algorithms import FOMAML
+
+    clf, proba, classes = fitted
+    X, y = digits
+    real = FOMAML.meta_gradient
+
+    def poisoned(self, runner, batch, batched=False):
+        result = real(self, runner, batch, batched)
+        result.grads[0][0] = float("inf")  # a finite loss, an infinite gradient
+        return result
+
+    monkeypatch.setattr(FOMAML, "meta_gradient", poisoned)
+    for warm in (False, True):
+        clf.set_params(warm_start=warm)
+        # A warm start counts on from the fit's 3 meta-steps.
+        step = 4 if warm else 1
+        with pytest.raises(ValueError, match=f"meta-step {step} .*meta-gradient that is not"):
+            clf.fit(X[y < 6], y[y < 6])
+        _unchanged(clf, X, proba, classes)
+
+
+def test_non_finite_weights_after_the_last_step_are_refused(digits):
+    X, y = digits
+    # One plain SGD step at a huge rate: a finite loss and gradient, then
+    # weights that overflow, with no further step to notice it.
+    clf = FOMAMLClassifier(**{**FAST, "meta_batches_per_epoch": 1, "optimizer": "sgd",
+                              "lr": 1e38, "head": "shared", "inner_lr": 0.4})
+    with pytest.raises(ValueError, match="fit produced meta-parameters that are not finite "
+                       r"\(.*\).*scale X"):
+        clf.fit(X[y < 6], y[y < 6])
+    assert not hasattr(clf, "meta_model_")
+
+
+def test_a_diverging_adaptation_keeps_the_adapted_task(waves):
+    from fomaml_sklearn import FOMAMLRegressor
+
+    X, y, g = waves
+    reg = FOMAMLRegressor(**REG_FAST).fit(X, y, groups=g)
+    before = reg.predict(X[:20]).copy()
+    with pytest.raises(ValueError, match=r"adaptation to the support set diverged.*scale y"
+                       r".*lower inner_lr \(now 0.01\) or n_inner_steps_test \(now 10\)"):
+        reg.adapt(X[:10], y[:10] * 1e30)
+    np.testing.assert_array_equal(reg.predict(X[:20]), before)
+    # In fit, the final adaptation's failure keeps the meta-training, with a warning.
+    with pytest.warns(UserWarning, match="final adaptation .* failed .*diverged"):
+        reg = FOMAMLRegressor(**REG_FAST).fit(X, y * 1e3, groups=g)
+    with pytest.raises(NotFittedError, match="final adaptation in fit failed"):
+        reg.predict(X[:5])
