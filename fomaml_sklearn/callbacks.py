@@ -1,6 +1,7 @@
 """skorch callbacks specific to meta-training (skorch's own ones work too)."""
 
 import math
+import numbers
 import time
 
 from skorch.callbacks import Callback
@@ -27,6 +28,25 @@ def meta_steps_per_epoch(history):
     return [sum(1 for batch in epoch["batches"] if "train_loss" in batch) for epoch in history]
 
 
+def _check_minutes(owner, minutes, positive):
+    """Raise unless ``minutes`` is a finite real number (numpy's too, not a
+    bool or a string) that is > 0 (``positive``) or >= 0."""
+    number = isinstance(minutes, numbers.Real) and not isinstance(minutes, bool)
+    if not (number and math.isfinite(minutes) and (minutes > 0 if positive else minutes >= 0)):
+        allowed = "a finite number > 0" if positive else "a finite number >= 0"
+        kind = "" if number else f" of type {type(minutes).__name__}"
+        raise (ValueError if number else TypeError)(
+            f"{owner}(minutes={minutes!r}): minutes must be {allowed} (the budget in "
+            f"minutes, e.g. {owner}(minutes=30)); got {minutes!r}{kind}."
+        )
+
+
+def _check_callable(owner, name, value):
+    if not callable(value):
+        raise TypeError(f"{owner}({name}={value!r}): {name} must be a callable; got "
+                        f"{type(value).__name__}.")
+
+
 class TimeLimitReached(KeyboardInterrupt):
     """Raised by :class:`TimeLimit` to end meta-training.
 
@@ -42,14 +62,31 @@ class TimeLimit(Callback):
     Parameters
     ----------
     minutes : float
-        Wall-clock budget of the whole ``fit``.
+        Wall-clock budget of the whole ``fit``, ``>= 0`` (0: stop after the
+        first epoch).
     sink : callable, default=print
         Where the stopping message goes (printed only when the net is verbose).
+
+    Raises
+    ------
+    TypeError
+        If ``minutes`` is not a real number (a string, say) or ``sink`` is
+        not callable.
+    ValueError
+        If ``minutes`` is negative or not finite.
     """
 
     def __init__(self, minutes, sink=print):
+        _check_minutes("TimeLimit", minutes, positive=False)
+        _check_callable("TimeLimit", "sink", sink)
         self.minutes = minutes
         self.sink = sink
+
+    def initialize(self):
+        # Again here: set_params may have changed them since __init__.
+        _check_minutes("TimeLimit", self.minutes, positive=False)
+        _check_callable("TimeLimit", "sink", self.sink)
+        return self
 
     def on_train_begin(self, net, **kwargs):
         self.start_ = time.perf_counter()
@@ -89,16 +126,25 @@ class TimeCosineLR(Callback):
         Length of the annealing, from the start of meta-training.
     clock : callable, default=time.perf_counter
         Seconds as a float; replaceable for tests.
+
+    Raises
+    ------
+    TypeError
+        If ``minutes`` is not a real number or ``clock`` is not callable.
+    ValueError
+        If ``minutes`` is not a finite number > 0.
     """
 
     def __init__(self, minutes, clock=time.perf_counter):
+        _check_minutes("TimeCosineLR", minutes, positive=True)
+        _check_callable("TimeCosineLR", "clock", clock)
         self.minutes = minutes
         self.clock = clock
 
     def initialize(self):
-        if not (isinstance(self.minutes, (int, float)) and self.minutes > 0):
-            raise ValueError(
-                f"TimeCosineLR(minutes={self.minutes!r}): give a positive number of minutes.")
+        # Again here: set_params may have changed them since __init__.
+        _check_minutes("TimeCosineLR", self.minutes, positive=True)
+        _check_callable("TimeCosineLR", "clock", self.clock)
         return self
 
     def on_train_begin(self, net, **kwargs):

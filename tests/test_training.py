@@ -219,10 +219,30 @@ def test_time_cosine_lr_anneals_the_meta_rate_over_the_budget(digits):
     np.testing.assert_allclose(again[-15:], rates, atol=1e-12)
 
 
-def test_time_cosine_lr_rejects_a_bad_budget(digits):
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: TimeLimit("1"), TypeError,
+     r"TimeLimit\(minutes='1'\): minutes must be a finite number >= 0 .*got '1' of type str"),
+    (lambda: TimeLimit(-1), ValueError, r"TimeLimit\(minutes=-1\): .*>= 0.*got -1\."),
+    (lambda: TimeLimit(float("inf")), ValueError, r"minutes must be a finite number >= 0"),
+    (lambda: TimeLimit(True), TypeError, r"got True of type bool"),
+    (lambda: TimeLimit(1, sink="log.txt"), TypeError, r"sink must be a callable; got str"),
+    (lambda: TimeCosineLR(0), ValueError,
+     r"TimeCosineLR\(minutes=0\): minutes must be a finite number > 0.*got 0\."),
+    (lambda: TimeCosineLR(None), TypeError, r"got None of type NoneType"),
+    (lambda: TimeCosineLR(1, clock=5), TypeError, r"clock must be a callable; got int"),
+])
+def test_time_callbacks_check_their_arguments_when_made(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_time_callbacks_take_numpy_numbers_and_check_set_params_at_fit(digits):
     X, y = digits
-    clf = FOMAMLClassifier(callbacks=[TimeCosineLR(0)], **FAST)
-    with pytest.raises(ValueError, match=r"TimeCosineLR\(minutes=0\).*positive"):
+    assert TimeCosineLR(np.int64(1)).minutes == 1 and TimeLimit(np.float32(0.5)).minutes == 0.5
+    limit = TimeLimit(1)
+    limit.set_params(minutes=-2)  # bypasses __init__: caught when fit initialises it
+    clf = FOMAMLClassifier(callbacks=[limit], **FAST)
+    with pytest.raises(ValueError, match=r"TimeLimit\(minutes=-2\)"):
         clf.fit(X[y < 6], y[y < 6])
 
 
