@@ -159,8 +159,10 @@ class MetaModel(nn.Module):
             rows = 1 if head == "shared" else int(n_rows)
             param = next(backbone.parameters(), None)
             dtype = param.dtype if param is not None else torch.float32
+            device = param.device if param is not None else torch.device("cpu")
             # skip_init: no random draw; the rows are set explicitly below.
-            linear = torch.nn.utils.skip_init(nn.Linear, self.feature_dim, rows, dtype=dtype)
+            linear = torch.nn.utils.skip_init(nn.Linear, self.feature_dim, rows, dtype=dtype,
+                                              device=device)
             with torch.no_grad():
                 if head == "shared":
                     linear.weight.zero_()

@@ -32,6 +32,7 @@ a damaged or truncated file is refused instead of loaded with wrong values.
 """
 
 import copy
+import errno
 import hashlib
 import json
 import numbers
@@ -76,6 +77,36 @@ def _safetensors():
             "pip install safetensors)."
         ) from exc
     return safetensors.torch
+
+
+# Bounds on what a file may claim, checked before anything is allocated.
+_MAX_DEPTH = 32          # nesting of any JSON value in the file
+_MAX_COUNT = 2**31 - 1   # sizes and counts (features, widths, classes, outputs, ...)
+_ST_DTYPES = {"F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2),
+              "BF16": ("bfloat16", 2), "I64": ("int64", 8), "I32": ("int32", 4),
+              "I16": ("int16", 2), "I8": ("int8", 1), "U8": ("uint8", 1), "BOOL": ("bool", 1)}
+
+
+def _json(text, path, what):
+    """``json.loads(text)``, refusing values nested deeper than ``_MAX_DEPTH``."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        value, depth = None, _MAX_DEPTH + 1
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _corrupted(path, f"its {what} is not valid JSON ({exc})") from exc
+    else:
+        depth, level = 0, [value]
+        while depth <= _MAX_DEPTH:
+            level = [x for x in level if isinstance(x, (dict, list))]
+            if not level:
+                break
+            depth += 1
+            level = [v for x in level for v in (x.values() if isinstance(x, dict) else x)]
+    if depth > _MAX_DEPTH:
+        raise _corrupted(path, f"its {what} nests JSON values deeper than {_MAX_DEPTH} "
+                               "levels, which no model file does")
+    return value
 
 
 def _corrupted(path, why):
@@ -531,14 +562,28 @@ def save_model(estimator, path):
     }
     header = json.dumps(envelope, sort_keys=True).encode("utf-8") + b"\n"
 
-    path = Path(os.fspath(path)).expanduser()
+    return _write_atomically(Path(os.fspath(path)).expanduser(), MAGIC + header + payload)
+
+
+def _write_atomically(path, data):
+    """Write ``data`` to a hidden file next to ``path``, then rename it; errors
+    name ``path`` (the user's), never the hidden file."""
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"cannot save the model to {path}: it is a "
+                                "folder; give a file path, such as "
+                                f"{path / 'model.fomaml'}", str(path))
+    if not path.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, f"cannot save the model to {path}: the folder "
+                                f"{path.parent} does not exist; create it first or save "
+                                "elsewhere", str(path))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
         with open(tmp, "wb") as f:
-            f.write(MAGIC)
-            f.write(header)
-            f.write(payload)
+            f.write(data)
         os.replace(tmp, path)
+    except OSError as exc:  # the same error type, about the user's path
+        raise OSError(exc.errno, f"cannot save the model to {path}: "
+                                 f"{exc.strerror or exc}", str(path)) from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -556,10 +601,7 @@ def _read(path):
     end = data.find(b"\n", len(MAGIC), len(MAGIC) + _MAX_ENVELOPE)
     if end < 0:
         raise _corrupted(path, "its header line is truncated or damaged")
-    try:
-        envelope = json.loads(data[len(MAGIC):end].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _corrupted(path, f"its header is not valid JSON ({exc})") from exc
+    envelope = _json(data[len(MAGIC):end], path, "header")
     if not isinstance(envelope, dict):
         raise _corrupted(path, "its header is not a JSON object")
     version = _field(envelope, "format_version", (int,), path)
@@ -597,26 +639,88 @@ def _read(path):
 
 
 def _parse_payload(path, payload):
-    """The tensors (on the CPU) and the JSON document of a checked payload."""
-    st = _safetensors()
+    """The tensor index ``{name: (dtype, shape)}`` and the JSON document of a
+    checked payload, from its safetensors header; no tensor is read yet."""
+    def invalid(why):
+        return ValueError(f"the model file {path} has a checksum that matches but an "
+                          f"invalid safetensors payload: {why}. Save the model again "
+                          "with its estimator's save method.")
+
+    n = int.from_bytes(payload[:8], "little")
+    if len(payload) < 8 or n > len(payload) - 8:
+        raise invalid(f"its header claims {n} bytes, but the payload has {len(payload)}")
+    header = _json(payload[8:8 + n], path, "tensor index")
+    if not isinstance(header, dict):
+        raise invalid("its header is not a JSON object")
+    data_size, index, spans = len(payload) - 8 - n, {}, []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        ok = (isinstance(entry, dict) and entry.get("dtype") in _ST_DTYPES
+              and isinstance(entry.get("shape"), list)
+              and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= _MAX_COUNT
+                      for d in entry["shape"])
+              and isinstance(entry.get("data_offsets"), list)
+              and len(entry["data_offsets"]) == 2
+              and all(isinstance(o, int) and not isinstance(o, bool)
+                      for o in entry["data_offsets"]))
+        if not ok:
+            raise invalid(f"tensor {name!r} has an invalid entry {str(entry)[:100]}")
+        dtype, itemsize = _ST_DTYPES[entry["dtype"]]
+        start, stop = entry["data_offsets"]
+        size = itemsize * int(np.prod(entry["shape"], dtype=object))
+        if not 0 <= start <= stop <= data_size or stop - start != size:
+            raise invalid(f"tensor {name!r} of shape {entry['shape']} ({size} bytes) "
+                          f"claims bytes {start}..{stop} of {data_size}")
+        index[name] = (dtype, tuple(entry["shape"]))
+        spans.append((start, stop))
+    spans.sort()
+    if any(b[0] < a[1] for a, b in zip(spans, spans[1:])):
+        raise invalid("tensors overlap")
+    metadata = header.get("__metadata__")
+    if not isinstance(metadata, dict) or _METADATA_KEY not in metadata:
+        raise _missing(path, f"__metadata__.{_METADATA_KEY}")
+    if not isinstance(metadata[_METADATA_KEY], str):
+        raise invalid(f"__metadata__.{_METADATA_KEY} is not a string")
+    document = _json(metadata[_METADATA_KEY], path, "JSON document")
+    if not isinstance(document, dict):
+        raise ValueError(f"the model file {path} has an invalid JSON document.")
+    return index, document
+
+
+def _load_tensors(path, payload):
+    """The payload's tensors, on the CPU (after :func:`_parse_payload` checked them)."""
     try:
-        n = int.from_bytes(payload[:8], "little")
-        header = json.loads(payload[8:8 + n].decode("utf-8"))
-        tensors = st.load(payload)
+        return _safetensors().load(payload)
     except Exception as exc:  # safetensors raises its own error type
         raise ValueError(f"the model file {path} has a checksum that matches but an "
                          f"invalid safetensors payload: {exc}") from exc
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(metadata, dict) or _METADATA_KEY not in metadata:
-        raise _missing(path, f"__metadata__.{_METADATA_KEY}")
-    try:
-        document = json.loads(metadata[_METADATA_KEY])
-    except ValueError as exc:
-        raise ValueError(f"the model file {path} has an invalid JSON document: "
-                         f"{exc}") from exc
-    if not isinstance(document, dict):
-        raise ValueError(f"the model file {path} has an invalid JSON document.")
-    return tensors, document
+
+
+def _check_index(module, index, prefix, path, what):
+    """The tensors ``index`` holds under ``prefix.`` must be ``module``'s state
+    (a network built on the "meta" device: nothing allocated), name for name,
+    with the same shapes and dtypes: then building it for real allocates no
+    more than the payload holds."""
+    start = f"{prefix}."
+    saved = {k[len(start):]: v for k, v in index.items() if k.startswith(start)}
+    own = {k: (str(t.dtype).replace("torch.", ""), tuple(t.shape))
+           for k, t in module.state_dict().items()}
+    missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    if missing or unexpected:
+        raise ValueError(
+            f"the model file {path} does not fit the network its parameters describe "
+            f"({what}): missing tensors {missing[:5]}, unexpected tensors "
+            f"{unexpected[:5]}. The file was edited, or written by another version."
+        )
+    for name, (dtype, shape) in sorted(saved.items()):
+        if (dtype, shape) != own[name]:
+            raise ValueError(
+                f"the model file {path} does not fit the network its parameters describe "
+                f"({what}): tensor {name!r} is {dtype} {shape}, the network "
+                f"expects {own[name][0]} {own[name][1]}. The file was edited, or "
+                "written by another version."
+            )
 
 
 def _split_state(tensors, prefix):
@@ -624,25 +728,35 @@ def _split_state(tensors, prefix):
     return {name[len(start):]: t for name, t in tensors.items() if name.startswith(start)}
 
 
-def _load_state(module, state, path, what):
-    """``load_state_dict`` with every key, shape and dtype checked."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise ValueError(
-            f"the model file {path} does not fit the network its parameters describe "
-            f"({what}): missing tensors {missing[:5]}, unexpected tensors "
-            f"{unexpected[:5]}."
-        )
-    for name, t in state.items():
-        if t.shape != own[name].shape or t.dtype != own[name].dtype:
-            raise ValueError(
-                f"the model file {path} does not fit the network its parameters describe "
-                f"({what}): tensor {name!r} is {t.dtype} {tuple(t.shape)}, the network "
-                f"expects {own[name].dtype} {tuple(own[name].shape)}."
-            )
+def _materialise(module, state, device):
+    """``module`` (built on the "meta" device, checked against the index) with
+    memory on ``device``, holding ``state``."""
+    module = module.to_empty(device=device)
     module.load_state_dict(state, strict=True)
+    return module
+
+
+def _count(mapping, key, path, where, low, high=_MAX_COUNT):
+    """An int field, checked to lie in ``[low, high]``."""
+    value = _field(mapping, key, (int,), path, where)
+    if not low <= value <= high:
+        raise _out_of_range(path, f"{where}{key}", value, f"an int in [{low}, {high}]")
+    return value
+
+
+def _choice(mapping, key, options, path, where):
+    value = _field(mapping, key, (str,), path, where)
+    if value not in options:
+        raise _out_of_range(path, f"{where}{key}", value, f"one of {sorted(options)}")
+    return value
+
+
+def _out_of_range(path, name, value, allowed):
+    return ValueError(
+        f"the model file {path} has an invalid field {name!r}: expected {allowed}, got "
+        f"{value!r}. The file was edited; save the model again with its estimator's "
+        "save method."
+    )
 
 
 def _loading_device(name, path):
@@ -754,6 +868,7 @@ def load_model(path):
     """
     import torch
 
+    from ._config import PRECISIONS, TASK_BATCHING
     from .algorithms import available_algorithms, get_algorithm
     from .episodes import EpisodeShape
     from .heads import TaskModel
@@ -763,7 +878,7 @@ def load_model(path):
         raise IsADirectoryError(f"{path} is a folder, not a model file.")
     _safetensors()
     envelope, payload = _read(path)
-    tensors, document = _parse_payload(path, payload)
+    index, document = _parse_payload(path, payload)
     kind = _field(document, "estimator", (str,), path)
     kinds = _estimator_classes()
     if kind not in kinds:
@@ -787,30 +902,43 @@ def load_model(path):
         classes = _decode_labels(_field(fitted, "classes_", (dict,), path, f), path,
                                  "fitted.classes_")
         n_outputs = len(classes)
+        if n_outputs < 1:
+            raise _out_of_range(path, "fitted.classes_", [], "at least one class")
     else:
-        n_outputs = _field(fitted, "n_outputs_", (int,), path, f)
-        n_tasks = _field(fitted, "n_tasks_", (int,), path, f)
-        y_ndim = _field(fitted, "y_ndim", (int,), path, f)
-    n_features = _field(fitted, "n_features_in_", (int,), path, f)
+        n_outputs = _count(fitted, "n_outputs_", path, f, 1)
+        n_tasks = _count(fitted, "n_tasks_", path, f, 1)
+        y_ndim = _count(fitted, "y_ndim", path, f, 1, 2)
+        if y_ndim == 1 and n_outputs != 1:
+            raise _out_of_range(path, "fitted.n_outputs_", n_outputs, "1 for a 1-D y (y_ndim 1)")
+    n_features = _count(fitted, "n_features_in_", path, f, 1)
     names = _field(fitted, "feature_names_in_", (list, type(None)), path, f)
     input_shape = _field(fitted, "input_shape_", (list, type(None)), path, f)
     shape = _field(fitted, "episode_shape_", (dict,), path, f)
-    shape = EpisodeShape(*(_field(shape, k, (int,), path, "fitted.episode_shape_.")
+    shape = EpisodeShape(*(_count(shape, k, path, "fitted.episode_shape_.", 1)
                            for k in ("n_ways", "k_shot", "n_query")))
     device_name = _field(fitted, "device_", (str,), path, f)
-    precision = _field(fitted, "precision_", (str,), path, f)
+    precision = _choice(fitted, "precision_", PRECISIONS, path, f)
     inner_lr = _field(fitted, "inner_lr_", (int, float), path, f)
-    task_batching = _field(fitted, "task_batching_", (str,), path, f)
-    n_meta_steps = _field(fitted, "n_meta_steps_", (int,), path, f)
+    if not (np.isfinite(inner_lr) and inner_lr >= 0):
+        raise _out_of_range(path, "fitted.inner_lr_", inner_lr, "a finite number >= 0")
+    task_batching = _choice(fitted, "task_batching_", TASK_BATCHING, path, f)
+    n_meta_steps = _count(fitted, "n_meta_steps_", path, f, 0, 2**63 - 1)
     training = _field(fitted, "meta_model_training", (bool,), path, f)
     task_info = _field(fitted, "task_model_", (dict, type(None)), path, f)
-    if names is not None and not all(isinstance(n, str) for n in names):
-        raise ValueError(f"the model file {path} has feature names that are not strings.")
+    if names is not None and (len(names) != n_features
+                              or not all(isinstance(n, str) for n in names)):
+        raise _out_of_range(path, "fitted.feature_names_in_", f"{len(names)} values",
+                            f"n_features_in_ = {n_features} strings")
     if input_shape is not None:
-        if not all(isinstance(s, int) and not isinstance(s, bool) for s in input_shape):
-            raise ValueError(f"the model file {path} has an invalid input_shape_ "
-                             f"{input_shape!r}.")
+        if not (len(input_shape) == 3 and all(
+                isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= _MAX_COUNT
+                for s in input_shape) and int(np.prod(input_shape, dtype=object)) == n_features):
+            raise _out_of_range(path, "fitted.input_shape_", input_shape,
+                                "(channels, height, width), positive, whose product is "
+                                f"n_features_in_ = {n_features}")
         input_shape = tuple(input_shape)
+    task_outputs = None if task_info is None else _count(
+        task_info, "n_outputs", path, "fitted.task_model_.", 1)
 
     clf = cls(**params)
     if _is_cuda(clf.device) and not torch.cuda.is_available():
@@ -828,14 +956,30 @@ def load_model(path):
         raise ValueError(f"the model file {path} holds invalid parameters: {exc}") from exc
 
     device = _loading_device(device_name, path)
-    meta_state = _split_state(tensors, "meta_model")
-    n_rows = meta_state["head_weight"].shape[0] if "head_weight" in meta_state else 1
-    try:  # initialised from a throw-away generator, then overwritten
-        meta_model = clf._build_meta_model(n_features, input_shape, n_rows, torch.Generator())
-    except (TypeError, ValueError) as exc:
+    # The rows of a "fixed" head: as saved (checked against the network below).
+    rows = max(1, (index.get("meta_model.head_weight", (None, (1,)))[1] or (1,))[0])
+    try:  # on the "meta" device: shapes only, nothing allocated
+        with torch.device("meta"):
+            meta_model = clf._build_meta_model(n_features, input_shape, rows, None)
+    except (TypeError, ValueError, RuntimeError) as exc:
         raise ValueError(f"the model file {path} describes a network that cannot be "
                          f"built: {exc}") from exc
-    _load_state(meta_model, meta_state, path, "meta_model")
+    _check_index(meta_model, index, "meta_model", path, "meta_model")
+    task_names = {k for k in index if k.startswith("task_model.")}
+    if task_info is None and task_names:
+        raise _corrupted(path, "it holds task-model tensors but no task model")
+    if task_info is not None:
+        if task_outputs != n_outputs:
+            what = "classes_" if kind == "FOMAMLClassifier" else "outputs (n_outputs_)"
+            raise ValueError(f"the model file {path} is inconsistent: {n_outputs} {what} "
+                             f"but a task model of {task_outputs} outputs.")
+        task_model = TaskModel(copy.deepcopy(meta_model.backbone),
+                               torch.empty(n_outputs, meta_model.feature_dim, device="meta"),
+                               torch.empty(n_outputs, device="meta"))
+        _check_index(task_model, index, "task_model", path, "task_model")
+    # Every tensor is now known to fit: read them, and give the network memory.
+    tensors = _load_tensors(path, payload)
+    meta_model = _materialise(meta_model, _split_state(tensors, "meta_model"), "cpu")
     meta_model.train(training)
 
     settings = dict(clf.get_params(deep=False), inner_lr=float(inner_lr),
@@ -865,27 +1009,10 @@ def load_model(path):
     else:
         clf.n_outputs_, clf.n_tasks_, clf._y_ndim = n_outputs, n_tasks, y_ndim
 
-    task_state = _split_state(tensors, "task_model")
     if task_info is None:
-        if task_state:
-            raise _corrupted(path, "it holds task-model tensors but no task model")
         clf.task_model_ = None
         return clf
-    task_outputs = _field(task_info, "n_outputs", (int,), path, "fitted.task_model_.")
-    head = {k: task_state.get(f"head.{k}") for k in ("weight", "bias")}
-    if head["weight"] is None or head["bias"] is None:
-        raise _missing(path, "task_model.head.weight/bias tensors")
-    if task_outputs != n_outputs or head["weight"].shape[0] != n_outputs:
-        what = "classes_" if kind == "FOMAMLClassifier" else "outputs (n_outputs_)"
-        raise ValueError(
-            f"the model file {path} is inconsistent: {n_outputs} {what} but a task "
-            f"head of {head['weight'].shape[0]} rows."
-        )
-    body = _split_state(task_state, "backbone")
-    task_backbone = copy.deepcopy(clf.meta_model_.backbone)
-    _load_state(task_backbone, body, path, "task_model.backbone")
-    task_backbone.eval().requires_grad_(False)
-    clf.task_model_ = TaskModel(task_backbone, head["weight"].to(device),
-                                head["bias"].to(device)).eval()
+    task_model = _materialise(task_model, _split_state(tensors, "task_model"), "cpu")
+    task_model.backbone.requires_grad_(False)
+    clf.task_model_ = task_model.to(device).eval()
     return clf
-

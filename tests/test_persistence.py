@@ -419,3 +419,194 @@ def test_a_warm_start_from_a_loaded_model_counts_all_meta_steps(tmp_path):
     assert loaded.n_meta_steps_ == 8
     loaded.fit(X[y < 6], y[y < 6])
     assert loaded.n_meta_steps_ == 12
+
+
+# ------------------------------------- what a file may claim (issue 25)
+def _rewrite_index(path, edit):
+    """Change the safetensors header (tensor index and metadata) of a model
+    file in place, keeping the tensor bytes, with a valid checksum."""
+    envelope, payload = _split(path.read_bytes())
+    n = int.from_bytes(payload[:8], "little")
+    header = json.loads(payload[8:8 + n])
+    edit(header)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    _write(path, envelope, len(text).to_bytes(8, "little") + text + payload[8 + n:])
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d["params"].update(hidden_layer_sizes={"__tuple__": [200000, 200000]}),
+     r"does not fit the network its parameters describe \(meta_model\): tensor "
+     r"'backbone\.layers\.0\.bias' is float32 \(16,\), the network expects "
+     r"float32 \(200000,\)"),
+    (lambda d: d["fitted"].update(n_features_in_=10**9),
+     r"tensor 'backbone\.layers\.0\.weight' is float32 \(16, 64\), the network expects "
+     r"float32 \(16, 1000000000\)"),
+    (lambda d: d["fitted"].update(n_features_in_=10**11),
+     r"invalid field 'fitted\.n_features_in_': expected an int in \[1, 2147483647\], "
+     r"got 100000000000"),
+    (lambda d: d["fitted"].update(n_features_in_=1e11),
+     r"invalid field 'fitted\.n_features_in_': expected int, got 100000000000\.0"),
+    (lambda d: d["params"].update(hidden_layer_sizes={"__tuple__": [16]}),
+     r"missing tensors \[\], unexpected tensors \['backbone\.layers\.3\.bias'"),
+])
+def test_a_file_that_promises_a_bigger_network_is_refused_before_allocating(
+        edit, match, mlp_adapted, tmp_path):
+    # Building these networks would take up to 400 GB: the loader compares the
+    # shapes the header implies with the tensors the payload holds first.
+    path = save_model(mlp_adapted, tmp_path / "m.fomaml")
+    _edit_document(path, edit)
+    with pytest.raises(ValueError, match=match):
+        load_model(path)
+
+
+def test_a_conv4_file_with_other_image_sizes_is_refused(conv_adapted, tmp_path):
+    path = save_model(conv_adapted, tmp_path / "m.fomaml")
+    _edit_document(path, lambda d: d["fitted"].update(input_shape_=[1, 4000, 4000]))
+    with pytest.raises(ValueError, match=r"invalid field 'fitted\.input_shape_': expected "
+                                         r"\(channels, height, width\).*n_features_in_ = 64"):
+        load_model(path)
+
+    def bigger(d):  # consistent with each other, not with the tensors (a "fixed" head)
+        d["fitted"].update(input_shape_=[1, 4000, 4000], n_features_in_=16 * 10**6)
+        d["params"].update(head="fixed")
+
+    clf = _fit(_images(), module="conv4", n_filters=4, n_query=3, head="fixed")
+    path = save_model(clf, tmp_path / "fixed.fomaml")
+    _edit_document(path, bigger)
+    with pytest.raises(ValueError, match=r"tensor 'head_weight' is float32 \(3, 4\), the "
+                                         r"network expects float32 \(3, 250000\)"):
+        load_model(path)
+
+
+def _images():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 8)
+    X = rng.random((4, 1, 8, 8)).astype(np.float32)[y]
+    return X + 0.3 * rng.standard_normal(X.shape).astype(np.float32), y, None, None
+
+
+@pytest.mark.parametrize("claim, match", [
+    ({"shape": [200000, 200000]}, r"of shape \[200000, 200000\] \(160000000000 bytes\) "
+                                  r"claims bytes \d+\.\.\d+ of \d+"),
+    ({"data_offsets": [0, 10**12]}, r"of shape \[16, 64\] \(4096 bytes\) claims bytes "
+                                    r"0\.\.1000000000000 of"),
+    ({"dtype": "F8_E4M3"}, r"has an invalid entry"),
+    ({"shape": [-16, 64]}, r"has an invalid entry"),
+])
+def test_a_tensor_index_that_claims_more_than_the_payload_holds_is_refused(
+        claim, match, mlp_adapted, tmp_path):
+    path = save_model(mlp_adapted, tmp_path / "m.fomaml")
+    _rewrite_index(path, lambda h: h["meta_model.backbone.layers.0.weight"].update(claim))
+    with pytest.raises(ValueError, match=r"checksum that matches but an invalid safetensors "
+                                         r"payload: tensor 'meta_model\.backbone\.layers\.0"
+                                         r"\.weight' " + match):
+        load_model(path)
+
+
+def test_tensors_that_overlap_or_overflow_the_header_are_refused(mlp_adapted, tmp_path):
+    path = save_model(mlp_adapted, tmp_path / "m.fomaml")
+    first = "meta_model.backbone.layers.0.bias"
+    _rewrite_index(path, lambda h: h["meta_model.backbone.layers.0.weight"].update(
+        data_offsets=h[first]["data_offsets"][:1] * 2) or h[first].update(
+        data_offsets=[0, h[first]["data_offsets"][1]]))
+    with pytest.raises(ValueError, match="invalid safetensors payload"):
+        load_model(path)
+    envelope, payload = _split(path.read_bytes())
+    _write(path, envelope, (2**40).to_bytes(8, "little") + payload[8:])
+    with pytest.raises(ValueError, match=r"its header claims 1099511627776 bytes, but the "
+                                         r"payload has"):
+        load_model(path)
+
+
+def test_deeply_nested_json_is_refused(mlp_adapted, tmp_path):
+    path = save_model(mlp_adapted, tmp_path / "m.fomaml")
+    deep = json.loads("[" * 31 + "]" * 31)   # 31 levels + params + document: 33
+    _edit_document(path, lambda d: d["params"].update(optimizer_params=deep))
+    with pytest.raises(ValueError, match=r"corrupted: its JSON document nests JSON values "
+                                         r"deeper than 32 levels"):
+        load_model(path)
+    # Deeper than Python's recursion limit (a RecursionError in json.loads).
+    path = save_model(mlp_adapted, tmp_path / "m.fomaml")
+    text = "[" * 50000 + "]" * 50000
+    _rewrite_index(path, lambda h: h["__metadata__"].update(fomaml_sklearn=text))
+    with pytest.raises(ValueError, match="its JSON document nests JSON values deeper"):
+        load_model(path)
+    envelope, payload = _split(path.read_bytes())
+    path.write_bytes(MAGIC + b"[" * 30000 + b"]" * 30000 + b"\n" + payload)
+    with pytest.raises(ValueError, match="its header nests JSON values deeper"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("n_meta_steps_", -5, r"'fitted\.n_meta_steps_': expected an int in \[0, "),
+    ("n_features_in_", 0, r"'fitted\.n_features_in_': expected an int in \[1, "),
+    ("precision_", "float8", r"'fitted\.precision_': expected one of \['bfloat16', "),
+    ("task_batching_", "all", r"'fitted\.task_batching_': expected one of \['auto', "),
+    ("inner_lr_", -1.0, r"'fitted\.inner_lr_': expected a finite number >= 0, got -1\.0"),
+    ("episode_shape_", {"n_ways": 0, "k_shot": 1, "n_query": 4},
+     r"'fitted\.episode_shape_\.n_ways': expected an int in \[1, "),
+    ("task_model_", {"n_outputs": 99}, r"inconsistent: 6 classes_ but a task model of 99"),
+    ("feature_names_in_", ["a", "b"], r"'fitted\.feature_names_in_': expected "
+                                      r"n_features_in_ = 64 strings, got '2 values'"),
+])
+def test_out_of_range_fitted_fields_are_refused(field, value, match, mlp_adapted, tmp_path):
+    path = save_model(mlp_adapted, tmp_path / "m.fomaml")
+    _edit_document(path, lambda d: d["fitted"].update({field: value}))
+    with pytest.raises(ValueError, match=match):
+        load_model(path)
+
+
+# --------------------------------------------------------- save errors
+def test_save_errors_name_the_given_path_not_the_hidden_file(mlp_adapted, tmp_path,
+                                                             monkeypatch):
+    missing = tmp_path / "no such folder" / "m.fomaml"
+    with pytest.raises(FileNotFoundError, match=r"cannot save the model to .*no such "
+                                                 r"folder/m\.fomaml: the folder .* does not "
+                                                 r"exist") as info:
+        mlp_adapted.save(missing)
+    assert ".part" not in str(info.value) and info.value.filename == str(missing)
+    with pytest.raises(IsADirectoryError, match=r"it is a folder; give a file path, such "
+                                                r"as .*model\.fomaml"):
+        save_model(mlp_adapted, tmp_path)
+    # A failure while writing: the same error type, the user's path, the old file kept.
+    path = save_model(mlp_adapted, tmp_path / "m.fomaml")
+    before = path.read_bytes()
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device", str(src))
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError, match=r"cannot save the model to .*/m\.fomaml: No space "
+                                      r"left on device") as info:
+        mlp_adapted.save(path)
+    assert ".part" not in str(info.value) and info.value.filename == str(path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["m.fomaml"]
+
+
+# ------------------------------------------------ files of earlier versions
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+def test_a_file_written_before_estimators_owned_their_state_loads(digits):
+    """tests/data/v1_*.fomaml were written at commit 5147671 (make_v1_files.py):
+    they load and predict what they predicted then."""
+    from fomaml_sklearn import FOMAMLRegressor
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32)
+    clf = FOMAMLClassifier.load(os.path.join(DATA, "v1_classifier.fomaml"))
+    assert type(clf.algorithm) is IMAML and (clf.algorithm.lam, clf.algorithm.cg_steps) == (2, 3)
+    assert clf.optimizer_params == {"eps": 1e-7} and clf.hidden_layer_sizes == (8,)
+    assert list(clf.classes_) == [f"digit {d}" for d in range(6)] and clf.n_meta_steps_ == 3
+    np.testing.assert_allclose(clf.predict_proba(X[y >= 6][:20]),
+                               np.load(os.path.join(DATA, "v1_classifier_proba.npy")),
+                               rtol=1e-6, atol=1e-9)
+    rng = np.random.default_rng(0)
+    rng.uniform(0.5, 2, 20)
+    Xr = rng.uniform(-3, 3, (200, 1)).astype(np.float32)
+    reg = FOMAMLRegressor.load(os.path.join(DATA, "v1_regressor.fomaml"))
+    assert (reg.n_outputs_, reg.n_tasks_) == (1, 20)
+    np.testing.assert_allclose(reg.predict(Xr[10:30]),
+                               np.load(os.path.join(DATA, "v1_regressor_pred.npy")),
+                               rtol=1e-6, atol=1e-9)
