@@ -347,3 +347,22 @@ def test_fetch_omniglot_offline_creates_nothing_and_rejects_a_file(tmp_path):
     a_file.write_text("x")
     with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
         fetch_omniglot(a_file, download_if_missing=False)
+
+
+def test_the_package_keeps_the_names_of_the_module_it_replaced():
+    """fomaml_sklearn.datasets became a package of one module per source; every
+    name of the former module is still importable from it, and the docstring
+    examples of the submodules' functions are run as the package's."""
+    import fomaml_sklearn.datasets as datasets
+
+    former = ["get_data_home", "fetch_omniglot", "omniglot_split", "rotate_classes",
+              "fetch_omniglot_maml", "load_digits_split", "load_mnist",
+              "load_image_folder", "load_images", "apply_ink", "make_subspace_classes",
+              "make_sinusoid_tasks", "MAML_SPLIT_SEED", "OMNIGLOT_URL", "OMNIGLOT_MD5"]
+    assert set(former) <= set(datasets.__all__)
+    for name in datasets.__all__:
+        value = getattr(datasets, name)
+        if callable(value):
+            assert value.__module__.startswith("fomaml_sklearn.datasets.")
+            assert datasets.__test__[name] is value
+
