@@ -180,3 +180,57 @@ def rank_note(exc, where):
 def nan_to_zero(value):
     """``value``, or 0.0 for nan (an accuracy of real-valued targets)."""
     return 0.0 if isinstance(value, float) and math.isnan(value) else value
+
+
+def launch_with_torchrun(nproc_per_node, argv, *, module="fomaml_sklearn",
+                         option="--nproc-per-node"):
+    """Run ``python -m module argv`` as ``nproc_per_node`` processes on this machine.
+
+    The processes are started by ``torch.distributed.run --standalone`` (what
+    ``torchrun`` runs), which sets the environment that :func:`init_from_env`
+    reads; each gets ``OMP_NUM_THREADS`` = its share of the CPU cores unless
+    the variable is already set. The command line's ``fomaml-sklearn train
+    --nproc-per-node N`` calls this with its own arguments.
+
+    Parameters
+    ----------
+    nproc_per_node : int
+        Number of processes, at least 1.
+    argv : list of str
+        The module's arguments. ``option`` and its value (``--nproc-per-node
+        N`` or ``--nproc-per-node=N``) are removed, so that the processes do
+        not launch again.
+    module : str, default="fomaml_sklearn"
+        The module each process runs.
+    option : str, default="--nproc-per-node"
+        The option of ``argv`` that asked for the launch.
+
+    Returns
+    -------
+    code : int
+        The exit code of ``torch.distributed.run`` (0 when every process
+        succeeded).
+    """
+    import subprocess
+    import sys
+
+    if isinstance(nproc_per_node, bool) or not isinstance(nproc_per_node, int) \
+            or nproc_per_node < 1:
+        raise ValueError(f"nproc_per_node={nproc_per_node!r} is not an int >= 1; pass the "
+                         "number of processes to start, such as 2.")
+    args, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(f"{option}="):
+            args.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc_per_node}", "-m", module, *args]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
+    return subprocess.call(cmd, env=env)
+
+
+__all__ += ["launch_with_torchrun"]

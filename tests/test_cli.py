@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from fomaml_sklearn import FOMAMLClassifier
-from fomaml_sklearn.cli import build_parser, load_data, main, model_image_shape
+from fomaml_sklearn._cli_commands import model_image_shape
+from fomaml_sklearn.cli import build_parser, main
+from fomaml_sklearn.datasets import load_data
 
 from conftest import REPO, write_image_folder
 
@@ -300,6 +302,22 @@ def test_support_folder_with_one_class(digits_model, tmp_path):
 def test_unknown_data_set(tmp_path):
     assert_one_line_error(*run(["train", str(tmp_path / "missing"), *FAST]),
                           contains="is not 'digits', 'omniglot' or a folder")
+
+
+def test_the_data_names_come_from_the_datasets_registry(capsys, tmp_path):
+    """--help and the error for an unknown name list each name of DATA_SETS."""
+    from fomaml_sklearn.datasets import DATA_SETS
+
+    assert list(DATA_SETS) == ["digits", "omniglot"]
+    for command in ("train", "evaluate"):
+        assert main([command, "--help"]) == 0
+        help_text = " ".join(capsys.readouterr().out.split())
+        for name, description in DATA_SETS.items():
+            assert f"{name!r} ({description})" in help_text
+    with pytest.raises(ValueError, match="part='val' is not 'train' or 'test'"):
+        load_data("digits", "val")
+    with pytest.raises(ValueError, match="'nope' is not 'digits', 'omniglot' or a folder"):
+        load_data("nope", "train")
 
 
 def test_omniglot_offline_without_data(tmp_path):
@@ -617,6 +635,29 @@ def test_the_main_job_anneals_over_its_time_budget(fake_omniglot_home, capsys):
     rates = np.concatenate(clf.history_[:, "batches", :, "event_lr"])
     assert len(rates) == clf.n_meta_steps_ > 1
     assert rates[0] <= 3e-3 and all(np.diff(rates) <= 0) and rates[-1] < rates[0]
+
+
+def test_launch_with_torchrun_runs_the_command_without_its_option(monkeypatch):
+    import subprocess
+
+    from fomaml_sklearn.distributed import launch_with_torchrun
+
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd, env: calls.append((cmd, env)) or 7)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    argv = ["train", "--nproc-per-node", "2", "-o", "m.fomaml", "--nproc-per-node=3", "-q"]
+    assert launch_with_torchrun(2, argv) == 7                  # its exit code
+    (cmd, env), = calls
+    assert cmd[:2] == [sys.executable, "-m"] and "--nproc-per-node=2" in cmd
+    assert cmd[cmd.index("torch.distributed.run") + 1] == "--standalone"
+    assert cmd[-5:] == ["fomaml_sklearn", "train", "-o", "m.fomaml", "-q"]
+    assert env["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")                 # the user's choice stays
+    launch_with_torchrun(2, ["train"])
+    assert calls[-1][1]["OMP_NUM_THREADS"] == "3"
+    for bad in (0, True, "2"):
+        with pytest.raises(ValueError, match=f"nproc_per_node={bad!r} is not an int >= 1"):
+            launch_with_torchrun(bad, ["train"])
 
 
 def test_train_nproc_per_node_launches_torchrun_and_saves_the_one_process_model(tmp_path):
