@@ -28,7 +28,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
-from fomaml_sklearn import FOMAMLClassifier
+from fomaml_sklearn import FOMAMLClassifier, presets
 from fomaml_sklearn.callbacks import TimeCosineLR, TimeLimit
 from fomaml_sklearn.episodes import EpisodeShape
 from fomaml_sklearn.evaluation import (
@@ -105,9 +105,11 @@ def build_parser():
                         help="support examples per class in meta-training tasks "
                              "(default: 1 on Omniglot, where 1-shot training also scored "
                              "best on 5-shot tests, else K)")
-    parser.add_argument("--queries", type=int, default=5,
-                        help="query examples per class in meta-training (default: 5)")
-    parser.add_argument("--meta-batch-size", type=int, default=16)
+    parser.add_argument("--queries", type=int, default=None,
+                        help="query examples per class in meta-training (default: the "
+                             "preset's)")
+    parser.add_argument("--meta-batch-size", type=int, default=None,
+                        help="tasks per meta-step (default: the preset's)")
     parser.add_argument("--augment-shift", type=int, default=None, metavar="PX",
                         help="shift meta-training images by up to PX pixels (default: 2 "
                              "on Omniglot, where it paid at 3000 meta-steps, else 0)")
@@ -121,11 +123,12 @@ def build_parser():
                         help="test episodes (default: 600)")
     parser.add_argument("--algorithm", default="fomaml",
                         help="fomaml, maml, reptile, anil or fo-anil (default: fomaml)")
-    parser.add_argument("--head", default="prototype",
-                        help="prototype, shared or fixed (the MAML paper's) head")
-    parser.add_argument("--inner-lr", default="auto", help="alpha (default: auto)")
-    parser.add_argument("--inner-steps", type=int, default=1)
-    parser.add_argument("--inner-steps-test", type=int, default=3)
+    parser.add_argument("--head", default=None,
+                        help="prototype, shared or fixed (the MAML paper's) head "
+                             "(default: the preset's)")
+    parser.add_argument("--inner-lr", default=None, help="alpha (default: the preset's)")
+    parser.add_argument("--inner-steps", type=int, default=None)
+    parser.add_argument("--inner-steps-test", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None,
                         help="meta learning rate (Adam; default: 3e-3 on Omniglot, the "
                              "best of benchmarks/ablation.py, else 1e-3)")
@@ -166,28 +169,33 @@ def run(args, data=None):
         data = load_omniglot(args) if args.dataset == "omniglot" else load_digits_split()
     X_train, y_train, X_test, y_test = data
     if args.dataset == "omniglot":
-        module, ways = "conv4", args.ways or 5
+        module, ways = presets.OMNIGLOT["module"], args.ways or 5
     else:
-        module, ways = "mlp", args.ways or 3
+        module, ways = presets.TABULAR["module"], args.ways or presets.TABULAR["n_ways"]
     print(f"{args.dataset}: {len(np.unique(y_train))} meta-training classes "
           f"({len(y_train)} images), {len(np.unique(y_test))} unseen test classes "
           f"({len(y_test)} images); loaded in {time.perf_counter() - start:.1f} s; "
           f"{args.threads} torch threads")
 
-    inner_lr = args.inner_lr if args.inner_lr == "auto" else float(args.inner_lr)
-    # More ways in training than at test time, and a larger meta rate, paid on
-    # Omniglot (docs/performance.md, "Accuracy levers"); digits has 6 classes.
+    # Every default not given on the command line is the preset's
+    # (fomaml_sklearn.presets, the best measured configuration; digits runs
+    # the tabular one), else the estimator's own.
     omniglot = args.dataset == "omniglot"
-    train_ways = args.train_ways or (max(ways, 10) if omniglot else ways)
-    if args.lr is None:
-        args.lr = 3e-3 if omniglot else 1e-3
-    train_shots = args.train_shots or (1 if omniglot else args.shots)
-    if args.augment_shift is None:
-        args.augment_shift = 2 if omniglot else 0
-    if args.test_shift is None:
-        args.test_shift = 1 if omniglot else 0
-    if args.lr_schedule is None:
-        args.lr_schedule = "cosine" if omniglot else "constant"
+    preset = {**FOMAMLClassifier().get_params(),
+              **(presets.OMNIGLOT if omniglot else presets.TABULAR)}
+    for option, name in [("queries", "n_query"), ("meta_batch_size", "meta_batch_size"),
+                         ("head", "head"), ("inner_lr", "inner_lr"),
+                         ("inner_steps", "n_inner_steps"),
+                         ("inner_steps_test", "n_inner_steps_test"), ("lr", "lr"),
+                         ("augment_shift", "augment_shift"), ("test_shift", "test_shift"),
+                         ("lr_schedule", "lr_schedule")]:
+        if getattr(args, option) is None:
+            setattr(args, option, preset[name])
+    inner_lr = args.inner_lr if args.inner_lr == "auto" else float(args.inner_lr)
+    # At least the preset's ways in training (more than at test time paid on
+    # Omniglot: docs/performance.md, "Accuracy levers").
+    train_ways = args.train_ways or max(ways, preset["n_ways"])
+    train_shots = args.train_shots or (preset["k_shot"] if omniglot else args.shots)
     # Without a step budget for the estimator's schedule to count, a cosine
     # anneals over the time budget instead (callbacks.TimeCosineLR).
     over_time = args.lr_schedule == "cosine" and args.steps is None
@@ -208,11 +216,13 @@ def run(args, data=None):
         raise SystemExit(f"--also {args.also!r}: give settings like 5w5s,20w1s") from None
     if args.test_shift and not omniglot:
         raise SystemExit("--test-shift shifts images: use it with --dataset omniglot")
-    max_epochs = 100_000 if args.steps is None else max(1, args.steps // 50)
+    max_epochs = (100_000 if args.steps is None
+                  else max(1, args.steps // preset["meta_batches_per_epoch"]))
     limit = [TimeLimit(args.minutes)] if args.steps is None or args.minutes_given else []
     if over_time:
         limit.append(TimeCosineLR(args.minutes))
-    clf = FOMAMLClassifier(module, max_epochs=max_epochs, meta_batches_per_epoch=50,
+    clf = FOMAMLClassifier(module, max_epochs=max_epochs,
+                           meta_batches_per_epoch=preset["meta_batches_per_epoch"],
                            callbacks=limit, verbose=1, **common)
     t0 = time.perf_counter()
     clf.fit(X_train, y_train)

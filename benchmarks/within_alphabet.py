@@ -138,6 +138,28 @@ def parse_set(items):
     return out
 
 
+def _with_affine(strength):
+    """An experiment's FOMAMLClassifier whose meta-training episodes also get
+    random affine distortions (after the shifts)."""
+    from fomaml_sklearn.augmentation import RandomAffine
+
+    class Composed:
+        def __init__(self, *transforms):
+            self.transforms = [t for t in transforms if t is not None]
+
+        def __call__(self, x, rng):
+            for t in self.transforms:
+                x = t(x, rng)
+            return x
+
+    class AffineClassifier(FOMAMLClassifier):
+        def _augmentation(self, image_shape):
+            return Composed(super()._augmentation(image_shape),
+                            RandomAffine(strength, image_shape))
+
+    return AffineClassifier
+
+
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-home", default=None)
@@ -159,6 +181,9 @@ def build_parser():
                         help="also score with this test_shift (default: the preset's)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="an estimator parameter changed from the preset (repeatable)")
+    parser.add_argument("--affine", type=float, default=0.0,
+                        help="random affine distortions of the training images at this "
+                             "strength (augmentation.RandomAffine; 1 = Koch et al.'s ranges)")
     parser.add_argument("--save", default=None, help="save the meta-trained model here")
     return parser
 
@@ -186,7 +211,10 @@ def run(args):
     else:
         params.update(max_epochs=100_000, lr_schedule="constant")
         callbacks = [TimeLimit(args.minutes), TimeCosineLR(args.minutes)]
-    clf = FOMAMLClassifier(**params, precision=args.precision, callbacks=callbacks,
+    cls = FOMAMLClassifier
+    if args.affine:
+        cls = _with_affine(args.affine)
+    clf = cls(**params, precision=args.precision, callbacks=callbacks,
                            adapt_on_fit=False, random_state=args.seed, verbose=1)
     print("Parameters:", {k: v for k, v in sorted(params.items())}, flush=True)
     t0 = time.perf_counter()

@@ -4,6 +4,7 @@ import importlib.util
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,3 +56,113 @@ def test_resolve_precision_auto_follows_the_cpu_flags(monkeypatch):
         monkeypatch.setattr(builtins, "open", lambda path, *a, _f=flags, **k: io.StringIO(
             f"flags\t: {_f}\n") if path == "/proc/cpuinfo" else real_open(path, *a, **k))
         assert _config.resolve_precision("auto", torch.device("cpu")) == expected
+
+
+def _load_benchmark(name, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark",
+                                                  REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def background_only_home(tmp_path):
+    """A fake Omniglot data home holding the background file only (the
+    within-alphabet benchmark must never need the evaluation alphabets), with
+    an alphabet file naming three alphabets: two of >= 20 characters, one of 17."""
+    import json
+    import shutil
+
+    from conftest import write_fake_omniglot
+
+    home = write_fake_omniglot(tmp_path / "full")
+    only = tmp_path / "home" / "omniglot"
+    only.mkdir(parents=True)
+    shutil.copy(home / "omniglot" / "images_background.npz", only)
+    alphabets = {"A": {"first": 100, "last": 123, "n_characters": 24},
+                 "B": {"first": 300, "last": 319, "n_characters": 20},
+                 "Short": {"first": 500, "last": 516, "n_characters": 17}}
+    (only / "background_alphabets_known.json").write_text(json.dumps(
+        {"file": "images_background.npz", "alphabets": alphabets}))
+    return tmp_path / "home"
+
+
+def test_within_alphabet_episodes_stay_inside_one_held_out_alphabet(
+        background_only_home, monkeypatch):
+    wa = _load_benchmark("within_alphabet", monkeypatch)
+    X, y, held_out = wa.load(background_only_home, True, 15)
+    assert sorted(held_out) == ["A", "B", "Short"]
+    assert held_out["A"].shape == (24, 2, 1, 15, 15)
+    # No held-out character (nor a rotation of one) is in meta-training.
+    characters = set(np.unique(y) // 4)
+    assert characters.isdisjoint(range(100, 124)) and characters.isdisjoint(range(500, 517))
+    assert len(characters) == 964 - 24 - 20 - 17
+    eps = wa.episodes(held_out, 5, seed=0)
+    assert [e[0] for e in eps] == ["A"] * 5 + ["B"] * 5  # Short has < 20 characters
+    for name, chars, d_support, d_query in eps:
+        assert len(set(chars)) == 20 and chars.max() < len(held_out[name])
+        assert d_support != d_query
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(eps, wa.episodes(held_out, 5, 0)))
+
+
+def test_within_alphabet_benchmark_runs_through_the_estimator(background_only_home,
+                                                              monkeypatch, capsys):
+    wa = _load_benchmark("within_alphabet", monkeypatch)
+    monkeypatch.setattr(wa, "machine_line", lambda: "Machine: test")
+    out = wa.main(["--data-home", str(background_only_home), "--offline", "--steps", "4",
+                   "--episodes", "3", "--threads", "1", "--image-size", "15",
+                   "--set", "n_filters=4", "--set", "meta_batch_size=2",
+                   "--set", "meta_batches_per_epoch=2", "--test-shift", "1"])
+    text = capsys.readouterr().out
+    assert out["n_steps"] == 4 and set(out["accuracy"]) == {0, 1}
+    assert "4 meta-steps in" in text and "test_shift=1:" in text
+    assert "per alphabet: A " in text and "Short" not in text.split("per alphabet")[1]
+
+
+def test_presets_are_valid_estimator_configurations():
+    """Every preset names real parameters only, and fits as it is (a tiny
+    budget and backbone; images for the image presets)."""
+    from fomaml_sklearn import FOMAMLClassifier, presets
+
+    names = set(FOMAMLClassifier().get_params())
+    for key, preset in presets.PRESETS.items():
+        assert set(preset) <= names, (key, set(preset) - names)
+        rng = np.random.default_rng(0)
+        if preset["module"] == "conv4":
+            X = rng.random((120, 1, 12, 12), dtype=np.float32)
+        else:
+            X = rng.random((120, 16), dtype=np.float32)
+        y = np.repeat(np.arange(12), 10)
+        clf = FOMAMLClassifier(**{**preset, "n_filters": 4, "hidden_layer_sizes": (8,),
+                                  "max_epochs": 1, "meta_batches_per_epoch": 2,
+                                  "n_ways": 3, "meta_batch_size": 2},
+                               random_state=0, device="cpu")
+        clf.fit(X, y)
+        assert clf.n_meta_steps_ == 2
+
+
+def test_the_main_job_reads_the_omniglot_preset(fake_omniglot_home, monkeypatch, capsys):
+    """benchmarks/few_shot.py keeps no copy of the configuration: every
+    setting it does not override comes from presets.OMNIGLOT."""
+    from fomaml_sklearn import presets
+
+    few_shot = _load_benchmark("few_shot", monkeypatch)
+    monkeypatch.setattr(few_shot, "machine_line", lambda: "Machine: test", raising=False)
+    fits = []
+    original = few_shot.FOMAMLClassifier.fit
+
+    def spy(self, *args, **kwargs):
+        fits.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(few_shot.FOMAMLClassifier, "fit", spy)
+    monkeypatch.setitem(presets.OMNIGLOT, "meta_batch_size", 3)  # seen through the preset
+    few_shot.main(["--data-home", str(fake_omniglot_home), "--offline", "--steps", "50",
+                   "--episodes", "3", "--threads", "1"])
+    params = fits[0].get_params()
+    for key, value in presets.OMNIGLOT.items():
+        if key not in ("max_epochs", "test_shift"):  # the budget; scored as an extra row
+            assert params[key] == value, key
+    assert fits[0].n_meta_steps_ == 50
