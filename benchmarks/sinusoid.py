@@ -2,7 +2,8 @@
 
 For K = 5, 10 and 20 support points, meta-trains ``FOMAMLRegressor`` (MLP
 1 -> 40 -> 40 -> 1, ReLU, inner rate 0.01, one inner step, Adam 1e-3, 10
-tasks per meta-step) with FOMAML, MAML and iMAML for ``--steps``
+tasks per meta-step) with FOMAML, MAML and iMAML (its regression defaults:
+``lam = 0.1 / inner_lr``, 20 proximal inner steps) for ``--steps``
 meta-steps on waves of :func:`fomaml_sklearn.datasets.make_sinusoid_tasks`,
 then reports the query MSE (10 points per wave) on 600 new waves after
 adapting on K points with 1 and with 10 inner steps (mean +- 95% CI), next
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from fomaml_sklearn import FOMAMLRegressor
+from fomaml_sklearn.algorithms import IMAML
 from fomaml_sklearn.datasets import make_sinusoid_tasks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -51,8 +53,9 @@ def main(argv=None):
     parser.add_argument("--shots", type=int, nargs="+", default=[5, 10, 20])
     parser.add_argument("--methods", nargs="+", default=list(METHODS),
                         choices=list(METHODS))
-    parser.add_argument("--imaml-inner-steps", type=int, default=5,
-                        help="inner steps of iMAML's proximal problem in meta-training")
+    parser.add_argument("--imaml-inner-steps", type=int, default=None,
+                        help="inner steps of iMAML's proximal problem in meta-training "
+                             "(default: the rule's 'auto', 20 for regression)")
     parser.add_argument("--n-train-tasks", type=int, default=20000)
     parser.add_argument("--test-waves", type=int, default=600)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -74,11 +77,11 @@ def main(argv=None):
                           meta_batches_per_epoch=per_epoch, device="cpu",
                           adapt_on_fit=False, random_state=args.seed)
             params.update(METHODS[name])
-            if name == "iMAML":
-                params["n_inner_steps"] = args.imaml_inner_steps
+            if name == "iMAML" and args.imaml_inner_steps is not None:
+                params["algorithm"] = IMAML(n_inner_steps=args.imaml_inner_steps)
             t0 = time.perf_counter()
             with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="iMAML's conjugate gradient")
+                warnings.filterwarnings("ignore", message="iMAML's")
                 reg = FOMAMLRegressor(**params).fit(X, y, groups=groups)
             seconds = time.perf_counter() - t0
             cells = []

@@ -73,6 +73,24 @@ def _require_images(name, shift, image_shape):
             f"{name}=0.")
 
 
+def _check_shift_size(name, shift, image_shape):
+    """Raise if shifting by ``shift`` pixels leaves nothing of images of
+    ``image_shape``: a shift of ``side - 1`` or more along a side of ``side``
+    pixels replaces the whole image by copies of its border row (or column)."""
+    if not shift or image_shape is None:
+        return
+    _, h, w = image_shape if len(image_shape) == 3 else (1,) + tuple(image_shape)
+    largest = min(h, w) - 2
+    if shift > largest:
+        allowed = f"at most {largest}" if largest > 0 else "0 (the images are too small to shift)"
+        raise ValueError(
+            f"{name}={shift} moves {h}x{w} images by up to {shift} pixels, which leaves "
+            f"nothing of them (a shift of {min(h, w) - 1} or more replaces an image by "
+            f"copies of its border); {name} must be {allowed} for these images (1 or 2 "
+            "pixels is usual)."
+        )
+
+
 def _image_layout_error(got, fitted, what):
     return ValueError(
         f"{what} holds images of shape {got}, but this estimator was fitted on images "
@@ -162,6 +180,29 @@ class MetaEstimatorBase(BaseEstimator):
         get_algorithm(self.algorithm).validate()
         resolve_device(self.device)
         return self._optimizer_class()
+
+    def set_params(self, **params):
+        """Set parameters, as scikit-learn's ``set_params``.
+
+        ``algorithm__<option>`` also works when ``algorithm`` is a name:
+        the name becomes its rule instance (``"imaml"`` -> ``IMAML()``, with
+        the options a name stands for, e.g. ``"fo-anil"`` ->
+        ``ANIL(first_order=True)``), whose option is then set. So a grid
+        search can tune ``algorithm__lam`` of ``algorithm="imaml"``.
+
+        Returns
+        -------
+        self : estimator
+        """
+        if any(key.startswith("algorithm__") for key in params):
+            algorithm = params.get("algorithm", self.algorithm)
+            if isinstance(algorithm, str):
+                try:
+                    params["algorithm"] = get_algorithm(algorithm)
+                except ValueError as exc:
+                    options = ", ".join(k for k in params if k.startswith("algorithm__"))
+                    raise ValueError(f"{exc} ({options} sets an option of the rule.)") from None
+        return super().set_params(**params)
 
     def _check_validation_callbacks(self, has_validation):
         """A callback that monitors validation scores needs validation data."""
@@ -399,6 +440,8 @@ class MetaEstimatorBase(BaseEstimator):
         shift = getattr(self, "augment_shift", 0)
         _require_images("augment_shift", shift, image_shape)
         _require_images("test_shift", getattr(self, "test_shift", 0), image_shape)
+        _check_shift_size("augment_shift", shift, image_shape)
+        _check_shift_size("test_shift", getattr(self, "test_shift", 0), image_shape)
         return RandomShift(shift, image_shape) if shift else None
 
     def _test_augmentation(self):
@@ -411,6 +454,7 @@ class MetaEstimatorBase(BaseEstimator):
         check_params({"test_shift": self._PARAM_TABLE["test_shift"]}, {"test_shift": shift})
         images = getattr(self, "input_shape_", None)
         _require_images("test_shift", shift, images)
+        _check_shift_size("test_shift", shift, images)
         return ShiftEnsemble(shift, images)
 
     @staticmethod

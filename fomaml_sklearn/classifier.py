@@ -105,8 +105,10 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         Augment the meta-training episodes: every support and query image
         moves by a random whole number of pixels, up to ``augment_shift`` in
         each direction (border pixels fill the gap). Needs images: a
-        ``"conv4"`` backbone, 4-D ``X`` or ``input_shape``. Validation
-        episodes, ``adapt`` and ``predict`` see the images as they are.
+        ``"conv4"`` backbone, 4-D ``X`` or ``input_shape``, and at most
+        ``min(height, width) - 2`` pixels (a larger shift leaves nothing of
+        an image). Validation episodes, ``adapt`` and ``predict`` see the
+        images as they are.
     test_shift : int, default=0
         Test-time augmentation: ``adapt`` fine-tunes on the support images
         together with copies of them moved by every offset ``(dy, dx)`` with
@@ -115,7 +117,8 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         copies of it; ``evaluate`` and ``score`` do both. Still
         non-transductive (each query is classified on its own), at that many
         times the cost of adapting and predicting. Read when adapting and
-        predicting, so it can be set after ``fit``. Needs images, as
+        predicting, so it can be set after ``fit`` (and checked then).
+        Needs images, and at most ``min(height, width) - 2``, as
         ``augment_shift`` does.
     inner_lr : float or "auto", default="auto"
         Inner-loop SGD rate (alpha). ``"auto"``: 0.01 with the prototype head

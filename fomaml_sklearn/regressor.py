@@ -26,6 +26,25 @@ from .evaluation import (
 __all__ = ["FOMAMLRegressor"]
 
 
+def _check_numeric_targets(y, name):
+    """Refuse targets that are not numbers (strings, say), naming ``name``
+    (``None`` is left to scikit-learn's ``validate_data``)."""
+    if y is None:
+        return
+    values = np.asarray(y)
+    if values.dtype.kind not in "USO":
+        return
+    for value in values.ravel().tolist():
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{name} must hold real-valued regression targets, but it holds "
+                f"{value!r} ({type(value).__name__}), which is not a number. Convert {name} "
+                "to numbers first, or use FOMAMLClassifier for class labels."
+            ) from None
+
+
 def _mse(outputs, targets):
     """Mean squared error over examples and outputs (the task loss)."""
     return F.mse_loss(outputs, targets)
@@ -252,6 +271,7 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
     # -------------------------------------------------------------- validation
     def _validate_Xy(self, X, y, reset, what="X"):
         X, image_shape = _flatten_images(X)
+        _check_numeric_targets(y, "y" if what == "X" else "y_support")
         X, y = validate_data(self, X, y, reset=reset, dtype=np.float32, multi_output=True,
                              y_numeric=True)
         if not reset:
@@ -278,8 +298,43 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
                 f"{what} must be 1-D with one task label per sample ({n_samples}); got "
                 f"shape {groups.shape}."
             )
-        names, codes = np.unique(groups, return_inverse=True)
+        if groups.dtype.kind == "f":
+            missing = np.isnan(groups)
+        elif groups.dtype.kind == "O":
+            missing = np.array([v is None or (isinstance(v, (float, np.floating)) and v != v)
+                                for v in groups.tolist()], dtype=bool)
+        else:  # integers, bools, strings: nothing can be missing
+            missing = np.zeros(len(groups), dtype=bool)
+        if missing.any():
+            raise ValueError(
+                f"{what} has {int(missing.sum())} missing task label(s) (NaN or None), the "
+                f"first at index {int(np.argmax(missing))}; every sample needs the label of "
+                "its task. Drop those samples or give them their task's label (NaN labels "
+                "would otherwise merge unrelated samples into one task)."
+            )
+        try:
+            names, codes = np.unique(groups, return_inverse=True)
+        except TypeError as exc:
+            kinds = sorted({type(v).__name__ for v in groups.tolist()})
+            raise ValueError(
+                f"{what} mixes task labels of different types ({', '.join(kinds)}), which "
+                f"cannot be sorted; use one type for all labels, e.g. np.asarray({what}, "
+                "dtype=str)."
+            ) from exc
         return codes.reshape(-1), names
+
+    def _no_groups(self, method, stacklevel):
+        """Warn that ``method`` got no groups, so all of (X, y) is one task
+        (``stacklevel``: of the user's call, counted from the caller)."""
+        if method == "fit":
+            what, fix = ("meta-training then fits that task like an ordinary network",
+                         "meta-learn across tasks")
+        else:
+            what, fix = "its episodes are all drawn from that task", "score each task apart"
+        warnings.warn(
+            f"{type(self).__name__}.{method} got no groups, so all of (X, y) is treated as "
+            f"one task: {what}. Pass groups=<task of each sample> to {fix}.",
+            UserWarning, stacklevel=stacklevel + 1)
 
     # --------------------------------------------------------------------- fit
     def fit(self, X, y, groups=None):
@@ -328,11 +383,7 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
                              f"{n_outputs_before}.")
         self._check_input_shape(X, image_shape)
         if groups is None:
-            warnings.warn(
-                f"{type(self).__name__}.fit got no groups, so all of (X, y) is treated as "
-                "one task: meta-training then fits that task like an ordinary network. "
-                "Pass groups=<task of each sample> to meta-learn across tasks.",
-                UserWarning, stacklevel=4)  # fit -> _fit_on_copy -> here
+            self._no_groups("fit", stacklevel=4)  # the user's fit -> _fit_on_copy -> here
             groups = np.zeros(len(X), dtype=int)
         codes, names = self._group_codes(groups, len(X))
         seeds = self._draw_seeds(self.random_state)
@@ -451,7 +502,8 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Their targets.
         groups : array-like of shape (n_samples,) or None, default=None
-            The task of each sample; ``None``: one task.
+            The task of each sample; ``None``: all of ``(X, y)`` is one task,
+            with a warning (as in ``fit``).
         k_shot, n_query : int or None, default=None
             Episode shape; ``None`` takes the estimator's. Shrunk, with a
             warning, where a task is smaller.
@@ -466,19 +518,27 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
         result : FewShotRegressionResult
             Mean MSE and R^2 with their 95% half-widths, and per-episode values.
         """
-        self._check_meta_fitted("evaluate")
+        return self._evaluate(X, y, groups, "evaluate", k_shot=k_shot, n_query=n_query,
+                              n_episodes=n_episodes, random_state=random_state)
+
+    def _evaluate(self, X, y, groups, method, *, k_shot=None, n_query=None, n_episodes=None,
+                  random_state=None):
+        """:meth:`evaluate`, called by the public ``method`` (for the warnings)."""
+        self._check_meta_fitted(method)
         X, Y, _, _ = self._validate_Xy(X, y, reset=False)
         check_params({"k_shot": NoneOr(Int(1)), "n_query": NoneOr(Int(1)),
                       "n_episodes": NoneOr(Int(1)), "random_state": NoneOr(RandomState())},
                      dict(k_shot=k_shot, n_query=n_query, n_episodes=n_episodes,
                           random_state=random_state))
-        codes, names = self._group_codes(
-            np.zeros(len(X), dtype=int) if groups is None else groups, len(X))
+        if groups is None:
+            self._no_groups(method, stacklevel=3)  # the user's call -> method -> here
+            groups = np.zeros(len(X), dtype=int)
+        codes, names = self._group_codes(groups, len(X))
         shape, message = resolve_task_shape(
             np.bincount(codes), self.k_shot if k_shot is None else k_shot,
             self.n_query if n_query is None else n_query, names)
         if message is not None:
-            warnings.warn(message, UserWarning, stacklevel=2)
+            warnings.warn(message, UserWarning, stacklevel=3)
         episodes = self._evaluation_episodes(codes, shape, n_episodes, random_state)
         mses, r2s = episodic_regression_errors(
             self._runner(), self._to_tensor(X, self.device_),
@@ -509,7 +569,8 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Targets.
         groups : array-like of shape (n_samples,) or None, default=None
-            The task of each sample; ``None``: one task.
+            The task of each sample; ``None``: all of ``(X, y)`` is one task,
+            with a warning (as in ``fit``).
         sample_weight : None
             Not supported; present for API compatibility.
 
@@ -520,7 +581,7 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
         """
         if sample_weight is not None:
             raise ValueError("score does not support sample_weight; pass None.")
-        return self.evaluate(X, y, groups).r2
+        return self._evaluate(X, y, groups, "score").r2
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -76,11 +76,10 @@ def test_too_few_inner_steps_are_visible():
     implicit gradient assumes a solved inner problem (docs/algorithms.md)."""
     lam = 0.7
     meta, loss, task, q = _quadratic(lam=lam)
-    rule = IMAML(lam=lam, cg_steps=4)
-    many = meta_gradient(meta, [task], 1, rule, inner_lr=q["lr"], n_inner_steps=400,
-                         loss=loss).grads
-    one = meta_gradient(meta, [task], 1, rule, inner_lr=q["lr"], n_inner_steps=1,
-                        loss=loss).grads
+    many = meta_gradient(meta, [task], 1, IMAML(lam=lam, cg_steps=4, n_inner_steps=400),
+                         inner_lr=q["lr"], loss=loss).grads
+    one = meta_gradient(meta, [task], 1, IMAML(lam=lam, cg_steps=4, n_inner_steps=1),
+                        inner_lr=q["lr"], loss=loss).grads
     assert not torch.allclose(many[0], one[0], rtol=1e-3)
 
 
@@ -172,6 +171,8 @@ def test_memory_of_the_meta_gradient_does_not_keep_the_inner_trajectory():
     (dict(lam=0), "lam=0 is not supported by IMAML"),
     (dict(lam="big"), "lam='big'"),
     (dict(cg_steps=0), "cg_steps=0 is not supported by IMAML"),
+    (dict(n_inner_steps=0), "n_inner_steps=0 is not supported by IMAML; use 'auto'"),
+    (dict(n_inner_steps=2.5), "n_inner_steps=2.5 is not supported"),
     (dict(prototype_gradient="yes"), "prototype_gradient='yes'"),
 ])
 def test_options_are_validated(bad, match):
@@ -213,3 +214,151 @@ def test_conjugate_gradient_stops_on_negative_curvature():
     with pytest.warns(RuntimeWarning, match="negative curvature"):
         x = conjugate_gradient(lambda v: [A @ v[0]], b, n_steps=5)[0]
     torch.testing.assert_close(x, b[0])  # no progress possible: the right-hand side
+
+
+# ------------------------------------------------- defaults that solve the inner problem
+def _tasks(n, seed=0):
+    return [(xs.to(D), ys, xq.to(D), yq) for xs, ys, xq, yq in make_tasks(n, 3, 2, 4, 5, seed)]
+
+
+def test_inner_steps_and_lam_auto_and_their_precedence():
+    """'auto' replaces the estimator's default single step (which leaves the
+    proximal problem unsolved) and decides lam by task type; integers win."""
+    cls = MetaConfig(inner_lr=0.01, n_inner_steps=1)
+    assert IMAML().settings(cls, regression=False) == (1.0, 5)
+    assert IMAML().settings(cls, regression=True) == (pytest.approx(10.0), 20)
+    assert IMAML().settings(MetaConfig(inner_lr=0.05, n_inner_steps=3), True) == (
+        pytest.approx(2.0), 3)  # the estimator's steps when not its default 1
+    assert IMAML(lam=0.5, n_inner_steps=2).settings(cls, regression=True) == (0.5, 2)
+    # The steps taken are the rule's: 20 steps move phi further than 1 would.
+    meta = _tanh_net()
+    tasks = _tasks(1)
+    runner = TaskRunner(meta, MetaConfig(algorithm=IMAML(lam=1.0), inner_lr=0.05))
+    xs, ys, *_ = tasks[0]
+    moved = {}
+    for steps in (1, 5):
+        head, _, anchors = IMAML(lam=1.0, n_inner_steps=steps)._adapt(runner, xs, ys, 3, 1.0,
+                                                                     steps)
+        moved[steps] = float(torch.sqrt(sum(((p.detach() - a) ** 2).sum() for p, a in zip(
+            runner.params + head, anchors))))
+    rule = IMAML(lam=1.0).resolve(meta)
+    rule.meta_gradient(runner, _batch(tasks))
+    assert (rule.lam_, rule.n_inner_steps_) == (1.0, 5)
+    assert moved[5] > 3 * moved[1], moved
+
+
+def _batch(tasks):
+    from fomaml_sklearn.algorithms._base import TaskBatch
+    return TaskBatch(tasks, 3)
+
+
+def test_a_diverging_proximal_rate_is_refused_at_the_first_step():
+    meta = _tanh_net()
+    rule = IMAML(lam=300.0).resolve(meta)
+    runner = TaskRunner(meta, MetaConfig(algorithm=rule, inner_lr=0.01))
+    before = [p.detach().clone() for p in meta.parameters()]
+    with pytest.raises(ValueError, match=r"IMAML\(lam=300.0\) with inner_lr=0.01: inner_lr "
+                       r"\* lam = 3 >= 2.*Use lam < 200"):
+        rule.meta_gradient(runner, _batch(_tasks(1)))
+    assert all(torch.equal(a, b) for a, b in zip(before, meta.parameters()))
+
+
+def test_meta_gradient_matches_an_exact_solve_and_differs_from_fomaml():
+    """Independent reference: at the inner solution phi (400 proximal steps,
+    float64), the Hessian of the support loss from torch.func.hessian and
+    (I + H/lam) x = grad L_q(phi) solved exactly. iMAML's CG gives x; FOMAML's
+    gradient (grad L_q at its own adapted point) is far from it."""
+    lam, lr = 2.0, 0.1
+    meta = _tanh_net()
+    tasks = _tasks(1, seed=3)
+    xs, ys, xq, yq = tasks[0]
+    n_params = sum(p.numel() for p in meta.parameters())
+    rule = IMAML(lam=lam, cg_steps=n_params, n_inner_steps=400).resolve(meta)
+    runner = TaskRunner(meta, MetaConfig(algorithm=rule, inner_lr=lr))
+    result = rule.meta_gradient(runner, _batch(tasks))
+    assert rule.n_cg_fallbacks_ == 0 and rule.inner_residual_ < 1e-8
+
+    # phi: the same proximal problem, solved again on a fresh runner.
+    ref_runner = TaskRunner(meta, MetaConfig(algorithm=rule, inner_lr=lr))
+    head, _, _ = rule._adapt(ref_runner, xs, ys, 3, lam, 400)
+    phi = [p.detach() for p in ref_runner.params + head]
+    shapes = [p.shape for p in phi]
+    names = [n for n, _ in meta.backbone.named_parameters()]
+
+    def unflat(flat):
+        out, i = [], 0
+        for shape in shapes:
+            k = int(np.prod(shape))
+            out.append(flat[i:i + k].reshape(shape))
+            i += k
+        return out
+
+    def loss(flat, x, y):
+        params = unflat(flat)
+        feats = torch.func.functional_call(meta.backbone, dict(zip(names, params[:-2])), (x,))
+        return F.cross_entropy(F.linear(feats, *params[-2:]), y)
+
+    flat = torch.cat([p.reshape(-1) for p in phi])
+    H = torch.func.hessian(loss)(flat, xs, ys)
+    system = torch.eye(len(flat), dtype=D) + H / lam
+    assert torch.linalg.eigvalsh(system).min() > 0  # solved: positive definite
+    g_q = torch.func.grad(loss)(flat, xq, yq)
+    expected = torch.linalg.solve(system, g_q)
+    by_param = dict(zip(meta.parameters(), result.grads))
+    order = list(meta.backbone.parameters()) + [meta.head_weight, meta.head_bias]
+    got = torch.cat([by_param[p].reshape(-1) for p in order])  # phi's order
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)  # CG tol 1e-12 (squared)
+
+    fomaml = meta_gradient(meta, tasks, 3, "fomaml", inner_lr=lr, n_inner_steps=1).grads
+    fomaml = dict(zip(meta.parameters(), fomaml))
+    fomaml = torch.cat([fomaml[p].reshape(-1) for p in order])
+    assert torch.linalg.norm(got - fomaml) > 0.05 * torch.linalg.norm(fomaml)
+    assert torch.linalg.norm(got - g_q) > 0.05 * torch.linalg.norm(g_q)
+
+
+def test_cg_fallbacks_are_counted_and_warned_once():
+    """An unsolved inner problem (1 step) with a small lam: I + H/lam is
+    indefinite, CG stops; the counts and one warning per fit say so."""
+    meta = _tanh_net()
+    rule = IMAML(lam=0.01, n_inner_steps=1).resolve(meta)
+    runner = TaskRunner(meta, MetaConfig(algorithm=rule, inner_lr=0.01))
+    tasks = _tasks(4)
+    with pytest.warns(RuntimeWarning, match=r"negative curvature in [1-4] of 4 tasks"):
+        rule.meta_gradient(runner, _batch(tasks))
+    first = rule.n_cg_fallbacks_
+    assert rule.n_cg_solves_ == 4 and 1 <= first <= 4
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second meta-batch does not warn again
+        rule.meta_gradient(runner, _batch(tasks))
+    assert rule.n_cg_solves_ == 8 and rule.n_cg_fallbacks_ == 2 * first
+
+
+def test_an_unsolved_inner_problem_is_reported():
+    meta = _tanh_net()
+    rule = IMAML(lam=0.1, n_inner_steps=2).resolve(meta)
+    runner = TaskRunner(meta, MetaConfig(algorithm=rule, inner_lr=0.01))
+    with pytest.warns(RuntimeWarning, match="proximal inner problem is not solved: after 2 "
+                      "inner steps at inner_lr=0.01 with lam=0.1"):
+        rule.meta_gradient(runner, _batch(_tasks(2)))
+    assert rule.inner_residual_ > 0.9
+
+
+def test_defaults_no_longer_train_as_fomaml_on_digits():
+    """The issue: with 1 inner step iMAML's meta-training equalled FOMAML's to
+    13 digits. With 5-shot tasks (1-shot prototype heads classify their own
+    support points: a flat support loss, where every rule is first order)."""
+    from sklearn.datasets import load_digits
+
+    from fomaml_sklearn import FOMAMLClassifier
+
+    X, y = load_digits(return_X_y=True)
+    X = X / 16.0
+    losses = {}
+    for algorithm in ("fomaml", "imaml"):
+        clf = FOMAMLClassifier(n_ways=3, k_shot=5, hidden_layer_sizes=(16,), algorithm=algorithm,
+                               max_epochs=1, meta_batches_per_epoch=5, device="cpu",
+                               precision="float32", random_state=0).fit(X, y)
+        losses[algorithm] = clf.history_[-1, "train_loss"]
+    assert clf.algorithm_.n_inner_steps_ == 5 and clf.algorithm_.n_cg_solves_ > 0
+    assert abs(losses["fomaml"] - losses["imaml"]) > 1e-3 * abs(losses["fomaml"]), losses

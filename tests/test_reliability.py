@@ -353,3 +353,97 @@ def test_a_diverging_adaptation_keeps_the_adapted_task(waves):
         reg = FOMAMLRegressor(**REG_FAST).fit(X, y * 1e3, groups=g)
     with pytest.raises(NotFittedError, match="final adaptation in fit failed"):
         reg.predict(X[:5])
+
+
+# ------------------------------------------------------------ the weak cases
+@pytest.fixture(scope="module")
+def fitted_regressor(waves):
+    from fomaml_sklearn import FOMAMLRegressor
+
+    X, y, g = waves
+    return FOMAMLRegressor(**REG_FAST).fit(X, y, groups=g)
+
+
+def test_regressor_scoring_without_groups_warns_as_fit_does(fitted_regressor, waves):
+    X, y, g = waves
+    for method in ("score", "evaluate"):
+        with pytest.warns(UserWarning, match=rf"FOMAMLRegressor\.{method} got no groups, so all"
+                          r" of \(X, y\) is treated as one task.*Pass groups=") as record:
+            getattr(fitted_regressor, method)(X, y)
+        assert record[0].filename == __file__  # points at the user's call
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fitted_regressor.score(X, y, g)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda X, y, g: (X, np.array(["low", "high"] * 200), g),
+     r"y must hold real-valued regression targets, but it holds 'low' \(str\)"),
+    (lambda X, y, g: (X, y, np.array(["a", None] * 200, dtype=object)),
+     r"groups has 200 missing task label\(s\) \(NaN or None\), the first at index 1"),
+    (lambda X, y, g: (X, y, np.array(["a", 1] * 200, dtype=object)),
+     r"groups mixes task labels of different types \(int, str\)"),
+    (lambda X, y, g: (X, y, np.where(g < 2, np.nan, g)),
+     r"groups has 40 missing task label\(s\) \(NaN or None\), the first at index 0"),
+])
+def test_regression_targets_and_groups_are_checked_by_name(fitted_regressor, waves, bad,
+                                                          match):
+    X, y, g = waves
+    before = fitted_regressor.predict(X[:20]).copy()
+    Xb, yb, gb = bad(X, y, g)
+    with pytest.raises(ValueError, match=match):
+        fitted_regressor.fit(Xb, yb, groups=gb)
+    with pytest.raises(ValueError, match=match):
+        fitted_regressor.evaluate(Xb, yb, gb)
+    np.testing.assert_array_equal(fitted_regressor.predict(X[:20]), before)
+    if isinstance(yb[0], str):
+        with pytest.raises(ValueError, match=match.replace("y must", "y_support must")):
+            fitted_regressor.adapt(Xb[:10], yb[:10])
+
+
+def test_set_params_routes_rule_options_to_a_named_rule(digits):
+    from sklearn.base import clone
+
+    from fomaml_sklearn.algorithms import ANIL, IMAML
+
+    clf = FOMAMLClassifier(algorithm="imaml").set_params(algorithm__lam=2.0)
+    assert isinstance(clf.algorithm, IMAML) and clf.algorithm.lam == 2.0
+    assert clone(clf).get_params()["algorithm__lam"] == 2.0
+    # A name's own options are kept ("fo-anil" is ANIL(first_order=True)).
+    anil = FOMAMLClassifier(algorithm="fo-anil").set_params(algorithm__first_order=False)
+    assert type(anil.algorithm) is ANIL and anil.algorithm.first_order is False
+    with pytest.raises(ValueError, match=r"Invalid parameter 'foo' for estimator IMAML"):
+        FOMAMLClassifier(algorithm="imaml").set_params(algorithm__foo=1)
+    with pytest.raises(ValueError, match=r"algorithm='imal' is not supported.*Did you mean "
+                       r"'imaml'.*algorithm__lam sets an option of the rule"):
+        FOMAMLClassifier(algorithm="imal").set_params(algorithm__lam=1.0)
+    # The option is checked by fit, as any other.
+    X, y = digits
+    with pytest.raises(ValueError, match=r"lam=-1 is not supported by IMAML"):
+        FOMAMLClassifier(**FAST).set_params(algorithm="imaml", algorithm__lam=-1).fit(
+            X[y < 6], y[y < 6])
+
+
+@pytest.mark.parametrize("param, value", [("augment_shift", 100), ("test_shift", 20),
+                                          ("augment_shift", 7)])
+def test_shifts_that_leave_nothing_of_the_images_are_refused(digits, param, value):
+    X, y = digits
+    clf = FOMAMLClassifier(**{**FAST, param: value, "input_shape": (8, 8)})
+    with pytest.raises(ValueError, match=rf"{param}={value} moves 8x8 images by up to {value} "
+                       rf"pixels, which leaves nothing of them.*{param} must be at most 6"):
+        clf.fit(X[y < 6], y[y < 6])
+    assert not hasattr(clf, "meta_model_")
+
+
+def test_a_test_shift_set_after_fit_is_checked_and_changes_nothing(digits):
+    X, y = digits
+    clf = FOMAMLClassifier(**{**FAST, "input_shape": (8, 8), "test_shift": 6})
+    clf.fit(X[y < 6], y[y < 6])  # 6 leaves 2 rows of an 8x8 image: allowed
+    clf.set_params(test_shift=1).adapt(X[:30][y[:30] < 3], y[:30][y[:30] < 3])
+    before = clf.predict_proba(X[:20])
+    clf.set_params(test_shift=8)
+    for call in (lambda: clf.predict_proba(X[:20]), lambda: clf.adapt(X[:30], y[:30]),
+                 lambda: clf.evaluate(X[y >= 6], y[y >= 6])):
+        with pytest.raises(ValueError, match=r"test_shift=8 moves 8x8 images"):
+            call()
+    np.testing.assert_array_equal(clf.set_params(test_shift=1).predict_proba(X[:20]), before)
