@@ -13,6 +13,8 @@ from typing import Callable, Optional
 import torch
 from torch.nn import functional as F
 
+from . import names
+
 __all__ = [
     "MetaConfig",
     "PRECISIONS",
@@ -22,8 +24,10 @@ __all__ = [
     "resolve_task_batching",
 ]
 
-PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-TASK_BATCHING = ("auto", "loop", "grouped")
+# The autocast dtype of each precision of fomaml_sklearn.names (None: float32).
+PRECISIONS = {name: None if name == "float32" else getattr(torch, name)
+              for name in names.PRECISIONS}
+TASK_BATCHING = names.TASK_BATCHING
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,8 +125,8 @@ def resolve_precision(precision, device):
         precision = "bfloat16" if fast else "float32"
     if precision not in PRECISIONS:
         raise ValueError(
-            f"precision={precision!r} is not supported; use 'auto', 'float32', "
-            "'bfloat16' or 'float16' (GPU only)."
+            f"precision={precision!r} is not supported; use "
+            f"{names.quoted(('auto',) + names.PRECISIONS)} (float16 on a GPU only)."
         )
     if precision == "float16" and device.type != "cuda":
         raise ValueError(

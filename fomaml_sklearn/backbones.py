@@ -19,7 +19,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .names import BACKBONES, backbone_name
+
+#: What ``module=`` accepts, for messages: the names of
+#: :data:`fomaml_sklearn.names.BACKBONES` or a torch module.
+BACKBONE_CHOICES = (", ".join(repr(n) for n in BACKBONES)
+                    + ", a torch.nn.Module subclass or a torch.nn.Module instance")
+
 __all__ = [
+    "BACKBONE_CHOICES",
     "SupportBatchNorm",
     "MLPBackbone",
     "Conv4Backbone",
@@ -311,9 +319,11 @@ def build_backbone(module, n_features, *, input_shape=None,
     Parameters
     ----------
     module : {"mlp", "conv4"}, torch.nn.Module class or instance
-        What to build. A class is instantiated with ``module_params``; an
-        instance is deep-copied (never trained in place). Standard BatchNorm
-        layers of user modules are converted to :class:`SupportBatchNorm`.
+        What to build: a name of :data:`fomaml_sklearn.names.BACKBONES`
+        (or an alias, ``"conv-4"``), a class or an instance. A class is
+        instantiated with ``module_params``; an instance is deep-copied
+        (never trained in place). Standard BatchNorm layers of user modules
+        are converted to :class:`SupportBatchNorm`.
     n_features : int
         Number of input features (flattened).
     input_shape : tuple of int or None
@@ -358,18 +368,17 @@ def build_backbone(module, n_features, *, input_shape=None,
         return init_parameters(_on_meta_device(build), generator)
 
     if isinstance(module, str):
-        name = module.lower()
+        name = backbone_name(module)
         if name == "mlp":
             return make(lambda: MLPBackbone(n_features, tuple(hidden_layer_sizes), batch_norm))
-        if name in ("conv4", "conv-4"):
+        if name == "conv4":
             try:
                 shape = image_shape(n_features, input_shape)
             except ValueError as exc:
                 raise ValueError(f"module={module!r} needs images: {exc}") from None
             return make(lambda: Conv4Backbone(shape, n_filters))
         raise ValueError(
-            f"module={module!r} is not a known backbone; use 'mlp', 'conv4', a "
-            "torch.nn.Module subclass or a torch.nn.Module instance."
+            f"module={module!r} is not a known backbone; use {BACKBONE_CHOICES}."
         )
     if isinstance(module, nn.Module):
         return convert_batchnorm(copy.deepcopy(module))
@@ -379,6 +388,5 @@ def build_backbone(module, n_features, *, input_shape=None,
         with _seeded_cpu_rng(generator):
             return convert_batchnorm(module(**(module_params or {})))
     raise TypeError(
-        f"module must be 'mlp', 'conv4', a torch.nn.Module subclass or instance; "
-        f"got {module!r} of type {type(module).__name__}."
+        f"module must be {BACKBONE_CHOICES}; got {module!r} of type {type(module).__name__}."
     )

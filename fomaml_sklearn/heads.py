@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .backbones import SupportBatchNorm, init_parameters
+from .names import HEADS
 
 __all__ = [
     "HEADS",
@@ -31,7 +32,7 @@ __all__ = [
     "resolve_prototype_gradient",
 ]
 
-HEADS = ("prototype", "shared", "fixed")
+# HEADS: the names of the heads below, from fomaml_sklearn.names (torch-free).
 
 
 def _feature_dim(backbone, n_features):

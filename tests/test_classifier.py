@@ -483,3 +483,31 @@ def test_augment_shift_needs_images_and_a_whole_number():
     clf = FOMAMLClassifier(augment_shift=1, input_shape=(8, 8), n_ways=3, n_query=2,
                            **FAST).fit(X, y)
     assert clf.net_.iterator_train__augment.image_shape == (1, 8, 8)
+
+
+def test_each_list_of_names_has_one_source_that_fit_and_errors_follow(digits):
+    from fomaml_sklearn import names
+    from fomaml_sklearn.backbones import build_backbone
+    from fomaml_sklearn.heads import HEADS
+
+    X, y = digits
+    base = y < 4
+    tiny = dict(n_ways=2, n_query=2, max_epochs=0, device="cpu", random_state=0)
+    assert HEADS is names.HEADS
+    # Every listed name (and alias) is accepted ...
+    for head in names.HEADS:
+        assert FOMAMLClassifier(head=head, **tiny).fit(X[base], y[base]).head == head
+    for module in (*names.BACKBONES, *names.BACKBONE_ALIASES):
+        assert build_backbone(module, 64, n_filters=4, hidden_layer_sizes=(8,))(
+            torch.zeros(2, 64)).shape[0] == 2
+    for precision in names.PRECISIONS[:2]:  # float16 runs on a GPU only
+        assert FOMAMLClassifier(precision=precision, **tiny).fit(
+            X[base], y[base]).precision_ == precision
+    # ... and a wrong value is refused with the whole list.
+    for param, value, allowed in [("head", "wide", names.HEADS),
+                                  ("precision", "fp8", names.PRECISIONS),
+                                  ("task_batching", "vmap", names.TASK_BATCHING),
+                                  ("module", "resnet", names.BACKBONES)]:
+        with pytest.raises(ValueError, match=param) as info:
+            FOMAMLClassifier(**{**tiny, param: value}).fit(X[base], y[base])
+        assert all(repr(name) in str(info.value) for name in allowed), str(info.value)
