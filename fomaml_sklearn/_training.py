@@ -17,6 +17,7 @@ The net is private: :class:`fomaml_sklearn.FOMAMLClassifier` builds it in
 ``fit`` (``NeuralNet`` itself does not pass scikit-learn's estimator checks).
 """
 
+import functools
 import math
 
 import numpy as np
@@ -234,12 +235,7 @@ class MetaTrainingNet(NeuralNet):
 
     def train_step_single(self, batch, **fit_params):
         self._set_training(True)
-        rank, world_size = distributed.world()
-        if world_size > 1:
-            grads, loss, accuracy = self._sharded_meta_gradient(batch, rank, world_size)
-        else:
-            grads, loss, accuracy = self.config.algorithm.meta_gradient(
-                self.runner_, batch, batched=self.config.task_batching == "grouped")
+        grads, loss, accuracy = self._meta_gradient(batch)
         # The loss is a float on the host already: checking it costs nothing.
         # The gradient is checked where that needs no device sync (the CPU);
         # on a GPU a non-finite gradient makes the weights, hence the next
@@ -282,10 +278,58 @@ class MetaTrainingNet(NeuralNet):
             )
         return self
 
+    def _meta_gradient(self, batch):
+        """The mean meta-gradient of a meta-batch, its mean query loss and
+        its query accuracy: one arithmetic whatever the number of processes.
+
+        Each task's meta-gradient is the rule's ``meta_gradient`` of that
+        task alone; the tasks' gradients (and losses and counts) are summed
+        in float64, one task at a time in task order, then divided by the
+        number of tasks. In a distributed fit rank ``r`` computes the tasks
+        of its slice and every rank receives every task's gradient
+        (:func:`~fomaml_sklearn.distributed.ordered_sum`), so that 1, 2 or
+        4 processes (with the same threads each) make the same additions in
+        the same order and take bitwise the same step. The rule's grouped
+        path (``task_batching="grouped"``) computes a slice at once: its
+        slices' means are all-reduced, the same to float rounding only.
+        """
+        rank, world_size = distributed.world()
+        if self.config.task_batching == "grouped":
+            if world_size == 1:
+                return self.config.algorithm.meta_gradient(self.runner_, batch, batched=True)
+            return self._sharded_meta_gradient(batch, rank, world_size)
+        params = list(self.module_.parameters())
+        lo, hi = distributed.shard(len(batch), rank, world_size)
+        dtype = functools.reduce(torch.promote_types, (p.dtype for p in params))
+        width = sum(p.numel() for p in params) + 3
+        rows = (self._task_row(batch.subset(i, i + 1), dtype) for i in range(lo, hi))
+        if world_size > 1:  # computed before the exchange (errors are the rule's own)
+            rows = list(rows)
+        total = self._collective(
+            "all-gather", "the meta-gradient", distributed.ordered_sum, rows, len(batch),
+            width, dtype=dtype, device=params[0].device)
+        n_tasks, grads, offset = len(batch), [], 0
+        for p in params:
+            grads.append((total[offset:offset + p.numel()] / n_tasks).to(p.dtype).view_as(p))
+            offset += p.numel()
+        loss, n_correct, n_queries = total[offset:].tolist()
+        accuracy = float("nan") if batch.per_task_targets else n_correct / n_queries
+        return grads, loss / n_tasks, accuracy
+
+    def _task_row(self, task, dtype):
+        """One task's meta-gradient, flat, followed by its query loss, its
+        correct queries and its queries (exact in ``dtype``)."""
+        grads, loss, accuracy = self.config.algorithm.meta_gradient(
+            self.runner_, task, batched=False)
+        n_queries = task.queries_per_task
+        n_correct = 0 if math.isnan(accuracy) else round(accuracy * n_queries)
+        stats = torch.tensor([loss, n_correct, n_queries], dtype=dtype, device=grads[0].device)
+        return torch.cat([g.reshape(-1).to(dtype) for g in grads] + [stats])
+
     def _sharded_meta_gradient(self, batch, rank, world_size):
-        """This rank's slice of the meta-batch, then one bucketed all-reduce
-        of the gradient sums, the loss sum and the counts: the mean over all
-        the tasks, the same on every rank."""
+        """The grouped path: this rank's slice of the meta-batch at once,
+        then one bucketed all-reduce of the gradient sums, the loss sum and
+        the counts: the mean over all the tasks, the same on every rank."""
         lo, hi = distributed.shard(len(batch), rank, world_size)
         params = list(self.module_.parameters())
         n, n_queries = hi - lo, (hi - lo) * batch.queries_per_task
@@ -308,13 +352,19 @@ class MetaTrainingNet(NeuralNet):
         return grads, stats[0].item() / total, accuracy
 
     def _all_reduce(self, tensors, what):
+        return self._collective("all-reduce", what, distributed.all_reduce_sum, tensors)
+
+    def _collective(self, kind, what, function, *args, **kwargs):
+        """``function(*args, **kwargs)``; a failure names this rank and the step."""
         step = len(self.history[-1]["batches"]) if len(self.history) else 0
         try:
-            distributed.all_reduce_sum(tensors)
+            return function(*args, **kwargs)
         except Exception as exc:
             rank, world_size = distributed.world()
+            if world_size == 1:
+                raise
             raise RuntimeError(
-                f"rank {rank} of {world_size}: the all-reduce of {what} failed in epoch "
+                f"rank {rank} of {world_size}: the {kind} of {what} failed in epoch "
                 f"{len(self.history)}, batch {step + 1} ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0][:300]}). Another rank has probably died or "
                 "hung (the process group's timeout bounds the wait); see its error."
@@ -327,23 +377,28 @@ class MetaTrainingNet(NeuralNet):
         with the rule's test-time adaptation, as
         :meth:`FOMAMLClassifier.evaluate` does. Real-valued targets record
         the loss alone. In a distributed fit each rank scores its slice of
-        the episodes and the sums are all-reduced.
+        the episodes; every rank receives every episode's scores and sums
+        them in episode order, as one process does.
         """
         rank, world_size = distributed.world()
         lo, hi = distributed.shard(len(batch), rank, world_size)
         part = batch if world_size == 1 else batch.subset(lo, hi)
-        total_loss, n_correct, n_queries = 0.0, 0, 0
-        for x_s, y_s, x_q, y_q in part:
-            logits = adapted_query_logits(self.runner_, x_s, y_s, x_q, batch.n_classes)
-            total_loss += float(self.criterion_(logits.float(), y_q))
-            if not y_q.is_floating_point():
-                n_correct += int((logits.argmax(1) == y_q).sum())
-            n_queries += len(y_q)
-        if world_size > 1:
-            stats = torch.tensor([total_loss, n_correct, n_queries], dtype=torch.float64,
-                                 device=next(self.module_.parameters()).device)
-            self._all_reduce([stats], "the validation scores")
-            total_loss, n_correct, n_queries = stats.tolist()
+        device = next(self.module_.parameters()).device
+
+        def rows():
+            for x_s, y_s, x_q, y_q in part:
+                logits = adapted_query_logits(self.runner_, x_s, y_s, x_q, batch.n_classes)
+                loss = float(self.criterion_(logits.float(), y_q))
+                correct = (0 if y_q.is_floating_point()
+                           else int((logits.argmax(1) == y_q).sum()))
+                yield torch.tensor([loss, correct, len(y_q)], dtype=torch.float64,
+                                   device=device)
+
+        total = self._collective("all-gather", "the validation scores",
+                                 distributed.ordered_sum,
+                                 rows() if world_size == 1 else list(rows()), len(batch), 3,
+                                 dtype=torch.float64, device=device)
+        total_loss, n_correct, n_queries = total.tolist()
         if not batch.per_task_targets:
             self.history.record_batch("valid_acc", n_correct / n_queries)
         return {"loss": torch.tensor(total_loss / len(batch)), "y_pred": None}

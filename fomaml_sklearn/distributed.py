@@ -1,33 +1,40 @@
 """The meta-batch sharded over processes with ``torch.distributed``.
 
 Every process (rank) draws the *same* meta-batch from the same seeds; rank
-``r`` of ``W`` computes the meta-gradient of its contiguous slice of the
-tasks, and one bucketed all-reduce per meta-step sums the slices' gradients,
-losses and counts, so that every rank takes the same optimizer step on the
-mean over all the tasks. Which tasks make up a meta-batch therefore does not
-depend on the number of processes: with the same ``random_state``, 1, 2 or
-4 processes end with the same parameters, to float tolerance (the sums are
-taken in a different order).
+``r`` of ``W`` computes the meta-gradients of its contiguous slice of the
+tasks, and every rank receives every task's meta-gradient (an all-gather in
+column buckets) and adds them in float64 in task order, as one process
+does (:func:`ordered_sum`). Which tasks make up a meta-batch, and the
+arithmetic of their mean, therefore do not depend on the number of
+processes: with the same ``random_state`` and the same threads per
+process, 1, 2 or 4 processes end with bitwise the same parameters. (The
+grouped path, ``task_batching="grouped"``, computes a slice at once and
+all-reduces the slices' sums: the same to float rounding only.)
 
 A fit joins the process group that is already initialised (by the user's
-script) or, under ``torchrun`` (the ``WORLD_SIZE``, ``RANK`` and
-``MASTER_ADDR`` environment variables), initialises it: gloo on CPUs, NCCL
-on GPUs (one process per GPU, ``cuda:LOCAL_RANK``). The group's timeout
-bounds how long a rank waits for a dead or hung peer; for a group this
-module creates it is ``FOMAML_SKLEARN_DIST_TIMEOUT`` seconds (default 300).
+script) or, under ``torchrun`` (the variables of :data:`ENV_VARIABLES`),
+checks the environment (:func:`check_env`) and initialises it: gloo on
+CPUs, NCCL on GPUs (one process per GPU, ``cuda:LOCAL_RANK``). The group's
+timeout bounds how long a rank waits for a dead or hung peer; for a group
+this module creates it is ``FOMAML_SKLEARN_DIST_TIMEOUT`` seconds (default
+300).
 """
 
 import datetime
 import math
 import os
+import socket
 
 import torch
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "all_reduce_sum",
+    "ENV_VARIABLES",
     "broadcast_ints",
+    "check_env",
     "init_from_env",
+    "ordered_sum",
     "rank_note",
     "shard",
     "world",
@@ -59,11 +66,143 @@ def world():
     return dist.get_rank(), dist.get_world_size()
 
 
+#: The environment variables a fit reads, and what each may hold (the
+#: errors and docs/user_guide/scaling.rst say the same).
+ENV_VARIABLES = {
+    "WORLD_SIZE": "a positive integer, the number of processes (torchrun sets it)",
+    "RANK": "an integer from 0 to WORLD_SIZE - 1, this process's rank",
+    "LOCAL_RANK": "an integer from 0 to WORLD_SIZE - 1, the rank on this machine "
+                  "(with device='cuda', below the number of visible GPUs)",
+    "MASTER_ADDR": "the host name or address of rank 0's machine",
+    "MASTER_PORT": "a TCP port number from 1 to 65535 on rank 0's machine",
+    "FOMAML_SKLEARN_DIST_TIMEOUT": "a positive number of seconds (default "
+                                   f"{DEFAULT_TIMEOUT:g})",
+}
+
+
+def _env_int(name, low, high, problems, note=""):
+    """``int(os.environ[name])`` if it lies in ``[low, high]``; else note why not."""
+    raw = os.environ[name]
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        problems.append(f"{name}={raw!r} is not {ENV_VARIABLES[name]}{note}")
+        return None
+    return value
+
+
+def _env_timeout(problems):
+    """``FOMAML_SKLEARN_DIST_TIMEOUT`` as a timedelta (the default when unset)."""
+    raw = os.environ.get("FOMAML_SKLEARN_DIST_TIMEOUT")
+    if raw is None:
+        return datetime.timedelta(seconds=DEFAULT_TIMEOUT)
+    try:
+        seconds = float(raw)
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ValueError
+        return datetime.timedelta(seconds=seconds)
+    except (ValueError, OverflowError):
+        problems.append(f"FOMAML_SKLEARN_DIST_TIMEOUT={raw!r} is not "
+                        f"{ENV_VARIABLES['FOMAML_SKLEARN_DIST_TIMEOUT']}")
+        return None
+
+
+def check_env(device=None):
+    """Read and check the environment a fit reads, before any connection.
+
+    Every variable of :data:`ENV_VARIABLES` that is set must hold what is
+    allowed; with ``WORLD_SIZE`` above 1 (torchrun), ``RANK``,
+    ``MASTER_ADDR`` and ``MASTER_PORT`` must be set, ``RANK`` below
+    ``WORLD_SIZE`` and ``MASTER_ADDR`` must resolve. A wrong value would
+    otherwise surface minutes later as a socket time-out.
+
+    Parameters
+    ----------
+    device : torch.device or None, default=None
+        The estimator's device (a CUDA device also checks ``LOCAL_RANK``
+        against the visible GPUs).
+
+    Returns
+    -------
+    settings : dict or None
+        ``world_size``, ``rank``, ``local_rank`` (None when unset) and
+        ``timeout`` (a timedelta) when the environment asks for a
+        distributed fit, else None.
+
+    Raises
+    ------
+    ValueError
+        Naming every variable that is missing or wrong, its value and what
+        is allowed.
+
+    Examples
+    --------
+    >>> from fomaml_sklearn.distributed import check_env
+    >>> check_env() is None  # no WORLD_SIZE: one process
+    True
+    """
+    problems = []
+    timeout = _env_timeout(problems)
+    world_size = 1
+    if "WORLD_SIZE" in os.environ:
+        world_size = _env_int("WORLD_SIZE", 1, None, problems)
+    settings = None
+    if world_size is not None and world_size > 1:
+        missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+        if missing:
+            problems.append(
+                f"WORLD_SIZE={os.environ['WORLD_SIZE']} asks for a distributed fit, but "
+                f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set")
+        settings = {"world_size": world_size, "timeout": timeout, "rank": None,
+                    "local_rank": None}
+    if world_size is not None and "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        rank = _env_int("RANK", 0, world_size - 1, problems, f" (WORLD_SIZE={world_size})")
+        if settings is not None:
+            settings["rank"] = rank
+    if settings is not None:
+        if "LOCAL_RANK" in os.environ:
+            settings["local_rank"] = _env_int("LOCAL_RANK", 0, world_size - 1, problems,
+                                              f" (WORLD_SIZE={world_size})")
+        local = settings["local_rank"] or 0
+        cuda = device is not None and torch.device(device).type == "cuda"
+        if cuda and local >= torch.cuda.device_count():
+            problems.append(f"LOCAL_RANK={local} asks for GPU cuda:{local}, but "
+                            f"{torch.cuda.device_count()} GPU(s) are visible")
+        if "MASTER_PORT" in os.environ:
+            _env_int("MASTER_PORT", 1, 65535, problems)
+        addr = os.environ.get("MASTER_ADDR")
+        if addr is not None:
+            try:
+                if not addr.strip():
+                    raise OSError("empty")
+                socket.getaddrinfo(addr, None)
+            except OSError as exc:  # socket.gaierror included
+                problems.append(f"MASTER_ADDR={addr!r} does not resolve ({exc}); it must be "
+                                f"{ENV_VARIABLES['MASTER_ADDR']}")
+    if problems:
+        fixes = []
+        if any(not p.startswith("FOMAML_SKLEARN_DIST_TIMEOUT") for p in problems):
+            fixes.append("launch with torchrun (python -m torch.distributed.run "
+                         "--nproc-per-node N script.py), which sets WORLD_SIZE, RANK, "
+                         "LOCAL_RANK, MASTER_ADDR and MASTER_PORT, or unset WORLD_SIZE for "
+                         "one process")
+        if any(p.startswith("FOMAML_SKLEARN_DIST_TIMEOUT") for p in problems):
+            fixes.append("set FOMAML_SKLEARN_DIST_TIMEOUT to a number of seconds such as "
+                         f"{DEFAULT_TIMEOUT:g}, or unset it")
+        raise ValueError("The distributed environment is not usable: " + "; ".join(problems)
+                         + ". To fix it, " + "; ".join(fixes) + ".")
+    return settings
+
+
 def init_from_env(device=None):
     """Initialise the process group from ``torchrun``'s environment, if any.
 
     Does nothing when a group is already initialised, or when the
-    environment does not describe one (``WORLD_SIZE`` unset or 1).
+    environment does not describe one (``WORLD_SIZE`` unset or 1). The
+    environment is checked first (:func:`check_env`), before any socket is
+    opened.
 
     Parameters
     ----------
@@ -76,27 +215,30 @@ def init_from_env(device=None):
     device : torch.device or None
         The device this rank should use (``device`` unchanged except for
         CUDA under torchrun).
+
+    Raises
+    ------
+    ValueError
+        When a variable the fit reads is missing or wrong (:func:`check_env`).
     """
     dist = _dist()
-    if dist is None or dist.is_initialized():
+    if dist is not None and dist.is_initialized():
+        return device  # the user's group: nothing is read from the environment
+    settings = check_env(device)
+    if settings is None:
         return device
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return device
-    missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
-    if missing:
+    if dist is None:
         raise RuntimeError(
-            f"WORLD_SIZE={os.environ['WORLD_SIZE']} asks for a distributed fit, but "
-            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set; launch "
-            "with torchrun (python -m torch.distributed.run --nproc-per-node N script.py), "
-            "or unset WORLD_SIZE."
-        )
-    timeout = float(os.environ.get("FOMAML_SKLEARN_DIST_TIMEOUT", DEFAULT_TIMEOUT))
+            f"WORLD_SIZE={settings['world_size']} asks for a distributed fit, but this "
+            "build of torch has no torch.distributed; install a build with it, or unset "
+            "WORLD_SIZE.")
     cuda = device is not None and torch.device(device).type == "cuda"
     if cuda:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        device = torch.device("cuda", settings["local_rank"] or 0)
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if cuda else "gloo",
-                            timeout=datetime.timedelta(seconds=timeout))
+    dist.init_process_group("nccl" if cuda else "gloo", init_method="env://",
+                            rank=settings["rank"], world_size=settings["world_size"],
+                            timeout=settings["timeout"])
     return device
 
 
@@ -153,6 +295,75 @@ def all_reduce_sum(tensors, bucket_bytes=_BUCKET_BYTES):
             bucket.append(t)
             size += t.numel() * 8
     return n_calls
+
+
+def ordered_sum(rows, n_rows, width, dtype=torch.float32, device=None,
+                bucket_bytes=_BUCKET_BYTES):
+    """The float64 sum of a table's rows, added one row at a time in row order.
+
+    The table has ``n_rows`` rows; rank ``r`` holds rows
+    ``shard(n_rows, r, world_size)`` (all of them in one process). Every
+    rank receives every row (``all_gather``, in column buckets of at most
+    ``bucket_bytes`` of gathered data) and adds them, converted to float64,
+    to zeros in row order. The additions are the same, in the same order,
+    whatever the number of processes: 1, 2 or 4 processes give bitwise the
+    same sum (a float sum depends on its order; an all-reduce of partial
+    sums would not).
+
+    Parameters
+    ----------
+    rows : iterable of torch.Tensor
+        This rank's rows, 1-D tensors of length ``width``. In one process
+        they are consumed one at a time (never all held).
+    n_rows : int
+        Rows of the whole table.
+    width : int
+        Length of a row.
+    dtype : torch.dtype, default=torch.float32
+        What the rows are sent as (exact for rows of this dtype or narrower).
+    device : torch.device or None, default=None
+        Where the rows and the sum live.
+    bucket_bytes : int
+        Largest gathered buffer.
+
+    Returns
+    -------
+    total : torch.Tensor
+        The float64 sum, of length ``width``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fomaml_sklearn.distributed import ordered_sum
+    >>> ordered_sum([torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])], 2, 2)
+    tensor([4., 6.], dtype=torch.float64)
+    """
+    rank, world_size = world()
+    total = torch.zeros(width, dtype=torch.float64, device=device)
+    if world_size == 1:
+        for row in rows:
+            total.add_(row.to(dtype))
+        return total
+    lo, hi = shard(n_rows, rank, world_size)
+    n_max = max(1, -(-n_rows // world_size))  # the largest shard
+    padded = torch.zeros((n_max, width), dtype=dtype, device=device)
+    n_local = 0
+    for i, row in enumerate(rows):
+        padded[i] = row
+        n_local = i + 1
+    if n_local != hi - lo:
+        raise ValueError(f"rank {rank} holds {n_local} rows of {n_rows}, not {hi - lo}.")
+    columns = max(1, bucket_bytes // (world_size * n_max * padded.element_size()))
+    for start in range(0, width, columns):
+        part = padded[:, start:start + columns].contiguous()
+        gathered = [torch.empty_like(part) for _ in range(world_size)]
+        _dist().all_gather(gathered, part)
+        block = total[start:start + columns]
+        for r, rank_rows in enumerate(gathered):
+            r_lo, r_hi = shard(n_rows, r, world_size)
+            for row in rank_rows[:r_hi - r_lo]:
+                block.add_(row)
+    return total
 
 
 def broadcast_ints(values):

@@ -158,14 +158,14 @@ def test_ctrl_c_keeps_a_usable_estimator_and_says_so(digits, monkeypatch):
     calls = []
 
     def interrupting(real):
-        def step(*args, **kwargs):
+        def task(*args, **kwargs):  # one call per task: the 2nd task of the 4th step
             calls.append(1)
-            if len(calls) == 4:
+            if len(calls) == 3 * FAST["meta_batch_size"] + 2:
                 raise KeyboardInterrupt
             return real(*args, **kwargs)
-        return step
+        return task
 
-    monkeypatch.setattr(FOMAML, "meta_gradient", interrupting(FOMAML.meta_gradient))
+    monkeypatch.setattr(FOMAML, "task_meta_gradient", interrupting(FOMAML.task_meta_gradient))
     X, y = digits
     clf = FOMAMLClassifier(**FAST)
     with pytest.warns(UserWarning, match="interrupted .*last completed meta-step") as record:
