@@ -235,6 +235,12 @@ class EpisodeSampler:
         self._members = np.where(valid, order[np.minimum(starts[:, None] + cols, len(y) - 1)], -1)
         self._valid = valid
 
+    def draw_classes(self, n_tasks):
+        """The class codes of ``n_tasks`` tasks, ``(n_tasks, n_ways)``: random
+        classes per task in random order (the order is the relabelling).
+        Subclasses that draw classes differently override this method."""
+        return np.argsort(self.rng.random((n_tasks, self.n_classes)), axis=1)[:, :self.shape.n_ways]
+
     def sample(self, n_tasks=1):
         """Draw ``n_tasks`` episodes.
 
@@ -244,8 +250,7 @@ class EpisodeSampler:
         """
         ways, shots, queries = self.shape.n_ways, self.shape.k_shot, self.shape.n_query
         rng = self.rng
-        # Random classes per task, in random order (the order is the relabelling).
-        classes = np.argsort(rng.random((n_tasks, self.n_classes)), axis=1)[:, :ways]
+        classes = self.draw_classes(n_tasks)
         # Random examples per chosen class, without replacement.
         keys = rng.random((n_tasks, ways, self._members.shape[1]))
         keys[~self._valid[classes]] = 2.0
