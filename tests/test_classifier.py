@@ -511,3 +511,16 @@ def test_each_list_of_names_has_one_source_that_fit_and_errors_follow(digits):
         with pytest.raises(ValueError, match=param) as info:
             FOMAMLClassifier(**{**tiny, param: value}).fit(X[base], y[base])
         assert all(repr(name) in str(info.value) for name in allowed), str(info.value)
+
+
+def test_the_lists_of_names_load_without_torch():
+    # The command line's --help reads them, and must not wait for torch.
+    import subprocess
+    import sys
+
+    code = ("import sys, fomaml_sklearn.names as n; "
+            "assert 'torch' not in sys.modules, 'torch imported'; print(n.HEADS)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "('prototype', 'shared', 'fixed')"
