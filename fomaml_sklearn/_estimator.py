@@ -36,6 +36,7 @@ from ._constraints import (
     Sizes,
     check_params,
 )
+from ._threads import fit_threads
 from ._training import EpisodeLoader, MetaTrainingNet, numeric_hint
 from .algorithms import get_algorithm
 from .algorithms._base import TaskRunner
@@ -290,7 +291,8 @@ class MetaEstimatorBase(BaseEstimator):
             for name in [k for k in vars(new) if k.endswith("_") and not k.startswith("_")]:
                 delattr(new, name)
         try:
-            new._fit(*args, warm=warm, device=device)
+            with fit_threads(device):  # fewer threads on busy cores (_threads.py)
+                new._fit(*args, warm=warm, device=device)
         except BaseException as exc:
             raise distributed.rank_note(exc, "fit")
         self.__dict__.clear()

@@ -1,0 +1,172 @@
+"""Intra-op threads of a fit on a shared machine.
+
+torch's CPU kernels run on OpenMP threads (libgomp in the Linux wheels).
+Between parallel regions those threads spin-wait for a while before they
+sleep. With as many threads as cores and another busy process on the same
+cores, the spinning threads and the other process take turns on the cores,
+and a fit with 2 threads on 2 cores was measured 4-15x slower than alone
+(not 2x); a fit with 1 thread beside the same process is not hurt that way.
+
+The wait policy is not a run-time setting: libgomp reads ``OMP_WAIT_POLICY``
+and ``GOMP_SPINCOUNT`` once, when it is loaded (with ``import torch``), and
+neither torch nor the OpenMP API has a call that changes it afterwards
+(Intel's runtime has ``kmp_set_blocktime``, libgomp nothing alike). So a fit
+cannot rely on it; what a fit can change is the number of threads.
+
+:func:`fit_threads` does that: at the start of a fit on the CPU it counts the
+threads of *other* processes that are running right now (a few samples of
+``/proc/loadavg``'s running count, minus this process's own running threads,
+over about 10 ms) and, when fewer cores than torch's thread count are idle,
+runs the fit with as many threads as there are idle cores (at least 1). It
+never raises the thread count, and it puts back the caller's
+``torch.get_num_threads()`` when the fit ends, also when it fails. Set the
+environment variable ``FOMAML_SKLEARN_FIT_THREADS=keep`` to turn it off (for
+benchmarks that must run a fixed number of threads, say).
+
+Where ``/proc`` is missing (not Linux), nothing changes.
+"""
+
+import contextlib
+import os
+import time
+
+import torch
+
+__all__ = ["ENV_VARIABLE", "fit_thread_count", "fit_threads", "other_running_threads"]
+
+#: The environment variable that turns the adjustment off (value ``keep``).
+ENV_VARIABLE = "FOMAML_SKLEARN_FIT_THREADS"
+_POLICIES = ("auto", "keep")
+
+
+def _running_total():
+    """Runnable scheduling entities of the whole system, now (``/proc/loadavg``'s
+    fourth field, ``running/total``)."""
+    with open("/proc/loadavg") as f:
+        return int(f.read().split()[3].split("/")[0])
+
+
+def _own_running():
+    """This process's threads in state R (running or runnable), now."""
+    count = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:  # the thread ended meanwhile
+            continue
+        # The state follows the command name, which is in parentheses.
+        if stat[stat.rindex(")") + 2] == "R":
+            count += 1
+    return count
+
+
+def other_running_threads(samples=5, interval=0.002):
+    """The number of threads of other processes running now (Linux).
+
+    The median over ``samples`` readings ``interval`` seconds apart of the
+    system's running count minus this process's running threads (the reading
+    thread itself is one of them), so a short burst of another process does
+    not count, and a busy one (always runnable) does.
+
+    Returns
+    -------
+    n : int or None
+        None where ``/proc`` cannot be read.
+    """
+    counts = []
+    try:
+        for i in range(samples):
+            if i:
+                time.sleep(interval)
+            # Own threads counted after the total: a thread of ours that
+            # stops in between would count as another process's otherwise.
+            total = _running_total()
+            counts.append(max(0, total - _own_running()))
+    except (OSError, ValueError, IndexError):
+        return None
+    counts.sort()
+    return counts[len(counts) // 2]
+
+
+def _cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def fit_thread_count(current=None, others=None, cores=None):
+    """The intra-op threads for a fit: ``current`` (default
+    ``torch.get_num_threads()``), or fewer when other processes keep cores busy.
+
+    Parameters
+    ----------
+    current : int or None
+        The thread count the caller runs with.
+    others : int or None
+        Threads of other processes running now; ``None`` measures it
+        (:func:`other_running_threads`); unknown leaves ``current``.
+    cores : int or None
+        Cores this process may run on (``os.sched_getaffinity``).
+
+    Returns
+    -------
+    n : int
+        ``min(current, max(1, cores - others))``.
+
+    Examples
+    --------
+    >>> fit_thread_count(current=2, others=1, cores=2)
+    1
+    >>> fit_thread_count(current=2, others=0, cores=2)
+    2
+    >>> fit_thread_count(current=4, others=9, cores=8)
+    1
+    """
+    current = torch.get_num_threads() if current is None else current
+    if others is None:
+        others = other_running_threads()
+        if others is None:
+            return current
+    cores = _cores() if cores is None else cores
+    return max(1, min(current, cores - others))
+
+
+def _policy():
+    value = os.environ.get(ENV_VARIABLE, "auto").strip().lower() or "auto"
+    if value not in _POLICIES:
+        raise ValueError(
+            f"The environment variable {ENV_VARIABLE}={os.environ[ENV_VARIABLE]!r} is not "
+            f"supported; use one of {', '.join(map(repr, _POLICIES))} ('keep' runs fit "
+            "with torch.get_num_threads() as it is), or unset it.")
+    return value
+
+
+@contextlib.contextmanager
+def fit_threads(device="cpu"):
+    """Run the body with :func:`fit_thread_count` intra-op threads on a CPU
+    device, and restore the caller's ``torch.get_num_threads()`` afterwards.
+
+    Only the calling thread's count changes (torch keeps OpenMP's count per
+    thread). On other devices, or with ``FOMAML_SKLEARN_FIT_THREADS=keep``,
+    nothing changes.
+
+    Yields
+    ------
+    n : int
+        The intra-op threads the body runs with.
+    """
+    before = torch.get_num_threads()
+    if torch.device(device).type != "cpu" or _policy() == "keep" or before == 1:
+        yield before
+        return
+    n = fit_thread_count(before)
+    if n == before:
+        yield before
+        return
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,145 @@
+"""fit on a shared machine: fewer intra-op threads when other processes keep
+the cores busy, and the caller's torch.get_num_threads() back afterwards."""
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from skorch.callbacks import Callback
+
+from fomaml_sklearn import FOMAMLClassifier, FOMAMLRegressor, _threads
+from fomaml_sklearn._threads import (
+    ENV_VARIABLE,
+    fit_thread_count,
+    fit_threads,
+    other_running_threads,
+)
+
+FAST = dict(n_ways=3, k_shot=1, n_query=2, max_epochs=2, meta_batches_per_epoch=2,
+            meta_batch_size=2, device="cpu", random_state=0)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    keep = y < 5
+    return (X[keep] / 16).astype(np.float32), y[keep]
+
+
+@pytest.fixture
+def two_threads():
+    """The test runs with 2 intra-op threads (the suite runs with 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def busy(monkeypatch):
+    """Pretend that other processes keep ``n`` threads running."""
+    def pretend(n):
+        monkeypatch.setattr(_threads, "other_running_threads", lambda: n)
+        monkeypatch.setattr(_threads, "_cores", lambda: 2)
+    return pretend
+
+
+class _RecordThreads(Callback):
+    """Records torch.get_num_threads() at every meta-step in ``seen`` (a class
+    attribute: the estimator fits copies of its callbacks); optionally fails."""
+
+    seen = []
+
+    def __init__(self, fail=False):
+        self.fail = fail
+        _RecordThreads.seen = []
+
+    def on_batch_begin(self, net, **kwargs):
+        _RecordThreads.seen.append(torch.get_num_threads())
+        if self.fail:
+            raise RuntimeError("callback failure on purpose")
+
+
+@pytest.mark.parametrize("others, expected", [(0, 2), (1, 1), (3, 1)])
+def test_fit_runs_with_the_idle_cores_and_restores_the_threads(
+        digits, two_threads, busy, others, expected):
+    busy(others)
+    record = _RecordThreads()
+    FOMAMLClassifier(callbacks=[record], **FAST).fit(*digits)
+    assert set(record.seen) == {expected}
+    assert torch.get_num_threads() == 2
+
+
+def test_a_failing_fit_restores_the_threads_too(digits, two_threads, busy):
+    busy(1)
+    record = _RecordThreads(fail=True)
+    clf = FOMAMLClassifier(callbacks=[record], **FAST)
+    with pytest.raises(RuntimeError, match="callback failure on purpose"):
+        clf.fit(*digits)
+    assert record.seen == [1]
+    assert torch.get_num_threads() == 2
+    assert not hasattr(clf, "meta_model_")
+
+
+def test_the_regressor_and_warm_start_restore_the_threads(two_threads, busy):
+    busy(1)
+    rng = np.random.default_rng(0)
+    X, groups = rng.normal(size=(60, 3)).astype(np.float32), np.repeat(np.arange(6), 10)
+    y = X @ rng.normal(size=3)
+    record = _RecordThreads()
+    reg = FOMAMLRegressor(hidden_layer_sizes=(8,), k_shot=3, n_query=3, max_epochs=1,
+                          meta_batches_per_epoch=2, meta_batch_size=2, device="cpu",
+                          random_state=0,
+                          warm_start=True, callbacks=[record])
+    reg.fit(X, y, groups=groups)
+    reg.fit(X, y, groups=groups)  # warm start: continues the net
+    assert record.seen and set(record.seen) == {1}
+    assert torch.get_num_threads() == 2
+
+
+def test_keep_turns_it_off_and_a_bad_value_names_the_variable(
+        digits, two_threads, busy, monkeypatch):
+    busy(1)
+    monkeypatch.setenv(ENV_VARIABLE, "keep")
+    record = _RecordThreads()
+    FOMAMLClassifier(callbacks=[record], **FAST).fit(*digits)
+    assert set(record.seen) == {2}
+    monkeypatch.setenv(ENV_VARIABLE, "fewer")
+    clf = FOMAMLClassifier(**FAST)
+    with pytest.raises(ValueError, match=f"{ENV_VARIABLE}='fewer' is not supported; use"):
+        clf.fit(*digits)
+    assert torch.get_num_threads() == 2
+
+
+def test_other_devices_and_one_thread_are_left_alone(busy):
+    busy(5)
+    before = torch.get_num_threads()
+    with fit_threads("cuda") as n:  # no GPU needed: only the device type is read
+        assert n == torch.get_num_threads() == before
+    torch.set_num_threads(1)
+    try:
+        with fit_threads("cpu") as n:
+            assert n == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_fit_thread_count_never_raises_the_count():
+    assert fit_thread_count(current=1, others=0, cores=8) == 1
+    assert fit_thread_count(current=8, others=2, cores=8) == 6
+    assert fit_thread_count(current=2, others=2, cores=2) == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_busy_process_is_counted():
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert other_running_threads(samples=9) >= 1
+    finally:
+        child.kill()
+        child.wait()
