@@ -143,3 +143,25 @@ def test_a_busy_process_is_counted():
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_shared_machine_benchmark_runs(monkeypatch, capsys):
+    """benchmarks/shared_machine.py at tiny sizes (1 thread: old = new)."""
+    import importlib.util
+    import pathlib
+
+    bench = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    spec = importlib.util.spec_from_file_location("shared_machine_bench",
+                                                  bench / "shared_machine.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    before = torch.get_num_threads()
+    try:
+        assert module.main(["--threads", "1", "--steps", "1", "--repeats", "1",
+                            "--neighbours", "1", "--n-filters", "2", "--side", "8",
+                            "--no-machine-line"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].split()[0] == "none" and lines[-1].split()[:2] == ["1", "thread"]
