@@ -9,6 +9,7 @@ lives here once.
 """
 
 import copy
+import math
 import numbers
 import os
 import warnings
@@ -20,7 +21,22 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from . import distributed
+from . import distributed, names, persistence
+from ._codecs import (
+    FLAG,
+    NAMES,
+    OBJECT,
+    TEXT,
+    TRUSTED_ONLY,
+    Optional,
+    Record,
+    choice,
+    count,
+    decode_params,
+    encode_params,
+    real,
+    sizes,
+)
 from ._config import PRECISIONS, resolve_config, resolve_device, resolve_precision
 from ._constraints import (
     Bool,
@@ -38,18 +54,22 @@ from ._constraints import (
 )
 from ._threads import fit_threads
 from ._training import EpisodeLoader, MetaTrainingNet, numeric_hint
-from .algorithms import get_algorithm
-from .algorithms._base import TaskRunner
+from .algorithms import available_algorithms, get_algorithm
+from .algorithms.runner import TaskRunner, attach_rule_parameters
 from .augmentation import RandomShift, ShiftEnsemble
 from .backbones import build_backbone
 from .backbones import image_shape as image_shape_of
 from .callbacks import meta_steps_per_epoch
+from .episodes import EpisodeShape
 from .evaluation import sample_episodes
-from .heads import MetaModel
+from .heads import MetaModel, TaskModel
 
-__all__ = ["MetaEstimatorBase"]
+__all__ = ["MetaEstimatorBase", "OPTIMIZERS", "SAVED_FIELDS", "attach_net"]
 
-_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+#: The meta-optimizers by the (lower-case) names of :data:`names.OPTIMIZERS`,
+#: as classes: ``optimizer=`` takes these names, and a model file stores
+#: these classes and no other.
+OPTIMIZERS = {name: getattr(torch.optim, cls) for name, cls in names.OPTIMIZERS.items()}
 _PREDICT_CHUNK = 4096
 
 
@@ -151,6 +171,99 @@ def _private_checkpoint(callback):
     return callback if name is None else (name, cb)
 
 
+#: The fitted fields every estimator saves in a model file, with the codecs
+#: that write them and check them when a file is loaded (each estimator class
+#: adds its own in ``_saved_fields``).
+SAVED_FIELDS = {
+    "n_features_in_": count(1),
+    "feature_names_in_": Optional(NAMES, set_none=False),
+    "input_shape_": Optional(sizes(3)),
+    "episode_shape_": Record(EpisodeShape, n_ways=count(1), k_shot=count(1), n_query=count(1)),
+    "device_": TEXT,
+    "precision_": choice(names.PRECISIONS),
+    "inner_lr_": real(0),
+    "task_batching_": choice(names.TASK_BATCHING),
+    "n_meta_steps_": count(0, 2**63 - 1),
+}
+
+
+def attach_net(estimator, meta_model=None, config=None):
+    """Give a fitted (or loaded) estimator a new, initialised skorch net.
+
+    The net wraps ``meta_model`` (default: ``estimator.meta_model_``) with a
+    fresh meta-optimizer, the current ``callbacks``, ``verbose`` and
+    optimizer settings, and a new episode generator (seeded from an int
+    ``random_state`` and ``n_meta_steps_``), so that ``save_params`` works
+    and a ``warm_start=True`` fit continues from these meta-parameters. Call
+    it after ``set_params`` to use new callbacks in such a fit.
+
+    Returns
+    -------
+    estimator : the same estimator
+    """
+    meta_model = estimator.meta_model_ if meta_model is None else meta_model
+    config = estimator.config_ if config is None else config
+    optimizer_cls = estimator._check_params()
+    net_params = dict(estimator._net_params(estimator.episode_shape_), config=config)
+    seed = estimator.random_state
+    rng = (np.random.default_rng([int(seed), int(estimator.n_meta_steps_)])
+           if isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and seed >= 0
+           else np.random.default_rng())
+    net = estimator._build_net(meta_model, optimizer_cls, config.device, rng, net_params)
+    net.initialize()
+    estimator.net_, estimator.history_, estimator.meta_model_ = net, net.history, net.module_
+    return estimator
+
+
+def _loading_device(name, file):
+    """The saved device if it is available here, else the CPU."""
+    try:
+        saved = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise file.invalid("fitted.device_", name, "a torch device") from exc
+    if saved.type == "cuda" and torch.cuda.is_available():
+        if saved.index is not None and saved.index >= torch.cuda.device_count():
+            return torch.device("cuda")
+        return saved
+    return torch.device("cpu")
+
+
+def _names_a_gpu(device):
+    """Whether a ``device`` parameter names a GPU (``"cuda"``, ``"cuda:1"``, ...)."""
+    try:
+        return device not in (None, "auto") and torch.device(device).type == "cuda"
+    except (RuntimeError, TypeError):
+        return False
+
+
+def _check_tensors(file, module, prefix, what):
+    """The tensors a model file holds under ``prefix.`` must be ``module``'s
+    state (a network built on the "meta" device: nothing allocated), name for
+    name, with the same shapes and dtypes: then building it for real
+    allocates no more than the payload holds."""
+    start = f"{prefix}."
+    saved = {k[len(start):]: v for k, v in file.index.items() if k.startswith(start)}
+    own = {k: (str(t.dtype).replace("torch.", ""), tuple(t.shape))
+           for k, t in module.state_dict().items()}
+    missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    mismatch = next((k for k in sorted(saved) if k in own and saved[k] != own[k]), None)
+    if missing or unexpected or mismatch:
+        why = (f"tensor {mismatch!r} is {' '.join(map(str, saved[mismatch]))}, the network "
+               f"expects {' '.join(map(str, own[mismatch]))}" if mismatch else
+               f"missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
+        raise ValueError(f"the model file {file.path} does not fit the network its "
+                         f"parameters describe ({what}): {why}. The file was edited, or "
+                         "written by another version.")
+
+
+def _materialise(module, state):
+    """``module``, built on the "meta" device and checked against the file's
+    tensor index, given memory on the CPU and ``state``."""
+    module = module.to_empty(device="cpu")
+    module.load_state_dict(state, strict=True)
+    return module
+
+
 class MetaEstimatorBase(BaseEstimator):
     """Shared machinery of :class:`~fomaml_sklearn.FOMAMLClassifier` and
     :class:`~fomaml_sklearn.FOMAMLRegressor` (not public).
@@ -226,16 +339,16 @@ class MetaEstimatorBase(BaseEstimator):
     def _optimizer_class(self):
         opt = self.optimizer
         if isinstance(opt, str):
-            if opt.lower() not in _OPTIMIZERS:
+            if opt.lower() not in OPTIMIZERS:
                 raise ValueError(
-                    f"optimizer={opt!r} is not known; use one of {sorted(_OPTIMIZERS)} "
+                    f"optimizer={opt!r} is not known; use one of {sorted(OPTIMIZERS)} "
                     "or a torch.optim.Optimizer subclass."
                 )
-            return _OPTIMIZERS[opt.lower()]
+            return OPTIMIZERS[opt.lower()]
         if isinstance(opt, type) and issubclass(opt, torch.optim.Optimizer):
             return opt
         raise TypeError(
-            f"optimizer must be a name in {sorted(_OPTIMIZERS)} or a "
+            f"optimizer must be a name in {sorted(OPTIMIZERS)} or a "
             f"torch.optim.Optimizer subclass; got {opt!r}."
         )
 
@@ -382,6 +495,8 @@ class MetaEstimatorBase(BaseEstimator):
         meta_model = (self.net_.module_ if warm else
                       self._build_meta_model(X.shape[1], input_shape, n_rows, generator))
         config = self._resolve_config(self.get_params(deep=False), meta_model, device)
+        # The rule's own meta-learned tensors (meta_model.rule_state), if any.
+        attach_rule_parameters(meta_model, config, create=not warm)
         images = (image_shape_of(X.shape[1], input_shape) if input_shape is not None
                   else getattr(meta_model.backbone, "input_shape", None))
         net_params["iterator_train__augment"] = self._augmentation(images)
@@ -753,13 +868,34 @@ class MetaEstimatorBase(BaseEstimator):
         ------
         ValueError
             If ``module`` is a user torch module, ``algorithm`` or
-            ``optimizer`` a user class, or (classifier) the labels are not
-            int, float, bool or str: the safe format does not rebuild user
-            code.
+            ``optimizer`` a user class (not registered), or (classifier) the
+            labels are not int, float, bool or str: the safe format does not
+            rebuild user code.
+        OSError
+            If the file cannot be written; the error names ``path``, and a
+            file already there is left as it was.
         """
-        from .persistence import save_model
-
-        return save_model(self, path)
+        persistence.safetensors_module()
+        self._check_meta_fitted("saving it")
+        if names.backbone_name(self.module) is None:
+            raise ValueError(
+                f"module={self.module!r}: the safe model format rebuilds the built-in "
+                f"backbones {names.quoted(names.BACKBONES)} only, and cannot rebuild user code "
+                f"(a torch.nn.Module class or instance). {TRUSTED_ONLY}")
+        # Callbacks are skorch objects (often holding files or functions): not stored.
+        params = dict(self.get_params(deep=False), callbacks=None)
+        task_model = getattr(self, "task_model_", None)
+        fitted = {name: field.encode(getattr(self, field.attr or name, None))
+                  for name, field in self._saved_fields.items()}
+        fitted.update(meta_model_training=bool(self.meta_model_.training), task_model_=(
+            None if task_model is None else {"n_outputs": int(task_model.head.weight.shape[0])}))
+        document = {"estimator": type(self).__name__, "fitted": fitted,
+                    "params": encode_params(params, OPTIMIZERS)}
+        tensors = {f"{prefix}.{name}": t.detach().to("cpu").contiguous()
+                   for prefix, module in (("meta_model", self.meta_model_),
+                                          ("task_model", task_model)) if module is not None
+                   for name, t in module.state_dict().items()}
+        return persistence.write_model(path, document, tensors)
 
     @classmethod
     def load(cls, path):
@@ -786,9 +922,7 @@ class MetaEstimatorBase(BaseEstimator):
             If the file is corrupted, from a newer format version, lacks a
             field, is not a model file or holds another kind of estimator.
         """
-        from .persistence import load_model
-
-        estimator = load_model(path)
+        estimator = persistence.load_model(path)
         if not isinstance(estimator, cls):
             raise ValueError(
                 f"the model file {os.fspath(path)} holds a {type(estimator).__name__}, not "
@@ -796,6 +930,125 @@ class MetaEstimatorBase(BaseEstimator):
                 "fomaml_sklearn.persistence.load_model."
             )
         return estimator
+
+    # ------------------------------------------------------------ saved state
+    #: The fitted fields this estimator saves (subclasses add theirs).
+    _saved_fields = SAVED_FIELDS
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        persistence.register_kind(cls, cls._restore)  # the registry of estimator kinds
+
+    def _n_task_outputs(self):
+        """Rows of the adapted task head: classes, or outputs."""
+        raise NotImplementedError
+
+    def _saved_state_error(self):
+        """``(field, value, allowed)`` of restored fields that do not fit
+        together, or None."""
+        n = self.n_features_in_
+        if len(getattr(self, "feature_names_in_", [None] * n)) != n:
+            return ("fitted.feature_names_in_", list(self.feature_names_in_),
+                    f"n_features_in_ = {n} names")
+        if self.input_shape_ is not None and math.prod(self.input_shape_) != n:
+            return ("fitted.input_shape_", self.input_shape_,
+                    f"(channels, height, width) whose product is n_features_in_ = {n}")
+        return None
+
+    @classmethod
+    def _restore(cls, file):
+        """The estimator a checked :class:`~fomaml_sklearn.persistence.ModelFile`
+        holds. Every field is read and checked, and the network the file
+        describes is built on the "meta" device and compared with the tensors
+        the file holds, before any memory is given to it."""
+        document = file.document
+        params = decode_params(file.field(document, "params", OBJECT), file,
+                                           cls._get_param_names(), OPTIMIZERS)
+        name = params.get("algorithm")
+        if isinstance(name, str) and name not in available_algorithms():
+            raise ValueError(
+                f"the model file {file.path} was saved with algorithm={name!r}, which is "
+                "neither a rule of this fomaml-sklearn nor registered in this session. If it "
+                "was registered with fomaml_sklearn.algorithms.register_algorithm when the "
+                "model was saved, register it again (same class and options) before loading.")
+        fitted = file.field(document, "fitted", OBJECT)
+        values = {name: file.field(fitted, name, field, "fitted.")
+                  for name, field in cls._saved_fields.items()}
+        training = file.field(fitted, "meta_model_training", FLAG, "fitted.")
+        task = file.field(fitted, "task_model_", Optional(Record(dict, n_outputs=count(1))),
+                          "fitted.")
+        est = cls(**params)
+        for name, field in cls._saved_fields.items():
+            if values[name] is not None or field.set_none:
+                setattr(est, field.attr or name, values[name])
+        problem = est._saved_state_error()
+        if problem is not None:
+            raise file.invalid(*problem)
+        if _names_a_gpu(est.device) and not torch.cuda.is_available():
+            warnings.warn(
+                f"The model in {file.path} was saved with device={est.device!r}, but CUDA is "
+                "not available here: it is loaded on the CPU, and its device parameter is "
+                "set to 'cpu' (device_ is cpu).", UserWarning, stacklevel=3)
+            est.set_params(device="cpu")
+        try:
+            if names.backbone_name(est.module) is None:
+                raise ValueError(f"module={est.module!r} is not a built-in backbone")
+            est._check_params()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"the model file {file.path} holds invalid parameters: "
+                             f"{exc}") from exc
+        device = _loading_device(est.device_, file)
+        # The rows of a "fixed" head, as saved (checked with the rest below).
+        rows = max(1, (file.index.get("meta_model.head_weight", (None, (1,)))[1] or (1,))[0])
+        try:  # on the "meta" device: shapes only, nothing allocated
+            with torch.device("meta"):
+                meta_model = est._build_meta_model(est.n_features_in_, est.input_shape_, rows,
+                                                   None)
+                # The rule's own tensors (names and shapes; their values are the file's).
+                attach_rule_parameters(meta_model, est._resolve_config(
+                    dict(est.get_params(deep=False), inner_lr=est.inner_lr_,
+                         precision="float32", task_batching="loop"), meta_model, device))
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ValueError(f"the model file {file.path} describes a network that cannot "
+                             f"be built: {exc}") from exc
+        _check_tensors(file, meta_model, "meta_model", "meta_model")
+        n_outputs = est._n_task_outputs()
+        if task is None and any(k.startswith("task_model.") for k in file.index):
+            raise file.error("task-model tensors but no task model")
+        if task is not None:
+            if task["n_outputs"] != n_outputs:
+                raise file.invalid("fitted.task_model_.n_outputs", task["n_outputs"],
+                                   f"{n_outputs}, the estimator's classes or outputs")
+            task_model = TaskModel(copy.deepcopy(meta_model.backbone),
+                                   torch.empty(n_outputs, meta_model.feature_dim, device="meta"),
+                                   torch.empty(n_outputs, device="meta"))
+            _check_tensors(file, task_model, "task_model", "task_model")
+        # Every tensor is known to fit now: read them, and give the networks memory.
+        meta_model = _materialise(meta_model, file.tensors("meta_model")).train(training)
+        precision = est.precision_
+        if precision == "float16" and device.type != "cuda":
+            warnings.warn(
+                "The model was saved with precision_='float16', which runs only on a GPU; "
+                "it runs in float32 on this CPU, so its outputs may differ slightly from "
+                "the saved model's.", UserWarning, stacklevel=3)
+            precision = "float32"
+        settings = dict(est.get_params(deep=False), inner_lr=est.inner_lr_,
+                        precision=precision, task_batching=est.task_batching_)
+        try:
+            config = est._resolve_config(settings, meta_model, device)
+        except ValueError:  # a batched path this model lacks: it only matters in fit
+            config = est._resolve_config(dict(settings, task_batching="loop"), meta_model,
+                                         device)
+        est.config_ = config
+        attach_net(est, meta_model, config)
+        est.algorithm_, est.device_, est.precision_ = config.algorithm, device, config.precision
+        est.inner_lr_, est.task_batching_ = config.inner_lr, config.task_batching
+        est.task_model_ = None
+        if task is not None:
+            task_model = _materialise(task_model, file.tensors("task_model"))
+            task_model.backbone.requires_grad_(False)
+            est.task_model_ = task_model.to(device).eval()
+        return est
 
     def __getstate__(self):
         # A copy: on Python 3.11+ object.__getstate__ returns __dict__ itself.

@@ -10,6 +10,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 from torch.nn import functional as F
 
+from ._codecs import Labels
 from ._config import TASK_BATCHING
 from ._constraints import (
     Bool,
@@ -21,7 +22,7 @@ from ._constraints import (
     Real,
     check_params,
 )
-from ._estimator import COMMON_PARAMS, MetaEstimatorBase, _flatten_images
+from ._estimator import COMMON_PARAMS, SAVED_FIELDS, MetaEstimatorBase, _flatten_images
 from .episodes import resolve_episode_shape
 from .evaluation import (
     FewShotResult,
@@ -422,6 +423,11 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
     _loss = staticmethod(F.cross_entropy)
     _head = property(lambda self: self.head)
     _network_params_hint = "hidden_layer_sizes, n_filters, input_shape, head, n_ways"
+    # Saved in model files: the common fitted fields and the class labels.
+    _saved_fields = {**SAVED_FIELDS, "classes_": Labels()}
+
+    def _n_task_outputs(self):
+        return len(self.classes_)
 
     def _fit(self, X, y, X_val, y_val, warm, device):
         optimizer_cls = self._check_params()

@@ -8,6 +8,7 @@ from sklearn.base import RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch.nn import functional as F
 
+from ._codecs import count
 from ._constraints import (
     Int,
     NoneOr,
@@ -15,7 +16,7 @@ from ._constraints import (
     Real,
     check_params,
 )
-from ._estimator import COMMON_PARAMS, MetaEstimatorBase, _flatten_images
+from ._estimator import COMMON_PARAMS, SAVED_FIELDS, MetaEstimatorBase, _flatten_images
 from .episodes import resolve_task_shape
 from .evaluation import (
     FewShotRegressionResult,
@@ -267,6 +268,18 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
     _task_units = "tasks (groups)"
     _explicit_validation_hint = ""
     _network_params_hint = "hidden_layer_sizes, n_filters, input_shape and outputs"
+    # Saved in model files: the common fitted fields, the outputs, the tasks
+    # seen and whether y was 1-D.
+    _saved_fields = {**SAVED_FIELDS, "n_outputs_": count(1), "n_tasks_": count(1),
+                     "y_ndim": count(1, 2, attr="_y_ndim")}
+
+    def _n_task_outputs(self):
+        return self.n_outputs_
+
+    def _saved_state_error(self):
+        if self._y_ndim == 1 and self.n_outputs_ != 1:
+            return ("fitted.n_outputs_", self.n_outputs_, "1 for a 1-D y (y_ndim 1)")
+        return super()._saved_state_error()
 
     # -------------------------------------------------------------- validation
     def _validate_Xy(self, X, y, reset, what="X"):

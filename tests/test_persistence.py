@@ -14,7 +14,7 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.exceptions import NotFittedError
 
-from fomaml_sklearn import FOMAMLClassifier
+from fomaml_sklearn import FOMAMLClassifier, FOMAMLRegressor
 from fomaml_sklearn.algorithms import FOMAML, IMAML
 from fomaml_sklearn.callbacks import TimeLimit
 from fomaml_sklearn.persistence import FORMAT_VERSION, MAGIC, load_model, save_model
@@ -446,7 +446,8 @@ def _rewrite_index(path, edit):
      r"invalid field 'fitted\.n_features_in_': expected an int in \[1, 2147483647\], "
      r"got 100000000000"),
     (lambda d: d["fitted"].update(n_features_in_=1e11),
-     r"invalid field 'fitted\.n_features_in_': expected int, got 100000000000\.0"),
+     r"invalid field 'fitted\.n_features_in_': expected an int in \[1, 2147483647\], "
+     r"got 100000000000\.0"),
     (lambda d: d["params"].update(hidden_layer_sizes={"__tuple__": [16]}),
      r"missing tensors \[\], unexpected tensors \['backbone\.layers\.3\.bias'"),
 ])
@@ -546,9 +547,10 @@ def test_deeply_nested_json_is_refused(mlp_adapted, tmp_path):
     ("inner_lr_", -1.0, r"'fitted\.inner_lr_': expected a finite number >= 0, got -1\.0"),
     ("episode_shape_", {"n_ways": 0, "k_shot": 1, "n_query": 4},
      r"'fitted\.episode_shape_\.n_ways': expected an int in \[1, "),
-    ("task_model_", {"n_outputs": 99}, r"inconsistent: 6 classes_ but a task model of 99"),
+    ("task_model_", {"n_outputs": 99}, r"'fitted\.task_model_\.n_outputs': expected 6, the "
+                                       r"estimator's classes or outputs, got 99"),
     ("feature_names_in_", ["a", "b"], r"'fitted\.feature_names_in_': expected "
-                                      r"n_features_in_ = 64 strings, got '2 values'"),
+                                      r"n_features_in_ = 64 names, got \['a', 'b'\]"),
 ])
 def test_out_of_range_fitted_fields_are_refused(field, value, match, mlp_adapted, tmp_path):
     path = save_model(mlp_adapted, tmp_path / "m.fomaml")
@@ -591,8 +593,6 @@ DATA = os.path.join(os.path.dirname(__file__), "data")
 def test_a_file_written_before_estimators_owned_their_state_loads(digits):
     """tests/data/v1_*.fomaml were written at commit 5147671 (make_v1_files.py):
     they load and predict what they predicted then."""
-    from fomaml_sklearn import FOMAMLRegressor
-
     X, y = load_digits(return_X_y=True)
     X = (X / 16.0).astype(np.float32)
     clf = FOMAMLClassifier.load(os.path.join(DATA, "v1_classifier.fomaml"))
@@ -610,3 +610,82 @@ def test_a_file_written_before_estimators_owned_their_state_loads(digits):
     np.testing.assert_allclose(reg.predict(Xr[10:30]),
                                np.load(os.path.join(DATA, "v1_regressor_pred.npy")),
                                rtol=1e-6, atol=1e-9)
+
+
+# ------------------------------------ estimators own their saved state (#28)
+class _OutsideRule(FOMAML):
+    """A rule from outside the package, with an option of its own."""
+
+    def __init__(self, prototype_gradient="auto", scale=1.0):
+        super().__init__(prototype_gradient=prototype_gradient)
+        self.scale = scale
+
+
+def test_a_registered_outside_rule_saves_and_loads_with_its_options(digits, tmp_path,
+                                                                    monkeypatch):
+    from fomaml_sklearn import algorithms
+
+    monkeypatch.setattr(algorithms, "_REGISTERED", {})
+    algorithms.register_algorithm("outside-rule", _OutsideRule, scale=0.5)
+    by_name = _fit(digits, hidden_layer_sizes=(16,), algorithm="outside-rule")
+    instance = _fit(digits, hidden_layer_sizes=(16,),
+                    algorithm=_OutsideRule(prototype_gradient=False, scale=0.25))
+    for clf, name in ((by_name, "name.fomaml"), (instance, "instance.fomaml")):
+        loaded = load_model(save_model(clf, tmp_path / name))
+        assert type(loaded.algorithm_) is _OutsideRule
+        assert loaded.algorithm_.get_params() == clf.algorithm_.get_params()
+        assert_same_model(clf, loaded, digits)
+    assert instance.algorithm_.get_params() == {"prototype_gradient": False, "scale": 0.25}
+    assert by_name.algorithm_.scale == 0.5
+    # In a session where it is not registered, the files are refused, saying what to do.
+    monkeypatch.setattr(algorithms, "_REGISTERED", {})
+    with pytest.raises(ValueError, match=r"'_OutsideRule' is not one of the rules this "
+                                         r"session knows.*registered with register_algorithm"):
+        load_model(tmp_path / "instance.fomaml")
+    with pytest.raises(ValueError, match=r"algorithm='outside-rule', which is neither a rule "
+                                         r"of this fomaml-sklearn nor registered"):
+        load_model(tmp_path / "name.fomaml")
+
+
+def test_a_subclass_is_an_estimator_kind_of_its_own(digits, tmp_path):
+    class TinyClassifier(FOMAMLClassifier):
+        pass
+
+    X, y, X_test, _ = digits
+    clf = TinyClassifier(**FAST, hidden_layer_sizes=(8,)).fit(X, y)
+    loaded = load_model(save_model(clf, tmp_path / "m.fomaml"))
+    assert type(loaded) is TinyClassifier
+    np.testing.assert_array_equal(loaded.predict_proba(X_test), clf.predict_proba(X_test))
+    with pytest.raises(ValueError, match="holds a TinyClassifier, not a FOMAMLRegressor"):
+        FOMAMLRegressor.load(tmp_path / "m.fomaml")
+
+
+@pytest.mark.parametrize("kind", ["adapt", "os.system", "MetaEstimatorBase"])
+def test_a_file_naming_another_kind_is_refused(kind, mlp_adapted, tmp_path):
+    path = save_model(mlp_adapted, tmp_path / "m.fomaml")
+    _edit_document(path, lambda d: d.update(estimator=kind))
+    with pytest.raises(ValueError, match=rf"holds a '{kind}', which is not an estimator kind"):
+        load_model(path)
+
+
+def test_load_model_alone_imports_only_the_kind_the_file_holds(mlp_adapted, tmp_path):
+    import subprocess
+    import sys
+
+    path = save_model(mlp_adapted, tmp_path / "m.fomaml")
+    code = ("import sys; from fomaml_sklearn.persistence import load_model; "
+            "m = load_model(sys.argv[1]); "
+            "print(type(m).__name__, 'fomaml_sklearn.regressor' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["FOMAMLClassifier", "False"]
+
+
+def test_optimizers_of_the_registry_round_trip_by_name_and_class(mlp_meta, tmp_path):
+    from fomaml_sklearn._estimator import OPTIMIZERS
+
+    for optimizer in ("nadam", torch.optim.Adagrad):
+        clf = copy.deepcopy(mlp_meta).set_params(optimizer=optimizer)
+        assert load_model(save_model(clf, tmp_path / "m.fomaml")).optimizer == optimizer
+    assert OPTIMIZERS["adagrad"] is torch.optim.Adagrad
