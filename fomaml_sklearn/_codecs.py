@@ -283,6 +283,9 @@ class Labels(Field):
                     isinstance(v, stored) and (stored is bool or not isinstance(v, bool))
                     for v in values)):
                 raise TypeError(f"values that are not all {item_of}")
+            longest = max(len(v) for v in values) if item_of == "str" else 1
+            if dtype.itemsize * len(values) > max(2**24, 8 * longest * len(values)):
+                raise ValueError(f"dtype {dtype.str} is far wider than its values")
             arr = np.empty(len(values), dtype=dtype)
             arr[:] = [convert(v) for v in values]
             return arr

@@ -539,6 +539,15 @@ def test_deeply_nested_json_is_refused(mlp_adapted, tmp_path):
         load_model(path)
 
 
+def test_labels_of_an_absurd_width_are_refused(mlp_adapted, tmp_path):
+    path = save_model(mlp_adapted, tmp_path / "m.fomaml")
+    wide = {"dtype": "<U100000000", "item": None, "values": ["a", "b"]}
+    _edit_document(path, lambda d: d["fitted"].update(classes_=wide))
+    with pytest.raises(ValueError, match=r"invalid field 'fitted\.classes_': expected a "
+                                         r"non-empty list .*dtype <U100000000 is far wider"):
+        load_model(path)
+
+
 @pytest.mark.parametrize("field, value, match", [
     ("n_meta_steps_", -5, r"'fitted\.n_meta_steps_': expected an int in \[0, "),
     ("n_features_in_", 0, r"'fitted\.n_features_in_': expected an int in \[1, "),
