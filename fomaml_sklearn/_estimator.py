@@ -57,7 +57,7 @@ from ._training import EpisodeLoader, MetaTrainingNet, numeric_hint
 from .algorithms import available_algorithms, get_algorithm
 from .algorithms.runner import TaskRunner, attach_rule_parameters
 from .augmentation import RandomShift, ShiftEnsemble
-from .backbones import build_backbone
+from .backbones import BACKBONE_CHOICES, build_backbone
 from .backbones import image_shape as image_shape_of
 from .callbacks import meta_steps_per_epoch
 from .episodes import EpisodeShape
@@ -134,7 +134,7 @@ COMMON_PARAMS = {
     "n_inner_steps_test": Int(0),
     "lr": Real(0.0),
     "optimizer_params": NoneOr(Mapping()),
-    "lr_schedule": Options("constant", "cosine"),
+    "lr_schedule": Options(*names.LR_SCHEDULES),
     "max_epochs": Int(0),
     "meta_batches_per_epoch": Int(1),
     "n_eval_episodes": Int(1),
@@ -288,8 +288,8 @@ class MetaEstimatorBase(BaseEstimator):
         if not (isinstance(module, (str, torch.nn.Module))
                 or (isinstance(module, type) and issubclass(module, torch.nn.Module))):
             raise ValueError(
-                f"module must be 'mlp', 'conv4', a torch.nn.Module subclass or instance; "
-                f"got {module!r} of type {type(module).__name__}."
+                f"module must be {BACKBONE_CHOICES}; got {module!r} of type "
+                f"{type(module).__name__}."
             )
         get_algorithm(self.algorithm).validate()
         resolve_device(self.device)

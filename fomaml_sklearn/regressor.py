@@ -17,6 +17,7 @@ from ._constraints import (
     check_params,
 )
 from ._estimator import COMMON_PARAMS, SAVED_FIELDS, MetaEstimatorBase, _flatten_images
+from ._training import numeric_hint
 from .episodes import resolve_task_shape
 from .evaluation import (
     FewShotRegressionResult,
@@ -553,9 +554,18 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
         if message is not None:
             warnings.warn(message, UserWarning, stacklevel=3)
         episodes = self._evaluation_episodes(codes, shape, n_episodes, random_state)
+        runner = self._runner()
         mses, r2s = episodic_regression_errors(
-            self._runner(), self._to_tensor(X, self.device_),
-            self._to_tensor(Y, self.device_), episodes)
+            runner, self._to_tensor(X, self.device_), self._to_tensor(Y, self.device_),
+            episodes)
+        diverged = int(np.sum(~np.isfinite(mses)))
+        if diverged:
+            hint = numeric_hint(True, inner_lr=runner.config.inner_lr,
+                                n_inner_steps_test=runner.config.n_inner_steps_test)
+            warnings.warn(
+                f"{method}: the adaptation diverged in {diverged} of {len(mses)} episodes "
+                f"(their query MSE is not finite), so the mean MSE and R^2 are not finite. "
+                f"{hint}", UserWarning, stacklevel=3)  # the user's call -> method -> here
         mse, mse_ci = confidence_interval(mses)
         if np.isnan(r2s).any():
             r2, r2_ci = float("nan"), float("nan")

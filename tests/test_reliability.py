@@ -353,6 +353,11 @@ def test_a_diverging_adaptation_keeps_the_adapted_task(waves):
         reg = FOMAMLRegressor(**REG_FAST).fit(X, y * 1e3, groups=g)
     with pytest.raises(NotFittedError, match="final adaptation in fit failed"):
         reg.predict(X[:5])
+    # Scoring says how many of its episodes diverged, not a silent NaN.
+    with pytest.warns(UserWarning, match=r"score: the adaptation diverged in \d+ of 5 "
+                      r"episodes.*scale y.*lower inner_lr") as record:
+        assert np.isnan(reg.score(X, y * 1e3, g))
+    assert record[0].filename == __file__
 
 
 # ------------------------------------------------------------ the weak cases
