@@ -107,8 +107,10 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
         Inner SGD steps during meta-training.
     n_inner_steps_test : int, default=10
         Inner SGD steps in ``adapt`` and in episodic evaluation.
-    optimizer : {"adam", "adamw", "sgd"} or torch.optim.Optimizer class, default="adam"
-        The meta-optimizer.
+    optimizer : str or torch.optim.Optimizer class, default="adam"
+        The meta-optimizer: a name of :data:`fomaml_sklearn.names.OPTIMIZERS`
+        (``"adam"``, ``"adamw"``, ``"sgd"``, ``"rmsprop"``, ...: the
+        optimizers of ``torch.optim``, in any case) or a class.
     lr : float, default=1e-3
         Meta learning rate (beta).
     optimizer_params : dict or None, default=None
