@@ -26,12 +26,12 @@ from skorch import NeuralNet
 from skorch.callbacks import PassthroughScoring
 
 from . import distributed
-from .algorithms._base import TaskRunner
+from .algorithms.runner import MetaBatch, TaskRunner
 from .callbacks import meta_steps_per_epoch
 from .episodes import EpisodeSampler
 from .evaluation import adapted_query_logits
 
-__all__ = ["MetaBatch", "EpisodeLoader", "MetaTrainingNet", "numeric_hint"]
+__all__ = ["EpisodeLoader", "MetaTrainingNet", "numeric_hint"]
 
 
 def numeric_hint(regression, **settings):
@@ -44,60 +44,6 @@ def numeric_hint(regression, **settings):
              "scale X, for example make_pipeline(StandardScaler(), FOMAMLClassifier(...))")
     lower = " or ".join(f"{name} (now {value:g})" for name, value in settings.items())
     return f"Try: {scale}; or a lower {lower}."
-
-
-class MetaBatch:
-    """A meta-batch: ``n_tasks`` episodes as stacked tensors on the device.
-
-    ``len(batch)`` is the number of tasks (what skorch records as the batch
-    size). Iterating yields ``(x_support, y_support, x_query, y_query)``.
-
-    With ``targets`` (regression), each task's targets are its examples'
-    rows of ``targets``, ``(n, n_outputs)``, and ``n_classes`` is the number
-    of outputs; otherwise the episodes' class labels, shared by the tasks.
-    """
-
-    def __init__(self, X, episodes, device, targets=None, augment=None):
-        sup = torch.as_tensor(episodes.support_idx, device=X.device)
-        qry = torch.as_tensor(episodes.query_idx, device=X.device)
-        self.x_support = X[sup.reshape(-1)].reshape(sup.shape + X.shape[1:])
-        self.x_query = X[qry.reshape(-1)].reshape(qry.shape + X.shape[1:])
-        if augment is not None:
-            transform, rng = augment
-            self.x_support = transform(self.x_support, rng)
-            self.x_query = transform(self.x_query, rng)
-        self.per_task_targets = targets is not None
-        if targets is None:
-            self.y_support = torch.as_tensor(episodes.support_y, device=device)
-            self.y_query = torch.as_tensor(episodes.query_y, device=device)
-            self.n_classes = episodes.classes.shape[1]
-        else:
-            self.y_support = targets[sup.reshape(-1)].reshape(sup.shape + targets.shape[1:])
-            self.y_query = targets[qry.reshape(-1)].reshape(qry.shape + targets.shape[1:])
-            self.n_classes = targets.shape[1]
-
-    def __len__(self):
-        return len(self.x_support)
-
-    @property
-    def queries_per_task(self):
-        return self.x_query.shape[1]
-
-    def subset(self, lo, hi):
-        """Tasks ``lo .. hi-1`` as a meta-batch (views, no copies)."""
-        part = object.__new__(type(self))
-        part.__dict__.update(self.__dict__)
-        part.x_support, part.x_query = self.x_support[lo:hi], self.x_query[lo:hi]
-        if self.per_task_targets:
-            part.y_support, part.y_query = self.y_support[lo:hi], self.y_query[lo:hi]
-        return part
-
-    def __iter__(self):
-        if self.per_task_targets:
-            yield from zip(self.x_support, self.y_support, self.x_query, self.y_query)
-            return
-        for x_s, x_q in zip(self.x_support, self.x_query):
-            yield x_s, self.y_support, x_q, self.y_query
 
 
 class EpisodeLoader:

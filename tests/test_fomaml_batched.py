@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from fomaml_sklearn._config import resolve_task_batching
-from fomaml_sklearn._training import MetaBatch
-from fomaml_sklearn.algorithms import FOMAML, MAML, Reptile, meta_gradient
+from fomaml_sklearn.algorithms import FOMAML, MAML, MetaBatch, Reptile, meta_gradient
 from fomaml_sklearn.backbones import Conv4Backbone, MLPBackbone
 from fomaml_sklearn.episodes import EpisodeSampler, EpisodeShape
 from fomaml_sklearn.heads import MetaModel

@@ -248,8 +248,8 @@ def test_inner_steps_and_lam_auto_and_their_precedence():
 
 
 def _batch(tasks):
-    from fomaml_sklearn.algorithms._base import TaskBatch
-    return TaskBatch(tasks, 3)
+    from fomaml_sklearn.algorithms import MetaBatch
+    return MetaBatch.from_tasks(tasks, 3)
 
 
 def test_a_diverging_proximal_rate_is_refused_at_the_first_step():

@@ -1,41 +1,22 @@
 """The meta-learning rules, one module each, and the registry of their names.
 
-==========  ===================================  =========================
-name        rule                                 module
-==========  ===================================  =========================
-fomaml      :class:`FOMAML`                      ``algorithms/fomaml.py``
-maml        :class:`MAML`                        ``algorithms/maml.py``
-reptile     :class:`Reptile`                     ``algorithms/reptile.py``
-anil        :class:`ANIL` ``(first_order=False)``  ``algorithms/anil.py``
-fo-anil     :class:`ANIL` ``(first_order=True)``   ``algorithms/anil.py``
-imaml       :class:`IMAML`                       ``algorithms/imaml.py``
-==========  ===================================  =========================
+``_BUILTIN`` below maps each built-in name to its rule's class and
+options (:func:`available_algorithms` lists them with the registered ones);
+each class's docstring documents its rule.
 
 An estimator's ``algorithm=`` takes a name from this registry or an
 instance (whose options are then searchable as ``algorithm__<option>``).
-Every rule implements :class:`MetaAlgorithm`; a new one is a subclass and a
-:func:`register_algorithm` call. Importing this package does not import
+Every rule implements :class:`MetaAlgorithm` (``algorithms/_base.py``, the
+contract) and uses the adaptation engine :class:`~.runner.TaskRunner`
+(``algorithms/runner.py``, with :class:`~.runner.MetaBatch` and
+:func:`~.runner.inner_loop`); a new one is a subclass and a
+:func:`register_algorithm` call (a built-in one: its module and one line of
+``_BUILTIN``). Importing this package does not import
 torch (the command line lists the names); the classes load on first use.
 """
 
 import difflib
 import importlib
-
-__all__ = [
-    "ANIL",
-    "FOMAML",
-    "IMAML",
-    "MAML",
-    "MetaAlgorithm",
-    "Reptile",
-    "available_algorithms",
-    "TaskResult",
-    "TaskRunner",
-    "get_algorithm",
-    "inner_loop",
-    "meta_gradient",
-    "register_algorithm",
-]
 
 # name -> (module, class name, options)
 _BUILTIN = {
@@ -45,11 +26,17 @@ _BUILTIN = {
     "anil": ("anil", "ANIL", {"first_order": False}),
     "fo-anil": ("anil", "ANIL", {"first_order": True}),
     "imaml": ("imaml", "IMAML", {}),
+    "metasgd": ("metasgd", "MetaSGD", {}),
 }
 _REGISTERED = {}  # name -> (class, options), added by register_algorithm
-_CLASSES = {"FOMAML": "fomaml", "MAML": "maml", "Reptile": "reptile", "ANIL": "anil",
-            "IMAML": "imaml", "MetaAlgorithm": "_base", "TaskRunner": "_base",
-            "TaskResult": "_base", "inner_loop": "_base", "meta_gradient": "_base"}
+# Lazily loaded names: the rules' classes from the registry, and the contract.
+_CLASSES = {
+    **{name: module for module, name, _ in _BUILTIN.values()},
+    **dict.fromkeys(("MetaAlgorithm", "MetaGradient", "PrototypeGradientOption",
+                     "TaskResult", "meta_gradient", "n_correct"), "_base"),
+    **dict.fromkeys(("MetaBatch", "TaskRunner", "inner_loop"), "runner"),
+}
+__all__ = sorted([*_CLASSES, "available_algorithms", "get_algorithm", "register_algorithm"])
 
 
 def __getattr__(name):

@@ -13,7 +13,8 @@ adaptation also adapts the head alone.
 
 import torch
 
-from ._base import MetaAlgorithm, TaskResult, inner_loop, n_correct
+from ._base import MetaAlgorithm, TaskResult, n_correct
+from .runner import inner_loop
 
 __all__ = ["ANIL"]
 
@@ -33,7 +34,6 @@ class ANIL(MetaAlgorithm):
     >>> clf = FOMAMLClassifier(algorithm=ANIL(first_order=True))   # = "fo-anil"
     """
 
-    adapts_body = False
 
     def __init__(self, first_order=False):
         self.first_order = first_order

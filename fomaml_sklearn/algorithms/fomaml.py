@@ -29,14 +29,8 @@ from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
 from ..backbones import Conv4Backbone, MLPBackbone
-from ._base import (
-    MetaAlgorithm,
-    MetaGradient,
-    PrototypeGradientOption,
-    TaskResult,
-    inner_loop,
-    n_correct,
-)
+from ._base import MetaAlgorithm, MetaGradient, PrototypeGradientOption, TaskResult, n_correct
+from .runner import inner_loop
 
 __all__ = ["FOMAML"]
 
@@ -106,7 +100,7 @@ def _batched_meta_gradient(runner, batch, through_prototypes):
             f"into torch.func.vmap); got precision={config.precision!r}. Use "
             "precision='float32' or the per-task loop (batched=False).")
     body = meta.backbone
-    xs, ys, xq, yq = batch.x_support, batch.y_support, batch.x_query, batch.y_query
+    xs, ys, xq, yq = batch.stacked()
     n_classes, T = batch.n_classes, len(xs)
     names = [n for n, _ in body.named_parameters()]
     buffer_names = [n for n, _ in body.named_buffers()]
@@ -116,7 +110,7 @@ def _batched_meta_gradient(runner, batch, through_prototypes):
         return [t.detach().unsqueeze(0).repeat((T,) + (1,) * t.dim()) for t in tensors]
 
     phi = [p.requires_grad_(True) for p in stacked(theta)]
-    stats = stacked(runner._meta_buffers)  # each task's BatchNorm statistics
+    stats = stacked(runner.meta_buffers)  # each task's BatchNorm statistics
 
     def features(params, x, train, buffers=None, params_batched=True):
         def one_task(p, b, x):
@@ -159,7 +153,8 @@ def _batched_meta_gradient(runner, batch, through_prototypes):
     if through_prototypes:
         FOMAML.add_through_prototypes(runner, grads, head0, g[-2:], scale=1.0 / T)
     grads.update(meta.head_gradients(n_classes, g[-2].mean(0), g[-1].mean(0)))
-    correct = float(n_correct(logits, yq[None].expand(T, -1)))
+    correct = n_correct(logits, yq[None].expand(T, -1))
+    # The step's one read from the device (a GPU sync): loss and count together.
+    total, correct = torch.stack([loss.detach().double(), correct.double()]).tolist()
     meta_params = list(meta.parameters())
-    return MetaGradient([grads[p] for p in meta_params], loss.item() / T,
-                        correct / (T * len(yq)))
+    return MetaGradient([grads[p] for p in meta_params], total / T, correct / (T * len(yq)))

@@ -11,7 +11,8 @@ treated as constants. Test-time adaptation is the plain inner loop.
 
 import torch
 
-from ._base import MetaAlgorithm, TaskResult, inner_loop, n_correct
+from ._base import MetaAlgorithm, TaskResult, n_correct
+from .runner import inner_loop
 
 __all__ = ["MAML"]
 
