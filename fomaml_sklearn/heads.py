@@ -90,7 +90,9 @@ def prototype_head(feats, y, n_classes):
     """
     protos = feats.new_zeros(feats.shape[:-2] + (n_classes, feats.shape[-1]))
     protos = protos.index_add(feats.dim() - 2, y, feats)
-    counts = torch.bincount(y, minlength=n_classes).clamp_min(1).to(feats.dtype)
+    # Counted with index_add rather than bincount, which reads a value from the
+    # device (a host-device synchronisation on a GPU).
+    counts = feats.new_zeros(n_classes).index_add_(0, y, feats.new_ones(y.shape)).clamp_min(1)
     protos = protos / counts[:, None]
     return 2 * protos, -(protos**2).sum(-1)
 
