@@ -88,10 +88,10 @@ def _save_model(clf, path):
 
 def _require_safetensors():
     """Fail before any training when model files cannot be written."""
-    from .persistence import _safetensors
+    from .persistence import safetensors_module
 
     try:
-        _safetensors()
+        safetensors_module()
     except ImportError as exc:
         raise CommandError(str(exc)) from exc
 
@@ -200,7 +200,7 @@ RESUME_FIXED = ("module", "algorithm", "head", "ways", "shots", "queries", "meta
 
 def _resumed_model(args, max_epochs, callbacks, verbose):
     """Load ``--resume MODEL`` and its training data, ready for a warm-start fit."""
-    from .persistence import _attach_net
+    from ._estimator import attach_net
 
     changed = [option for dest, (default, option) in sorted(args.resume_fixed.items())
                if getattr(args, dest) != default]
@@ -229,7 +229,7 @@ def _resumed_model(args, max_epochs, callbacks, verbose):
     )
     # A new skorch net with these callbacks: a fresh Adam (its moments are not in
     # the file) and a new episode generator, around the saved meta-parameters.
-    _attach_net(clf)
+    attach_net(clf)
     return clf, X, y, description, warm_start
 
 

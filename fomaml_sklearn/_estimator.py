@@ -64,7 +64,7 @@ from .episodes import EpisodeShape
 from .evaluation import sample_episodes
 from .heads import MetaModel, TaskModel
 
-__all__ = ["MetaEstimatorBase", "OPTIMIZERS", "SAVED_FIELDS", "attach_net"]
+__all__ = ["MetaEstimatorBase", "OPTIMIZERS", "SAVED_FIELDS", "attach_net", "flatten_images"]
 
 #: The meta-optimizers by the (lower-case) names of :data:`names.OPTIMIZERS`,
 #: as classes: ``optimizer=`` takes these names, and a model file stores
@@ -73,7 +73,7 @@ OPTIMIZERS = {name: getattr(torch.optim, cls) for name, cls in names.OPTIMIZERS.
 _PREDICT_CHUNK = 4096
 
 
-def _flatten_images(X):
+def flatten_images(X):
     """Flatten (n, C, H, W)-like arrays to rows; return them and the image shape."""
     ndim = getattr(X, "ndim", None)
     if ndim is not None and ndim > 2:
@@ -364,7 +364,7 @@ class MetaEstimatorBase(BaseEstimator):
             raise _image_layout_error(tuple(image_shape), fitted, what)
 
     def _validate_X(self, X, reset, what="X"):
-        X, image_shape = _flatten_images(X)
+        X, image_shape = flatten_images(X)
         X = validate_data(self, X, reset=reset, dtype=np.float32)
         if not reset:
             self._check_layout(image_shape, what)
@@ -388,6 +388,13 @@ class MetaEstimatorBase(BaseEstimator):
             )
 
     # --------------------------------------------------------------------- fit
+    def _fit(self, *args, warm, device):
+        """Meta-train on ``args`` (each estimator's own data: the classifier's
+        ``X, y, X_val, y_val``, the regressor's ``X, y, groups``) on ``device``,
+        from scratch or, with ``warm``, on; called by :meth:`_fit_on_copy` on
+        a copy of the estimator. Each estimator defines it."""
+        raise NotImplementedError
+
     def _fit_on_copy(self, *args):
         """Run ``_fit(*args, warm=, device=)`` on a copy and swap it in only when it
         succeeds: a failed call leaves a fitted estimator exactly as it was."""

@@ -22,7 +22,7 @@ from ._constraints import (
     Real,
     check_params,
 )
-from ._estimator import COMMON_PARAMS, SAVED_FIELDS, MetaEstimatorBase, _flatten_images
+from ._estimator import COMMON_PARAMS, SAVED_FIELDS, MetaEstimatorBase, flatten_images
 from .episodes import resolve_episode_shape
 from .evaluation import (
     FewShotResult,
@@ -369,7 +369,7 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
     }
 
     def _validate_Xy(self, X, y, reset, what="X"):
-        X, image_shape = _flatten_images(X)
+        X, image_shape = flatten_images(X)
         X, y = validate_data(self, X, y, reset=reset, dtype=np.float32)
         if not reset:
             self._check_layout(image_shape, what)

@@ -239,7 +239,8 @@ class EpisodeSampler:
         """The class codes of ``n_tasks`` tasks, ``(n_tasks, n_ways)``: random
         classes per task in random order (the order is the relabelling).
         Subclasses that draw classes differently override this method."""
-        return np.argsort(self.rng.random((n_tasks, self.n_classes)), axis=1)[:, :self.shape.n_ways]
+        keys = self.rng.random((n_tasks, self.n_classes))
+        return np.argsort(keys, axis=1)[:, :self.shape.n_ways]
 
     def sample(self, n_tasks=1):
         """Draw ``n_tasks`` episodes.

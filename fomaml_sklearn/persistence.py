@@ -20,7 +20,6 @@ before allocating: :ref:`persistence`.
 
 import errno
 import hashlib
-import importlib
 import json
 import math
 import os
@@ -66,15 +65,6 @@ def safetensors_module():
             "package, which is not installed: pip install 'fomaml-sklearn[safe]' (or "
             "pip install safetensors).") from exc
     return safetensors.torch
-
-
-_safetensors = safetensors_module  # the command line's former name
-
-
-def __getattr__(name):
-    if name == "_attach_net":  # the command line's former import (moved to _estimator)
-        return importlib.import_module("fomaml_sklearn._estimator").attach_net
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------- reading files

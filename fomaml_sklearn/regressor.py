@@ -16,7 +16,7 @@ from ._constraints import (
     Real,
     check_params,
 )
-from ._estimator import COMMON_PARAMS, SAVED_FIELDS, MetaEstimatorBase, _flatten_images
+from ._estimator import COMMON_PARAMS, SAVED_FIELDS, MetaEstimatorBase, flatten_images
 from ._training import numeric_hint
 from .episodes import resolve_task_shape
 from .evaluation import (
@@ -286,7 +286,7 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
 
     # -------------------------------------------------------------- validation
     def _validate_Xy(self, X, y, reset, what="X"):
-        X, image_shape = _flatten_images(X)
+        X, image_shape = flatten_images(X)
         _check_numeric_targets(y, "y" if what == "X" else "y_support")
         X, y = validate_data(self, X, y, reset=reset, dtype=np.float32, multi_output=True,
                              y_numeric=True)
