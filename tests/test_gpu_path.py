@@ -226,3 +226,46 @@ def test_a_batched_meta_step_reads_one_value_from_the_device(
                 torch.cuda.set_sync_debug_mode("default")
         syncs = [w for w in caught if "synchroniz" in str(w.message)]
         assert len(syncs) == 1, [str(w.message) for w in syncs]
+
+
+# ------------------------------------------------------- benchmarks/gpu_check.py
+@pytest.fixture
+def gpu_check(monkeypatch):
+    import importlib.util
+    import pathlib
+
+    bench = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    spec = importlib.util.spec_from_file_location("gpu_check_bench", bench / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_smoke_runs_on_the_cpu(gpu_check, capsys):
+    assert gpu_check.main(["--device", "cpu", "--quick", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "MISMATCH" not in out and "the batched path agrees with the loop" in out
+    assert "tasks/s (precision_=" in out
+
+
+def test_gpu_check_exits_1_when_the_batched_path_differs(gpu_check, monkeypatch, capsys):
+    real = gpu_check.meta_gradient
+
+    def off_by_a_little(*args, batched=False, **kwargs):
+        result = real(*args, batched=batched, **kwargs)
+        if batched:
+            result.grads[0] = result.grads[0] * 1.001
+        return result
+
+    monkeypatch.setattr(gpu_check, "meta_gradient", off_by_a_little)
+    monkeypatch.setattr(gpu_check, "throughput", lambda *a: None)
+    monkeypatch.setattr(gpu_check, "fit_rate", lambda *a: None)
+    assert gpu_check.main(["--device", "cpu", "--quick"]) == 1
+    assert "MISMATCH between the batched path and the loop" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_gpu_check_without_cuda_says_so_and_exits_0(gpu_check, capsys):
+    assert gpu_check.main([]) == 0
+    assert "CUDA is not available on this machine" in capsys.readouterr().out
