@@ -38,7 +38,7 @@ from fomaml_sklearn import FOMAMLClassifier  # noqa: E402
 from fomaml_sklearn.callbacks import meta_steps_per_epoch  # noqa: E402
 
 from few_shot import load_omniglot, parse_setting  # noqa: E402
-from maml_plus_plus import LSLRFOMAML, MultiStepLossFOMAML  # noqa: E402
+from maml_plus_plus import LSLR, MultiStepLossFOMAML  # noqa: E402
 from throughput import cpu_model  # noqa: E402
 
 # The reference point: the fixed_steps.py settings (16 tasks per meta-step).
@@ -69,12 +69,12 @@ VARIANTS = {
     "ways10-lr3e-3-shift1": dict(n_ways=10, lr=3e-3, augment_shift=1),
     "ways10-lr3e-3-shift2": dict(n_ways=10, lr=3e-3, augment_shift=2),
     "ways10-lr3e-3-shift3": dict(n_ways=10, lr=3e-3, augment_shift=3),
-    "ways10-lr3e-3-lslr": dict(n_ways=10, lr=3e-3, algorithm=LSLRFOMAML()),
+    "ways10-lr3e-3-lslr": dict(n_ways=10, lr=3e-3, algorithm=LSLR),
     "ways10-lr3e-3-inner3": dict(n_ways=10, lr=3e-3, n_inner_steps=3),
     "ways10-lr3e-3-inner3-msl": dict(n_ways=10, lr=3e-3, n_inner_steps=3,
                                      algorithm=MultiStepLossFOMAML()),
     "ways10-lr3e-3-inner3-lslr": dict(n_ways=10, lr=3e-3, n_inner_steps=3,
-                                      algorithm=LSLRFOMAML()),
+                                      algorithm=LSLR),
     "ways10-lr3e-3-mb32": dict(n_ways=10, lr=3e-3, meta_batch_size=32),
     # On top of ways10-lr3e-3-shift2 (the 30-minute runs' configuration):
     "ways10-lr3e-3-shift2-cosine": dict(n_ways=10, lr=3e-3, augment_shift=2,
@@ -159,9 +159,12 @@ def main(argv=None):
                   f"{clf.episode_shape_.n_ways}-way {clf.episode_shape_.k_shot}-shot "
                   "episodes, %): " + ", ".join(f"{n}: {100 * a:.1f}"
                                                for n, a in zip(steps, acc)), flush=True)
-        if hasattr(clf.algorithm_, "describe"):
-            print(f"{'':<14s} learned inner rates (min / median / max): "
-                  f"{clf.algorithm_.describe()}", flush=True)
+        state = getattr(clf.meta_model_, "rule_state", None)
+        if state:  # a rule's own meta-learned tensors, e.g. the learned inner rates
+            flat = torch.cat([r.detach().flatten().cpu() for r in state.values()])
+            print(f"{'':<14s} learned inner rates (min / median / max over "
+                  f"{len(flat)}): {flat.min():.4f} / {flat.median():.4f} / {flat.max():.4f}",
+                  flush=True)
     return 0
 
 
