@@ -27,14 +27,12 @@ import sys
 import warnings
 
 from . import _cli_help as texts
+from . import names
 from ._cli_commands import RESUME_FIXED, CommandError, cmd_evaluate, cmd_predict, cmd_train
 
 __all__ = ["main", "build_parser", "CommandError"]
 
 PROG = texts.PROG
-# fomaml_sklearn.heads.HEADS, spelled out so that --help does not import torch
-# (a test checks that the two agree).
-HEAD_CHOICES = ("prototype", "shared", "fixed")
 INK_CHOICES = ("auto", "dark", "light")
 
 
@@ -136,12 +134,12 @@ def _add_train(commands):
                             "the --resume file, which is then replaced)")
     train.add_argument("--resume", default=None, metavar="MODEL", help=texts.RESUME_HELP)
     model = train.add_argument_group("model")
-    model.add_argument("--module", choices=["mlp", "conv4"], default=None,
+    model.add_argument("--module", choices=names.BACKBONES, default=None,
                        help="network: 'mlp' or the MAML paper's 'conv4' (default: mlp "
                             "for digits, conv4 for images)")
     model.add_argument("--algorithm", choices=available_algorithms(), default="fomaml",
                        help="meta-learning rule (default: fomaml)")
-    model.add_argument("--head", choices=HEAD_CHOICES, default="prototype",
+    model.add_argument("--head", choices=names.HEADS, default="prototype",
                        help="task-head initialisation (default: prototype)")
     episodes = train.add_argument_group("episodes and inner loop")
     add = episodes.add_argument
@@ -175,7 +173,7 @@ def _add_train(commands):
         help="time budget: stop after the first epoch past M minutes")
     add("--device", default="auto",
         help="'cpu', 'cuda', 'cuda:N' or 'auto' (default: auto, a GPU if there is one)")
-    add("--precision", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+    add("--precision", choices=("auto", *names.PRECISIONS), default="auto",
         help="forward-pass precision; auto takes bfloat16 where the hardware is fast at "
              "it (default: auto)")
     add("--seed", type=int, default=0,

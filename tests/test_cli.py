@@ -550,16 +550,18 @@ def test_help_does_not_import_torch(args):
 
 
 def test_cli_choices_follow_the_package():
+    from fomaml_sklearn import names
     from fomaml_sklearn.algorithms import available_algorithms
-    from fomaml_sklearn.cli import HEAD_CHOICES
-    from fomaml_sklearn.heads import HEADS
 
-    assert set(HEAD_CHOICES) == set(HEADS)
     parser = build_parser()
     train = parser._subparsers._group_actions[0].choices["train"]
     algorithm = next(a for a in train._actions if a.dest == "algorithm")
     assert list(algorithm.choices) == available_algorithms()
     assert "imaml" in algorithm.choices
+    choices = {a.dest: a.choices for a in train._actions}
+    assert tuple(choices["module"]) == names.BACKBONES
+    assert tuple(choices["head"]) == names.HEADS
+    assert tuple(choices["precision"]) == ("auto", *names.PRECISIONS)
 
 
 def test_ctrl_c_saves_and_suggests_resume(tmp_path, monkeypatch):
