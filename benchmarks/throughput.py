@@ -30,6 +30,7 @@ Usage: python benchmarks/throughput.py [--repeats 5] [--threads 2]
 
 import argparse
 import copy
+import os
 import sys
 import time
 
@@ -219,6 +220,9 @@ def main(argv=None):
     peaks = {"float32": matmul_peak(torch.float32)}
     if auto != "float32":
         peaks[auto] = matmul_peak(getattr(torch, auto))
+    print(f"Machine: {cpu_model()}; load average before: "
+          + " ".join(f"{v:.2f}" for v in os.getloadavg())
+          + " (above ~1.5 other processes share the cores: ratios are unreliable)")
     print(f"Conv-4 64, 5-way 1-shot, meta-batch {META_BATCH}, {args.threads} threads, "
           f"median of {args.repeats}; tasks/s (higher is better). 'auto': what "
           f"precision='auto' and task_batching='auto' resolve to here ({auto}, "
