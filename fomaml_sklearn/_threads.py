@@ -17,26 +17,33 @@ cannot rely on it; what a fit can change is the number of threads.
 threads of *other* processes that are running right now (a few samples of
 ``/proc/loadavg``'s running count, minus this process's own running threads,
 over about 10 ms) and, when fewer cores than torch's thread count are idle,
-runs the fit with as many threads as there are idle cores (at least 1). It
-never raises the thread count, and it puts back the caller's
-``torch.get_num_threads()`` when the fit ends, also when it fails. Set the
-environment variable ``FOMAML_SKLEARN_FIT_THREADS=keep`` to turn it off (for
-benchmarks that must run a fixed number of threads, say).
+runs the fit with as many threads as there are idle cores (at least 1). The
+training loop calls :func:`recheck` once per meta-step, which counts again
+at most every :data:`RECHECK_SECONDS` and follows a neighbour that starts or
+ends during the fit. The count never exceeds the caller's, and the caller's
+``torch.get_num_threads()`` is put back when the fit ends, also when it
+fails. Set the environment variable ``FOMAML_SKLEARN_FIT_THREADS=keep`` to
+turn it off (for benchmarks that must run a fixed number of threads, say).
 
 Where ``/proc`` is missing (not Linux), nothing changes.
 """
 
 import contextlib
 import os
+import threading
 import time
 
 import torch
 
-__all__ = ["ENV_VARIABLE", "fit_thread_count", "fit_threads", "other_running_threads"]
+__all__ = ["ENV_VARIABLE", "RECHECK_SECONDS", "fit_thread_count", "fit_threads",
+           "other_running_threads", "recheck"]
 
 #: The environment variable that turns the adjustment off (value ``keep``).
 ENV_VARIABLE = "FOMAML_SKLEARN_FIT_THREADS"
 _POLICIES = ("auto", "keep")
+#: Seconds between two counts during a fit (:func:`recheck`).
+RECHECK_SECONDS = 2.0
+_active = threading.local()  # the running fit's budget, per calling thread
 
 
 def _running_total():
@@ -79,10 +86,13 @@ def other_running_threads(samples=5, interval=0.002):
         for i in range(samples):
             if i:
                 time.sleep(interval)
-            # Own threads counted after the total: a thread of ours that
-            # stops in between would count as another process's otherwise.
+            # Own threads counted before and after the total, the larger
+            # count subtracted: a thread of ours that starts or stops waiting
+            # in between is never taken for another process's (an error, if
+            # any, is towards fewer busy cores, that is towards no change).
+            own = _own_running()
             total = _running_total()
-            counts.append(max(0, total - _own_running()))
+            counts.append(max(0, total - max(own, _own_running())))
     except (OSError, ValueError, IndexError):
         return None
     counts.sort()
@@ -143,30 +153,63 @@ def _policy():
     return value
 
 
+class _Budget:
+    """The thread count a fit started with, and when to count again."""
+
+    def __init__(self, before):
+        self.before = before
+        self.next_check = time.monotonic() + RECHECK_SECONDS
+
+
 @contextlib.contextmanager
 def fit_threads(device="cpu"):
     """Run the body with :func:`fit_thread_count` intra-op threads on a CPU
-    device, and restore the caller's ``torch.get_num_threads()`` afterwards.
+    device (followed by :func:`recheck` during the body), and restore the
+    caller's ``torch.get_num_threads()`` afterwards.
 
     Only the calling thread's count changes (torch keeps OpenMP's count per
-    thread). On other devices, or with ``FOMAML_SKLEARN_FIT_THREADS=keep``,
-    nothing changes.
+    thread). On other devices, with one thread, or with
+    ``FOMAML_SKLEARN_FIT_THREADS=keep``, nothing changes.
 
     Yields
     ------
     n : int
-        The intra-op threads the body runs with.
+        The intra-op threads the body starts with.
     """
     before = torch.get_num_threads()
     if torch.device(device).type != "cpu" or _policy() == "keep" or before == 1:
         yield before
         return
-    n = fit_thread_count(before)
-    if n == before:
-        yield before
-        return
-    torch.set_num_threads(n)
+    outer = getattr(_active, "budget", None)
+    _active.budget = _Budget(before)
     try:
+        n = fit_thread_count(before)
+        if n != before:
+            torch.set_num_threads(n)
         yield n
     finally:
-        torch.set_num_threads(before)
+        _active.budget = outer
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def recheck():
+    """Count the other processes' running threads again, at most every
+    :data:`RECHECK_SECONDS`, and set this fit's threads accordingly (between
+    1 and the count the fit started with). The training loop calls it once
+    per meta-step; outside :func:`fit_threads` it does nothing.
+
+    Returns
+    -------
+    n : int
+        The intra-op threads from now on.
+    """
+    budget = getattr(_active, "budget", None)
+    now = time.monotonic()
+    if budget is None or now < budget.next_check:
+        return torch.get_num_threads()
+    n = fit_thread_count(budget.before, others=other_running_threads(samples=3))
+    budget.next_check = time.monotonic() + RECHECK_SECONDS
+    if n != torch.get_num_threads():
+        torch.set_num_threads(n)
+    return n

@@ -26,6 +26,7 @@ from skorch import NeuralNet
 from skorch.callbacks import PassthroughScoring
 
 from . import distributed
+from ._threads import recheck as recheck_threads
 from .algorithms.runner import MetaBatch, TaskRunner
 from .callbacks import meta_steps_per_epoch
 from .episodes import EpisodeSampler
@@ -180,6 +181,7 @@ class MetaTrainingNet(NeuralNet):
             self.runner_ = None
 
     def train_step_single(self, batch, **fit_params):
+        recheck_threads()  # fewer threads while other processes busy the cores
         self._set_training(True)
         grads, loss, accuracy = self._meta_gradient(batch)
         # The loss is a float on the host already: checking it costs nothing.

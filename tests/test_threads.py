@@ -17,6 +17,7 @@ from fomaml_sklearn._threads import (
     fit_thread_count,
     fit_threads,
     other_running_threads,
+    recheck,
 )
 
 FAST = dict(n_ways=3, k_shot=1, n_query=2, max_epochs=2, meta_batches_per_epoch=2,
@@ -41,9 +42,15 @@ def two_threads():
 
 @pytest.fixture
 def busy(monkeypatch):
-    """Pretend that other processes keep ``n`` threads running."""
+    """Pretend that other processes keep ``n`` threads running (a list: one
+    value per count, the last one repeated)."""
     def pretend(n):
-        monkeypatch.setattr(_threads, "other_running_threads", lambda: n)
+        counts = list(n) if isinstance(n, list) else [n]
+
+        def count(samples=5):
+            return counts.pop(0) if len(counts) > 1 else counts[0]
+
+        monkeypatch.setattr(_threads, "other_running_threads", count)
         monkeypatch.setattr(_threads, "_cores", lambda: 2)
     return pretend
 
@@ -113,6 +120,31 @@ def test_keep_turns_it_off_and_a_bad_value_names_the_variable(
     with pytest.raises(ValueError, match=f"{ENV_VARIABLE}='fewer' is not supported; use"):
         clf.fit(*digits)
     assert torch.get_num_threads() == 2
+
+
+def test_a_neighbour_that_starts_or_ends_during_fit_is_followed(
+        digits, two_threads, busy, monkeypatch):
+    # Counted at the start (alone), then in each meta-step: a neighbour is
+    # seen in steps 2 and 3, gone in step 4. The callback records the count
+    # at the start of a step, before that step's count.
+    busy([0, 0, 1, 1, 0])
+    monkeypatch.setattr(_threads, "RECHECK_SECONDS", 0.0)
+    record = _RecordThreads()
+    clf = FOMAMLClassifier(callbacks=[record], **{**FAST, "meta_batches_per_epoch": 3})
+    clf.fit(*digits)
+    assert record.seen == [2, 2, 1, 1, 2, 2]
+    assert torch.get_num_threads() == 2
+
+
+def test_recheck_outside_a_fit_changes_nothing(two_threads, busy, monkeypatch):
+    busy(2)
+    monkeypatch.setattr(_threads, "RECHECK_SECONDS", 0.0)
+    assert recheck() == 2 and torch.get_num_threads() == 2
+    with fit_threads("cpu") as n:
+        assert n == 1
+        busy(0)
+        assert recheck() == 2 == torch.get_num_threads()  # never above the start
+    assert torch.get_num_threads() == 2 and recheck() == 2
 
 
 def test_other_devices_and_one_thread_are_left_alone(busy):
