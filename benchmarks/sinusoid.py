@@ -3,7 +3,7 @@
 For K = 5, 10 and 20 support points, meta-trains ``FOMAMLRegressor`` (MLP
 1 -> 40 -> 40 -> 1, ReLU, inner rate 0.01, one inner step, Adam 1e-3, 10
 tasks per meta-step) with FOMAML, MAML and iMAML (its regression defaults:
-``lam = 0.1 / inner_lr``, 20 proximal inner steps) for ``--steps``
+``lam = 0.1 / inner_lr``, 10 proximal inner steps) for ``--steps``
 meta-steps on waves of :func:`fomaml_sklearn.datasets.make_sinusoid_tasks`,
 then reports the query MSE (10 points per wave) on 600 new waves after
 adapting on K points with 1 and with 10 inner steps (mean +- 95% CI), next
@@ -55,7 +55,7 @@ def main(argv=None):
                         choices=list(METHODS))
     parser.add_argument("--imaml-inner-steps", type=int, default=None,
                         help="inner steps of iMAML's proximal problem in meta-training "
-                             "(default: the rule's 'auto', 20 for regression)")
+                             "(default: the rule's 'auto', 10 for regression)")
     parser.add_argument("--n-train-tasks", type=int, default=20000)
     parser.add_argument("--test-waves", type=int, default=600)
     parser.add_argument("--threads", type=int, default=os.cpu_count())

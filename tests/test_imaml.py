@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from fomaml_sklearn._config import MetaConfig
 from fomaml_sklearn.algorithms import IMAML, TaskRunner, meta_gradient
-from fomaml_sklearn.algorithms.imaml import conjugate_gradient
+from fomaml_sklearn.algorithms.imaml import conjugate_gradient, proximal_descent
 from fomaml_sklearn.heads import MetaModel
 
 from conftest import make_tasks
@@ -225,8 +225,8 @@ def test_inner_steps_and_lam_auto_and_their_precedence():
     """'auto' replaces the estimator's default single step (which leaves the
     proximal problem unsolved) and decides lam by task type; integers win."""
     cls = MetaConfig(inner_lr=0.01, n_inner_steps=1)
-    assert IMAML().settings(cls, regression=False) == (1.0, 5)
-    assert IMAML().settings(cls, regression=True) == (pytest.approx(10.0), 20)
+    assert IMAML().settings(cls, regression=False) == (pytest.approx(20.0), 5)
+    assert IMAML().settings(cls, regression=True) == (pytest.approx(10.0), 10)
     assert IMAML().settings(MetaConfig(inner_lr=0.05, n_inner_steps=3), True) == (
         pytest.approx(2.0), 3)  # the estimator's steps when not its default 1
     assert IMAML(lam=0.5, n_inner_steps=2).settings(cls, regression=True) == (0.5, 2)
@@ -237,8 +237,8 @@ def test_inner_steps_and_lam_auto_and_their_precedence():
     xs, ys, *_ = tasks[0]
     moved = {}
     for steps in (1, 5):
-        head, _, anchors = IMAML(lam=1.0, n_inner_steps=steps)._adapt(runner, xs, ys, 3, 1.0,
-                                                                     steps)
+        head, _, anchors, _ = IMAML(lam=1.0, n_inner_steps=steps)._adapt(runner, xs, ys, 3,
+                                                                        1.0, steps)
         moved[steps] = float(torch.sqrt(sum(((p.detach() - a) ** 2).sum() for p, a in zip(
             runner.params + head, anchors))))
     rule = IMAML(lam=1.0).resolve(meta)
@@ -280,7 +280,7 @@ def test_meta_gradient_matches_an_exact_solve_and_differs_from_fomaml():
 
     # phi: the same proximal problem, solved again on a fresh runner.
     ref_runner = TaskRunner(meta, MetaConfig(algorithm=rule, inner_lr=lr))
-    head, _, _ = rule._adapt(ref_runner, xs, ys, 3, lam, 400)
+    head, _, _, _ = rule._adapt(ref_runner, xs, ys, 3, lam, 400)
     phi = [p.detach() for p in ref_runner.params + head]
     shapes = [p.shape for p in phi]
     names = [n for n, _ in meta.backbone.named_parameters()]
@@ -362,3 +362,91 @@ def test_defaults_no_longer_train_as_fomaml_on_digits():
         losses[algorithm] = clf.history_[-1, "train_loss"]
     assert clf.algorithm_.n_inner_steps_ == 5 and clf.algorithm_.n_cg_solves_ > 0
     assert abs(losses["fomaml"] - losses["imaml"]) > 1e-3 * abs(losses["fomaml"]), losses
+
+
+def test_proximal_descent_is_plain_descent_where_every_step_lowers_the_objective():
+    """With a rate that suits the curvature, no step is undone and the result
+    is that of the plain proximal gradient steps (the runner's inner loop)."""
+    meta = _tanh_net()
+    xs, ys, *_ = _tasks(1)[0]
+    lam, lr, steps = 2.0, 0.05, 15
+    plain = TaskRunner(meta, MetaConfig(inner_lr=lr))
+    head = plain.adapt(xs, ys, 3, steps, proximal=lam)
+    expected = [p.detach().clone() for p in plain.params + head]
+    runner = TaskRunner(meta, MetaConfig(inner_lr=lr))
+    head, first = runner.start(xs, ys, 3, with_loss=True)
+    params = runner.params + head
+    anchors = [p.detach().clone() for p in params]
+    halvings, start_norm, lowered = proximal_descent(
+        runner.support_loss(xs, ys), params, anchors, lam, steps, lr, first_loss=first)
+    assert int(halvings) == 0 and float(start_norm) > 0 and bool(lowered)
+    for got, want in zip(params, expected):
+        torch.testing.assert_close(got.detach(), want, rtol=1e-10, atol=1e-12)
+
+
+def test_proximal_descent_halves_the_rate_where_plain_descent_diverges():
+    """The quadratic with lr * (curvature + lam) > 2: plain steps blow up,
+    the safeguarded ones end at a lower objective, close to phi*."""
+    lam = 0.7
+    meta, loss, task, q = _quadratic(lam=lam)
+    lr = 3.0 * q["lr"]  # q["lr"] = 1 / (max curvature + lam)
+    xs, ys = task[0], task[1]
+    config = MetaConfig(inner_lr=lr, loss=loss)
+    plain = TaskRunner(meta, config)
+    head = plain.adapt(xs, ys, 1, 60, proximal=lam)
+    assert not torch.isfinite(head[0]).all() or head[0].abs().max() > 1e6
+
+    runner = TaskRunner(meta, config)
+    head, first = runner.start(xs, ys, 1, with_loss=True)
+    params = runner.params + head
+    halvings, _, _ = proximal_descent(runner.support_loss(xs, ys), params,
+                                   [p.detach().clone() for p in params], lam, 400, lr,
+                                   first_loss=first)
+    assert int(halvings) >= 1
+    M, A, H, theta = q["M"], q["A"], q["H"], q["theta"]
+    phi_star = np.linalg.solve(H + lam * np.eye(len(theta)), M.T @ A @ q["c_s"] + lam * theta)
+    got = np.concatenate([head[0].detach().numpy()[0], head[1].detach().numpy()])
+    np.testing.assert_allclose(got, phi_star, rtol=1e-6, atol=1e-8)
+
+
+def test_the_default_classifier_fit_solves_its_inner_problem_without_warning():
+    """The prototype head at inner rate 0.01: lam='auto' is 20 (0.2 / inner_lr),
+    5 steps shrink the proximal gradient to about a third. 1-shot prototypes
+    fit their support exactly, so theta solves those tasks (counted as
+    stalled, not as unsolved)."""
+    import warnings
+
+    from sklearn.datasets import load_digits
+
+    from fomaml_sklearn import FOMAMLClassifier
+
+    X, y = load_digits(return_X_y=True)
+    X = X / 16.0
+    for k_shot, precision in ((1, "auto"), (5, "float32")):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="iMAML's")
+            clf = FOMAMLClassifier(algorithm="imaml", k_shot=k_shot, max_epochs=1,
+                                   meta_batches_per_epoch=5, device="cpu",
+                                   precision=precision, random_state=0).fit(X, y)
+        rule = clf.algorithm_
+        assert (rule.lam_, rule.n_inner_steps_) == (pytest.approx(20.0), 5)
+        assert rule.inner_residual_ < 0.5, (k_shot, rule.inner_residual_)
+        if k_shot == 5:
+            assert rule.n_inner_stalled_ < rule.n_cg_solves_  # real inner steps taken
+
+
+def test_the_regressor_does_not_diverge_where_the_support_curvature_is_large():
+    """Large targets make the support MSE very curved: at inner_lr 0.05 plain
+    proximal steps overshoot; the halved steps keep the fit finite and say so
+    in n_inner_halvings_."""
+    from fomaml_sklearn import FOMAMLRegressor
+    from fomaml_sklearn.datasets import make_sinusoid_tasks
+
+    X, y, g = make_sinusoid_tasks(60, 20, random_state=0)
+    reg = FOMAMLRegressor(algorithm=IMAML(lam=10.0), inner_lr=0.05, k_shot=10, n_query=10,
+                          max_epochs=1, meta_batches_per_epoch=10, device="cpu",
+                          adapt_on_fit=False, random_state=0).fit(X, 5 * y, groups=g)
+    assert reg.algorithm_.n_inner_halvings_ > 0
+    reg.set_params(n_inner_steps_test=10)
+    result = reg.evaluate(X, 5 * y, g, k_shot=10, n_query=10, n_episodes=20, random_state=0)
+    assert np.isfinite(result.mse)

@@ -2,7 +2,7 @@
 
 Inner problem: ``phi* = argmin_phi L_support(phi) + lam/2 ||phi - theta||^2``,
 solved approximately by ``n_inner_steps`` gradient steps from ``theta``
-(:func:`~fomaml_sklearn.algorithms._base.inner_loop` with its proximal
+(:func:`~fomaml_sklearn.algorithms.runner.inner_loop` with its proximal
 term). At an exact solution, ``d phi* / d theta = (I + H / lam)^-1`` with
 ``H`` the Hessian of ``L_support`` at ``phi*``, so the meta-gradient is
 
@@ -26,7 +26,7 @@ import torch
 
 from ._base import MetaAlgorithm, PrototypeGradientOption, TaskResult, n_correct
 
-__all__ = ["IMAML", "conjugate_gradient"]
+__all__ = ["IMAML", "conjugate_gradient", "proximal_descent"]
 
 
 def _dot(a, b):
@@ -95,6 +95,106 @@ def conjugate_gradient(matvec, b, n_steps, tol=1e-12, return_info=False, warn=Tr
     return (x, (steps_done, negative)) if return_info else x
 
 
+def proximal_descent(support_loss, params, anchors, lam, n_steps, lr, first_loss=None,
+                     rtol=None):
+    """Gradient descent on iMAML's proximal problem that never lets it rise.
+
+    Minimises ``F(phi) = L_s(phi) + lam/2 ||phi - theta||^2`` from
+    ``phi = theta`` by ``n_steps`` attempted steps. A step that would raise
+    ``F`` above the lowest value reached so far (or make it non-finite) is
+    undone and the rate halved for the following steps, so where the
+    support loss is too curved for ``lr`` (``lr * (curvature + lam) > 2``)
+    the steps shrink instead of diverging.
+    The decisions are tensor operations (no host synchronisation), so every
+    attempt counts as a step, accepted or not.
+
+    Parameters
+    ----------
+    support_loss : callable
+        ``support_loss(params)`` returns the scalar support loss.
+    params : list of torch.Tensor
+        Leaf tensors that require grad, equal to ``anchors`` at the start;
+        updated in place.
+    anchors : list of torch.Tensor
+        ``theta``, constants.
+    lam : float
+        Strength of the proximal term.
+    n_steps : int
+        Attempted steps; 0 leaves ``params`` unchanged.
+    lr : float
+        The first rate.
+    first_loss : torch.Tensor or None, default=None
+        ``support_loss(params)`` at the start, if already computed.
+    rtol : float or None, default=None
+        A rise of ``F`` up to ``rtol * |F|`` above the lowest value counts as
+        rounding, not as a rise; None: 16 times the machine epsilon of the
+        loss's dtype (pass a larger one when the forward passes run in a
+        lower precision). ``F`` never ends more than that above its start.
+
+    Returns
+    -------
+    n_halvings : torch.Tensor
+        How many steps were undone (a 0-dim tensor; 0 where every step
+        lowered ``F``).
+    start_norm : torch.Tensor
+        The norm of the support gradient at the start (where it equals the
+        proximal gradient), the scale of the residual.
+    lowered : torch.Tensor
+        Whether ``F`` ended lower than at the start by more than rounding
+        (False: ``theta`` is numerically the solution, or ``lr`` is far too
+        large for every rate tried).
+    """
+    device = params[0].device if params else None
+    n_halvings = torch.zeros((), dtype=torch.int64, device=device)
+    start_norm = torch.zeros((), device=device)
+    if n_steps <= 0:
+        return n_halvings, start_norm, torch.zeros((), dtype=torch.bool, device=device)
+    anchors = list(anchors)
+
+    def objective(loss, detached):
+        with torch.no_grad():
+            norms = torch._foreach_norm(torch._foreach_sub(detached, anchors))
+            dist = torch.stack(norms).to(loss.dtype).square().sum()
+            return loss.detach() + 0.5 * lam * dist
+
+    rate = torch.full((), float(lr), device=device,
+                      dtype=params[0].dtype if params else None)
+    with torch.enable_grad():  # also when called under torch.no_grad()
+        detached = [p.detach() for p in params]  # views: they follow the in-place steps
+        loss = first_loss if first_loss is not None else support_loss(params)
+        value = objective(loss, detached)
+        start_value = value
+        grads = torch.autograd.grad(loss, params)
+        start_norm = torch.stack(torch._foreach_norm(grads)).norm()
+        if rtol is None:
+            rtol = 16 * torch.finfo(value.dtype).eps
+        for step in range(n_steps):
+            with torch.no_grad():
+                # the step: rate * (grad L_s + lam (phi - theta))
+                moves = torch._foreach_sub(detached, anchors)
+                torch._foreach_mul_(moves, lam)
+                torch._foreach_add_(moves, grads)
+                torch._foreach_mul_(moves, rate)
+                torch._foreach_sub_(detached, moves)
+            loss = support_loss(params)
+            new_value = objective(loss, detached)
+            # A rise within rounding (near the minimum) is not a divergence.
+            slack = rtol * value.abs()
+            accept = torch.isfinite(new_value) & (new_value <= value + slack)
+            new_grads = None if step == n_steps - 1 else torch.autograd.grad(loss, params)
+            with torch.no_grad():
+                reject = (~accept).to(rate.dtype)
+                torch._foreach_mul_(moves, reject)
+                torch._foreach_add_(detached, moves)  # undone where rejected
+                if new_grads is not None:
+                    grads = [torch.where(accept, n, g) for n, g in zip(new_grads, grads)]
+                value = torch.where(accept, torch.minimum(new_value, value), value)
+                rate = rate * (1 - 0.5 * reject)
+                n_halvings += (~accept).long()
+    lowered = value < start_value - rtol * start_value.abs()
+    return n_halvings, start_norm, lowered
+
+
 class IMAML(PrototypeGradientOption, MetaAlgorithm):
     """Implicit MAML: the implicit gradient of a proximal inner problem.
 
@@ -109,11 +209,11 @@ class IMAML(PrototypeGradientOption, MetaAlgorithm):
     ----------
     lam : float or "auto", default="auto"
         Strength of the proximal term ``lam/2 ||phi - theta||^2``: large
-        values keep ``phi*`` close to ``theta``. ``"auto"``: 1.0 for
-        classification (cross-entropy), ``0.1 / inner_lr`` for regression
-        (10 at the regressor's ``inner_lr=0.01``: with ``lam=1`` the MSE
-        problem needs hundreds of steps). ``inner_lr * lam >= 2`` makes the
-        inner steps diverge and is refused at the first meta-step.
+        values keep ``phi*`` close to ``theta``. ``"auto"``: ``0.2 /
+        inner_lr`` for classification (20 at ``inner_lr=0.01``), ``0.1 /
+        inner_lr`` for regression (10): with ``lam=1`` at that rate the
+        problem needs hundreds of steps. ``inner_lr * lam >= 2`` overshoots
+        in every direction and is refused at the first meta-step.
     cg_steps : int, default=5
         Conjugate-gradient iterations, each one Hessian-vector product.
     n_inner_steps : int or "auto", default="auto"
@@ -122,7 +222,9 @@ class IMAML(PrototypeGradientOption, MetaAlgorithm):
         takes the estimator's ``n_inner_steps``, except its default 1, which
         does not solve the proximal problem (the implicit gradient then falls
         back to FOMAML's, see docs/algorithms.md): that becomes 5 steps for
-        classification and 20 for regression. Test-time adaptation always
+        classification and 10 for regression. The steps never raise the
+        proximal objective: one that would is undone and the rate halved
+        (:func:`proximal_descent`), in meta-training and at test time. Test-time adaptation always
         takes the estimator's ``n_inner_steps_test``.
     prototype_gradient : {"auto", True, False}, default="auto"
         With ``head="prototype"``: carry the head's meta-gradient back
@@ -146,9 +248,18 @@ class IMAML(PrototypeGradientOption, MetaAlgorithm):
         with their count.
     inner_residual_ : float
         Mean over the tasks so far of ``|grad L_s(phi) + lam (phi - theta)|
-        / |grad L_s(phi)|`` at the end of the inner steps: 0 where the
+        / |grad L_s(theta)|`` at the end of the inner steps: 0 where the
         proximal problem is solved, about 1 where ``phi`` has barely moved.
-        Above 0.5 on the first meta-batch, a warning says so.
+        Above 0.5 on the first meta-batch, a warning says so. Tasks counted
+        in ``n_inner_stalled_`` are left out.
+    n_inner_halvings_ : int
+        Inner steps undone (and the rate halved) because they would have
+        raised the proximal objective: the support loss was too curved for
+        ``inner_lr``.
+    n_inner_stalled_ : int
+        Tasks where the inner steps could not lower the proximal objective
+        beyond rounding: ``theta`` already solves them (1-shot prototype
+        heads fit their support exactly).
 
     Examples
     --------
@@ -160,11 +271,16 @@ class IMAML(PrototypeGradientOption, MetaAlgorithm):
     """
 
     #: ``n_inner_steps="auto"`` in place of the estimator's default 1.
-    AUTO_INNER_STEPS = {"classification": 5, "regression": 20}
-    #: ``lam="auto"`` for regression is ``AUTO_LAM_RATE / inner_lr``.
-    AUTO_LAM_RATE = 0.1
-    #: ``lam="auto"`` for classification.
-    AUTO_LAM_CLASSIFICATION = 1.0
+    AUTO_INNER_STEPS = {"classification": 5, "regression": 10}
+    #: ``lam="auto"`` is ``AUTO_LAM_RATE[kind] / inner_lr``: gradient descent
+    #: then shrinks the proximal gradient by ``1 - rate`` per step where the
+    #: support loss is flat, to 0.33 in 5 steps (classification) and 0.35 in
+    #: 10 (regression).
+    AUTO_LAM_RATE = {"classification": 0.2, "regression": 0.1}
+    #: The rise of the proximal objective taken for rounding when the forward
+    #: passes run in bfloat16 or float16 (their loss is that noisy on
+    #: well-fitted support sets; a diverging step rises by far more).
+    LOW_PRECISION_RTOL = 0.125
 
     def __init__(self, lam="auto", cg_steps=5, n_inner_steps="auto",
                  prototype_gradient="auto"):
@@ -199,6 +315,7 @@ class IMAML(PrototypeGradientOption, MetaAlgorithm):
     def resolve(self, meta_model):
         rule = super().resolve(meta_model)
         rule.n_cg_solves_, rule.n_cg_fallbacks_, rule.inner_residual_ = 0, 0, 0.0
+        rule.n_inner_halvings_, rule.n_inner_stalled_ = 0, 0
         return rule
 
     def settings(self, config, regression):
@@ -217,16 +334,15 @@ class IMAML(PrototypeGradientOption, MetaAlgorithm):
         n_inner_steps : int
             Meta-training's inner steps.
         """
+        kind = "regression" if regression else "classification"
         if self.lam != "auto":
             lam = float(self.lam)
-        elif regression:
-            lam = self.AUTO_LAM_RATE / float(config.inner_lr)
         else:
-            lam = self.AUTO_LAM_CLASSIFICATION
+            lam = self.AUTO_LAM_RATE[kind] / float(config.inner_lr)
         if self.n_inner_steps != "auto":
             steps = int(self.n_inner_steps)
         elif config.n_inner_steps == 1:
-            steps = self.AUTO_INNER_STEPS["regression" if regression else "classification"]
+            steps = self.AUTO_INNER_STEPS[kind]
         else:
             steps = int(config.n_inner_steps)
         return lam, steps
@@ -278,8 +394,8 @@ class IMAML(PrototypeGradientOption, MetaAlgorithm):
 
     def task_meta_gradient(self, runner, x_support, y_support, x_query, y_query, n_classes):
         lam, steps = self.settings(runner.config, y_query.is_floating_point())
-        head, head0, anchors = self._adapt(runner, x_support, y_support, n_classes, lam,
-                                           steps)
+        head, head0, anchors, inner = self._adapt(runner, x_support, y_support, n_classes,
+                                                  lam, steps)
         params = runner.params + head
         logits = runner.query_logits(x_query, head)
         loss = runner.loss_fn(logits, y_query)
@@ -298,20 +414,33 @@ class IMAML(PrototypeGradientOption, MetaAlgorithm):
         g, (_, negative) = conjugate_gradient(
             matvec, [t.detach() for t in v], int(self.cg_steps), return_info=True, warn=False)
         g = [t.detach() for t in g]
-        self._record(negative, grad_s, params, anchors, lam)
+        self._record(negative, grad_s, params, anchors, lam, inner, steps)
         grads = runner.meta_gradients(g, n_classes)
         self.add_through_prototypes(runner, grads, head0, g[-2:])
         return TaskResult(grads, loss.detach(), n_correct(logits, y_query))
 
-    def _record(self, negative, grad_s, params, anchors, lam):
-        """Count a CG solve, and the inner residual of its task."""
-        with torch.no_grad():
-            prox = [gs + lam * (p - a) for gs, p, a in zip(grad_s, params, anchors)]
-            residual = float(torch.sqrt(_dot(prox, prox) / _dot(grad_s, grad_s).clamp_min(
-                torch.finfo(grad_s[0].dtype).tiny)))
+    def _record(self, negative, grad_s, params, anchors, lam, inner, n_steps):
+        """Count a CG solve, the inner steps undone and the inner residual of
+        its task (``inner``: what :func:`proximal_descent` returned).
+
+        A task where the steps did not lower the proximal objective beyond
+        rounding has ``theta`` as its numerical solution (a 1-shot prototype
+        head fits its support exactly, for one): it is counted in
+        ``n_inner_stalled_`` and left out of the residual's mean."""
+        halvings, start_norm, lowered = inner
+        halvings = int(halvings)
         solves, fallbacks, mean = self._counts()
         self.n_cg_solves_, self.n_cg_fallbacks_ = solves + 1, fallbacks + int(negative)
-        self.inner_residual_ = mean + (residual - mean) / (solves + 1)
+        self.n_inner_halvings_ = getattr(self, "n_inner_halvings_", 0) + halvings
+        if n_steps > 0 and not bool(lowered):
+            self.n_inner_stalled_ = getattr(self, "n_inner_stalled_", 0) + 1
+            return
+        with torch.no_grad():
+            prox = [gs + lam * (p - a) for gs, p, a in zip(grad_s, params, anchors)]
+            start = float(start_norm)
+            residual = float(torch.sqrt(_dot(prox, prox))) / start if start > 0 else 0.0
+        measured = solves - getattr(self, "n_inner_stalled_", 0)
+        self.inner_residual_ = mean + (residual - mean) / (measured + 1)
 
     def _adapt(self, runner, x_support, y_support, n_classes, lam, n_steps):
         """The proximal inner steps from ``theta`` on the scratch copy (the
@@ -331,10 +460,26 @@ class IMAML(PrototypeGradientOption, MetaAlgorithm):
         if self.through_prototypes(runner.meta_model):
             head_graph = runner.prototype_head_graph(x_support, y_support, n_classes)
         anchors = runner.meta_params + [h.detach().clone() for h in head]
-        runner.adapt_from(head, x_support, y_support, n_steps, proximal=lam, first_loss=first)
-        return head, head_graph, anchors
+        inner = self._descend(runner, head, x_support, y_support, lam, n_steps, first)
+        return head, head_graph, anchors, inner
+
+    def _descend(self, runner, head, x_support, y_support, lam, n_steps, first_loss):
+        """:func:`proximal_descent` on the scratch copy and ``head``; then the
+        support statistics at the adapted weights, as the runner records them."""
+        params = runner.params + head
+        anchors = [p.detach().clone() for p in params]
+        low = runner.config.autocast_dtype  # rounding of the forward passes
+        inner = proximal_descent(runner.support_loss(x_support, y_support), params, anchors,
+                                 lam, n_steps, runner.config.inner_lr, first_loss=first_loss,
+                                 rtol=None if low is None else self.LOW_PRECISION_RTOL)
+        if runner.has_support_norm and n_steps > 0:
+            with torch.no_grad():
+                runner.features(x_support)
+        return inner
 
     def adapt(self, runner, x_support, y_support, n_classes):
         lam, _ = self.settings(runner.config, y_support.is_floating_point())
-        return runner.adapt(x_support, y_support, n_classes, runner.config.n_inner_steps_test,
-                            proximal=lam)
+        n_steps = runner.config.n_inner_steps_test
+        head, first = runner.start(x_support, y_support, n_classes, with_loss=n_steps > 0)
+        self._descend(runner, head, x_support, y_support, lam, n_steps, first)
+        return head
