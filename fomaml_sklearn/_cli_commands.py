@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import presets
 from ._cli_help import DEFAULT_MODEL, PROG
 from .datasets import load_data
 
@@ -185,6 +186,55 @@ def _default_ways(spec, y, ways):
     return min(5, len(np.unique(y)))
 
 
+# The estimator's defaults of the image options, for presets without them.
+IMAGE_DEFAULTS = {"augment_shift": 0, "test_shift": 0}
+# train's options that a preset fills when they are not given: option -> parameter.
+PRESET_OPTIONS = {"head": "head", "shots": "k_shot", "queries": "n_query",
+                  "meta_batch_size": "meta_batch_size", "inner_lr": "inner_lr",
+                  "inner_steps": "n_inner_steps", "inner_steps_test": "n_inner_steps_test",
+                  "augment_shift": "augment_shift", "test_shift": "test_shift", "lr": "lr"}
+
+
+def train_configuration(args, y):
+    """The estimator parameters and callbacks of ``train``: the preset
+    (``--preset``, else ``omniglot`` for Omniglot and ``tabular`` for other
+    data), overridden by the options given. A preset's cosine schedule
+    anneals over its epochs, or over ``--minutes`` (``TimeCosineLR``)."""
+    from .callbacks import TimeCosineLR, TimeLimit
+
+    name = args.preset or ("omniglot" if args.data == "omniglot" else "tabular")
+    preset = presets.PRESETS[name]
+    params = {param: preset.get(param, IMAGE_DEFAULTS.get(param)) if getattr(args, option) is None
+              else getattr(args, option) for option, param in PRESET_OPTIONS.items()}
+    params["module"] = args.module or (preset["module"] if args.preset or args.data == "omniglot"
+                                       else "mlp" if args.data == "digits" else "conv4")
+    if args.preset or args.data == "omniglot":
+        default_ways = preset["n_ways"]
+    else:
+        default_ways = _default_ways(args.data, y, None)
+    params["n_ways"] = args.ways or min(default_ways, len(np.unique(y)))
+    if params["inner_lr"] != "auto":
+        params["inner_lr"] = float(params["inner_lr"])
+    for param in ("n_filters", "hidden_layer_sizes"):
+        if param in preset:
+            params[param] = preset[param]
+    params["meta_batches_per_epoch"] = (args.meta_batches_per_epoch
+                                        or preset.get("meta_batches_per_epoch", 100))
+    schedule = preset.get("lr_schedule", "constant")
+    callbacks = None
+    if args.minutes is not None:
+        params["max_epochs"] = args.epochs if args.epochs is not None else 100_000
+        callbacks = [TimeLimit(args.minutes)]
+        if schedule == "cosine" and args.epochs is None:  # anneal over the time budget
+            callbacks.append(TimeCosineLR(args.minutes))
+            schedule = "constant"
+    else:
+        params["max_epochs"] = args.epochs if args.epochs is not None else preset.get(
+            "max_epochs", 10)
+    params["lr_schedule"] = schedule
+    return name, params, callbacks
+
+
 # ----------------------------------------------------------------- commands
 def _info(args, message):
     # Under torchrun only rank 0 reports (RANK is set before the group exists).
@@ -193,9 +243,9 @@ def _info(args, message):
 
 
 # Options that describe the model: --resume keeps the saved model's.
-RESUME_FIXED = ("module", "algorithm", "head", "ways", "shots", "queries", "meta_batch_size",
-                "inner_lr", "inner_steps", "inner_steps_test", "transductive", "lr",
-                "device", "precision", "seed", "image_size")
+RESUME_FIXED = ("preset", "module", "algorithm", "head", "ways", "shots", "queries",
+                "meta_batch_size", "inner_lr", "inner_steps", "inner_steps_test",
+                "transductive", "lr", "device", "precision", "seed", "image_size")
 
 
 def _resumed_model(args, max_epochs, callbacks, verbose):
@@ -259,15 +309,12 @@ def cmd_train(args):
     _require_safetensors()
     if args.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
         return launch_with_torchrun(args.nproc_per_node, args.argv)
-    if args.epochs is not None:
-        max_epochs = args.epochs
-    else:
-        max_epochs = 100_000 if args.minutes is not None else 10
-    callbacks = [TimeLimit(args.minutes)] if args.minutes is not None else None
-    verbose = 0 if args.quiet else 1
     if args.resume:
+        max_epochs = args.epochs if args.epochs is not None else (
+            100_000 if args.minutes is not None else 10)
+        callbacks = [TimeLimit(args.minutes)] if args.minutes is not None else None
         clf, X, y, description, warm_start = _resumed_model(args, max_epochs, callbacks,
-                                                            verbose)
+                                                            0 if args.quiet else 1)
         previous = clf.n_meta_steps_
         _info(args, f"Resuming {args.resume} ({previous} meta-steps so far): meta-training "
                     f"the {clf.module} network on {description}, {len(np.unique(y))} "
@@ -276,33 +323,19 @@ def cmd_train(args):
         X, y, description = load_data(args.data, "train", data_home=args.data_home,
                                       offline=args.offline, image_size=args.image_size,
                                       ink=args.ink)
-        module = args.module or ("mlp" if args.data == "digits" else "conv4")
-        _info(args, f"Meta-training the {module} network on {description}: "
-                    f"{len(np.unique(y))} classes, {len(y)} examples.")
-        inner_lr = args.inner_lr if args.inner_lr == "auto" else float(args.inner_lr)
+        preset, params, callbacks = train_configuration(args, y)
+        _info(args, f"Meta-training the {params['module']} network on {description}: "
+                    f"{len(np.unique(y))} classes, {len(y)} examples; preset {preset!r}.")
         clf = FOMAMLClassifier(
-            module,
+            **params,
             algorithm=args.algorithm,
-            head=args.head,
-            n_ways=_default_ways(args.data, y, args.ways),
-            k_shot=args.shots,
-            n_query=args.queries,
-            meta_batch_size=args.meta_batch_size,
-            inner_lr=inner_lr,
-            n_inner_steps=args.inner_steps,
-            n_inner_steps_test=args.inner_steps_test,
-            lr=args.lr,
-            max_epochs=max_epochs,
-            meta_batches_per_epoch=args.meta_batches_per_epoch or 100,
             transductive=args.transductive,
-            augment_shift=args.augment_shift,
-            test_shift=args.test_shift or 0,
             precision=args.precision,
             adapt_on_fit=False,  # adapting to thousands of training classes is costly
             device=args.device,
             callbacks=callbacks,
             random_state=args.seed,
-            verbose=verbose,
+            verbose=0 if args.quiet else 1,
         )
         previous = 0
     start = time.perf_counter()

@@ -17,7 +17,7 @@ examples:
   fomaml-sklearn train                     # digits 0-5, offline, ~30 s on a CPU
   fomaml-sklearn evaluate fomaml_model.fomaml          # 3-way 1-shot on digits 6-9
   fomaml-sklearn train omniglot --data-home ../shared/data --offline \\
-      --minutes 5 -o omniglot.fomaml                   # the MAML paper's setup
+      --minutes 5 -o omniglot.fomaml                   # presets.OMNIGLOT
   fomaml-sklearn evaluate omniglot.fomaml omniglot --data-home ../shared/data \\
       --offline --ways 5 --shots 1                     # 423 unseen characters
   fomaml-sklearn predict omniglot.fomaml support/ queries/ -o predictions.csv
@@ -43,7 +43,7 @@ examples:
   fomaml-sklearn train                         # digits 0-5, mlp, ~30 s on a CPU
   fomaml-sklearn train --ways 4 --shots 5 --minutes 1 -o digits-5shot.fomaml
   fomaml-sklearn train omniglot --data-home ../shared/data --offline \\
-      --minutes 5 -o omniglot.fomaml           # Conv-4, the MAML paper's setup
+      --minutes 5 -o omniglot.fomaml           # Conv-4, presets.OMNIGLOT
   fomaml-sklearn train omniglot --data-home ../shared/data --offline \\
       --resume omniglot.fomaml --minutes 5     # 5 more minutes, same file
   fomaml-sklearn train my_images/ --image-size 28 --ways 5 -o mine.fomaml

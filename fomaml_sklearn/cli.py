@@ -27,7 +27,7 @@ import sys
 import warnings
 
 from . import _cli_help as texts
-from . import names
+from . import names, presets
 from ._cli_commands import RESUME_FIXED, CommandError, cmd_evaluate, cmd_predict, cmd_train
 
 __all__ = ["main", "build_parser", "CommandError"]
@@ -137,38 +137,44 @@ def _add_train(commands):
     model.add_argument("--module", choices=names.BACKBONES, default=None,
                        help="network: 'mlp' or the MAML paper's 'conv4' (default: mlp "
                             "for digits, conv4 for images)")
+    model.add_argument("--preset", choices=sorted(presets.PRESETS), default=None,
+                       help="start from this configuration of fomaml_sklearn.presets; the "
+                            "options below override it (default: omniglot for omniglot, "
+                            "else tabular)")
     model.add_argument("--algorithm", choices=available_algorithms(), default="fomaml",
                        help="meta-learning rule (default: fomaml)")
-    model.add_argument("--head", choices=names.HEADS, default="prototype",
-                       help="task-head initialisation (default: prototype)")
+    model.add_argument("--head", choices=names.HEADS, default=None,
+                       help="task-head initialisation (default: the preset's)")
     episodes = train.add_argument_group("episodes and inner loop")
     add = episodes.add_argument
     add("--ways", type=_count(2), default=None, metavar="N",
-        help="classes per task (default: 3 for digits, else 5)")
-    add("--shots", type=_count(1), default=1, metavar="K",
-        help="support examples per class (default: 1)")
-    add("--queries", type=_count(1), default=5, metavar="Q",
-        help="query examples per class (default: 5)")
-    add("--meta-batch-size", type=_count(1), default=16, metavar="T",
-        help="tasks per meta-step (default: 16)")
-    add("--inner-lr", type=_inner_lr, default="auto", metavar="ALPHA",
-        help="inner-loop SGD rate, or 'auto' (default: auto)")
-    add("--inner-steps", type=_count(0), default=1, metavar="S",
-        help="inner SGD steps in meta-training (default: 1)")
-    add("--inner-steps-test", type=_count(0), default=3, metavar="S",
-        help="inner SGD steps when adapting to a new task (default: 3)")
+        help="classes per task (default: the preset's, at most the number of classes)")
+    add("--shots", type=_count(1), default=None, metavar="K",
+        help="support examples per class (default: the preset's)")
+    add("--queries", type=_count(1), default=None, metavar="Q",
+        help="query examples per class (default: the preset's)")
+    add("--meta-batch-size", type=_count(1), default=None, metavar="T",
+        help="tasks per meta-step (default: the preset's)")
+    add("--inner-lr", type=_inner_lr, default=None, metavar="ALPHA",
+        help="inner-loop SGD rate, or 'auto' (default: the preset's)")
+    add("--inner-steps", type=_count(0), default=None, metavar="S",
+        help="inner SGD steps in meta-training (default: the preset's)")
+    add("--inner-steps-test", type=_count(0), default=None, metavar="S",
+        help="inner SGD steps when adapting to a new task (default: the preset's)")
     add("--transductive", action="store_true",
         help="BatchNorm on query-batch statistics, as in the MAML paper")
-    add("--augment-shift", type=_count(0), default=0, metavar="PX",
-        help="shift meta-training images by up to PX pixels (images only; default: 0)")
-    _test_shift_option(episodes, "saved with the model; default: 0")
+    add("--augment-shift", type=_count(0), default=None, metavar="PX",
+        help="shift meta-training images by up to PX pixels (images only; default: the "
+             "preset's)")
+    _test_shift_option(episodes, "saved with the model; default: the preset's")
     add = train.add_argument_group("meta-training").add_argument
-    add("--lr", type=_positive_float, default=1e-3, metavar="BETA",
-        help="meta learning rate of Adam (default: 0.001)")
+    add("--lr", type=_positive_float, default=None, metavar="BETA",
+        help="meta learning rate of Adam (default: the preset's; annealed to 0 along a "
+             "cosine where the preset does so, over the epochs or over --minutes)")
     add("--epochs", type=_count(0), default=None, metavar="E",
-        help="epochs of meta-training (default: 10, or unlimited with --minutes)")
+        help="epochs of meta-training (default: the preset's, or unlimited with --minutes)")
     add("--meta-batches-per-epoch", type=_count(1), default=None, metavar="B",
-        help="meta-steps per epoch (default: 100, or the model's with --resume)")
+        help="meta-steps per epoch (default: the preset's, or the model's with --resume)")
     add("--minutes", type=_positive_float, default=None, metavar="M",
         help="time budget: stop after the first epoch past M minutes")
     add("--device", default="auto",

@@ -73,7 +73,7 @@ TABULAR = dict(
     n_inner_steps_test=3,
     lr=1e-3,
     lr_schedule="constant",
-    meta_batches_per_epoch=50,
+    meta_batches_per_epoch=100,
     max_epochs=10,
 )
 

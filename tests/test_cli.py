@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from fomaml_sklearn import FOMAMLClassifier
+from fomaml_sklearn import FOMAMLClassifier, presets
 from fomaml_sklearn._cli_commands import model_image_shape
 from fomaml_sklearn.cli import build_parser, main
 from fomaml_sklearn.datasets import load_data
@@ -226,12 +226,31 @@ def test_train_and_evaluate_on_omniglot(fake_omniglot_home, tmp_path):
     code, out, err = run(["train", *data, "--image-size", "15", "-o", str(model), *FAST])
     assert code == 0, err
     assert ("Meta-training the conv4 network on omniglot (1200 characters x 4 rotations, "
-            "MAML split): 4800 classes, 9600 examples.") in err
+            "MAML split): 4800 classes, 9600 examples; preset 'omniglot'.") in err
+    # What FAST does not set is presets.OMNIGLOT's.
+    saved = FOMAMLClassifier.load(model)
+    for key, value in presets.OMNIGLOT.items():
+        if key not in ("max_epochs", "meta_batches_per_epoch", "meta_batch_size"):
+            assert getattr(saved, key) == value, key
     code, out, err = run(["evaluate", str(model), *data, "--episodes", "2", "--queries",
                           "1", "--threads", "1"])
     assert code == 0, err
     assert "omniglot (423 test characters, MAML split): 423 classes, 846 examples" in err
     assert ACCURACY.match(out.strip()).group(1) == "5"
+
+
+def test_train_takes_a_preset_and_options_override_it(tmp_path):
+    """--preset picks a configuration of fomaml_sklearn.presets; an option
+    given overrides it; --resume refuses --preset (the model keeps its own)."""
+    model = tmp_path / "tab.fomaml"
+    code, _, err = run(["train", "--preset", "omniglot", "--module", "mlp", "--lr", "0.002",
+                        "--augment-shift", "0", "--test-shift", "0", "-o", str(model), *FAST])
+    assert code == 0, err
+    saved = FOMAMLClassifier.load(model)
+    assert (saved.module, saved.lr, saved.n_ways, saved.n_query) == ("mlp", 0.002, 6, 5)
+    assert saved.lr_schedule == "cosine" and saved.max_epochs == 1
+    code, _, err = run(["train", "--resume", str(model), "--preset", "tabular", *FAST[:2]])
+    assert code != 0 and "--preset" in err
 
 
 def test_train_with_shift_augmentation(fake_omniglot_home, tmp_path):
