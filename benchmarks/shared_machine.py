@@ -7,18 +7,22 @@ Workload: ``FOMAMLClassifier`` on the Omniglot shape (Conv-4 64, 28x28,
 default per-task loop, float32), a fixed number of meta-steps, no final
 adaptation. Each fit is timed alone and beside a "neighbour": a second
 Python process running a torch matmul loop on 1 or on 2 threads, started
-before the fit and warmed up. "old" runs with ``FOMAML_SKLEARN_FIT_THREADS=
-keep`` (what fit did before), "new" with the default. Within a repeat the
-settings run round-robin (alone old, alone new, then beside each neighbour
-old, new), and the medians over the repeats are reported; the slowdown is
-the time beside a neighbour over the time alone of the same behaviour, and
-the issue's target is at most about 2.5x.
+before the fit and warmed up (a fresh neighbour for each fit). "old" runs
+with ``FOMAML_SKLEARN_FIT_THREADS=keep`` (what fit did before), "new" with
+the default. Within a repeat the settings run round-robin (alone old, alone
+new, then beside each neighbour old, new), and the medians over the repeats
+are reported; the slowdown is the time beside a neighbour over the time
+alone of the same behaviour, and the issue's target is at most about 2.5x.
 
 Run it on an otherwise quiet machine: the figures measure the neighbour
 this script starts, not other users.
 
+With ``--delay S`` the neighbour becomes busy S seconds into each fit (it is
+started, and idle, before): the case of a process that starts while a fit
+runs, which fit follows by counting again every 2 seconds.
+
 Usage: python benchmarks/shared_machine.py [--threads 2] [--steps 20]
-       [--repeats 3] [--neighbours 1,2]
+       [--repeats 3] [--neighbours 1,2] [--delay 0]
 """
 
 import argparse
@@ -35,29 +39,32 @@ from fomaml_sklearn import FOMAMLClassifier
 from fomaml_sklearn._threads import ENV_VARIABLE, fit_thread_count
 
 _NEIGHBOUR = """
-import sys, torch
+import sys, time, torch
 torch.set_num_threads(int(sys.argv[1]))
 a = torch.randn(512, 512)
 for _ in range(3):
     a @ a
 print("ready", flush=True)
+time.sleep(float(sys.argv[2]))
 while True:
     a @ a
 """
 
 
 @contextlib.contextmanager
-def neighbour(threads):
-    """A busy process: a torch matmul loop on ``threads`` threads (0: none)."""
+def neighbour(threads, delay=0.0):
+    """A busy process: a torch matmul loop on ``threads`` threads (0: none),
+    busy from ``delay`` seconds after it is ready (0: before the body runs)."""
     if not threads:
         yield None
         return
-    child = subprocess.Popen([sys.executable, "-c", _NEIGHBOUR, str(threads)],
+    child = subprocess.Popen([sys.executable, "-c", _NEIGHBOUR, str(threads), str(delay)],
                              stdout=subprocess.PIPE, text=True)
     try:
         if child.stdout.readline().strip() != "ready":
             raise RuntimeError("the neighbour process did not start")
-        time.sleep(0.5)
+        if not delay:
+            time.sleep(0.5)
         yield child
     finally:
         child.kill()
@@ -104,6 +111,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--neighbours", default="1,2",
                         help="threads of the busy neighbour processes, comma-separated")
+    parser.add_argument("--delay", type=float, default=0.0,
+                        help="seconds into each fit at which the neighbour becomes busy "
+                             "(0: busy before the fit starts)")
     parser.add_argument("--n-filters", type=int, default=64)
     parser.add_argument("--side", type=int, default=28, help="image side")
     parser.add_argument("--no-machine-line", action="store_true",
@@ -125,16 +135,18 @@ def main(argv=None):
     decided = {}
     for _ in range(args.repeats):
         for n in [0] + neighbours:
-            with neighbour(n):
-                decided[n] = fit_thread_count()
-                for b in ("old", "new"):
-                    with behaviour(b):
-                        times[(n, b)].append(timed_fit(X, y, args.steps, args.n_filters,
-                                                       args.side))
+            for b in ("old", "new"):
+                with neighbour(n, args.delay), behaviour(b):
+                    decided[n] = fit_thread_count()
+                    times[(n, b)].append(timed_fit(X, y, args.steps, args.n_filters,
+                                                   args.side))
     median = {s: sorted(t)[len(t) // 2] for s, t in times.items()}
+    when = (f"busy from {args.delay:g} s into each fit" if args.delay
+            else "busy before each fit starts")
     print(f"FOMAMLClassifier fit, Conv-4 {args.n_filters}, {args.side}x{args.side}, 5-way "
           f"1-shot, 5 queries, meta-batch 16, {args.steps} meta-steps, {args.threads} torch "
-          f"threads, median of {args.repeats}; seconds per fit, slowdown = beside / alone")
+          f"threads, median of {args.repeats}; seconds per fit, slowdown = beside / alone; "
+          f"the neighbour is {when}; 'new uses': threads at the start of the fit")
     print(f"{'neighbour':>12}{'new uses':>10}{'old s':>9}{'new s':>9}"
           f"{'old slowdown':>14}{'new slowdown':>14}{'new / old':>11}")
     for n in [0] + neighbours:

@@ -192,7 +192,7 @@ def test_the_shared_machine_benchmark_runs(monkeypatch, capsys):
     try:
         assert module.main(["--threads", "1", "--steps", "1", "--repeats", "1",
                             "--neighbours", "1", "--n-filters", "2", "--side", "8",
-                            "--no-machine-line"]) == 0
+                            "--delay", "0.2", "--no-machine-line"]) == 0
     finally:
         torch.set_num_threads(before)
     lines = capsys.readouterr().out.splitlines()
