@@ -25,7 +25,9 @@ ends during the fit. The count never exceeds the caller's, and the caller's
 fails. Set the environment variable ``FOMAML_SKLEARN_FIT_THREADS=keep`` to
 turn it off (for benchmarks that must run a fixed number of threads, say).
 
-Where ``/proc`` is missing (not Linux), nothing changes.
+Where ``/proc`` is missing (not Linux), and in a distributed fit (several
+ranks, whose bitwise agreement needs the same threads per process), nothing
+changes.
 """
 
 import contextlib
@@ -153,6 +155,13 @@ def _policy():
     return value
 
 
+def _distributed():
+    """Whether this process is one rank of several: their bitwise agreement
+    across world sizes needs the same threads per process, so no change."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 class _Budget:
     """The thread count a fit started with, and when to count again."""
 
@@ -168,8 +177,13 @@ def fit_threads(device="cpu"):
     caller's ``torch.get_num_threads()`` afterwards.
 
     Only the calling thread's count changes (torch keeps OpenMP's count per
-    thread). On other devices, with one thread, or with
-    ``FOMAML_SKLEARN_FIT_THREADS=keep``, nothing changes.
+    thread). On other devices, with one thread, in a distributed fit (several
+    ranks), or with ``FOMAML_SKLEARN_FIT_THREADS=keep``, nothing changes.
+
+    The thread count can change the last bits of a result (a reduction split
+    over threads rounds differently), so two seeded fits with 2 threads agree
+    bit for bit only under the same load; ``keep`` (or one thread) makes them
+    independent of it.
 
     Yields
     ------
@@ -177,7 +191,8 @@ def fit_threads(device="cpu"):
         The intra-op threads the body starts with.
     """
     before = torch.get_num_threads()
-    if torch.device(device).type != "cpu" or _policy() == "keep" or before == 1:
+    if (torch.device(device).type != "cpu" or _policy() == "keep" or before == 1
+            or _distributed()):
         yield before
         return
     outer = getattr(_active, "budget", None)

@@ -147,9 +147,18 @@ def test_recheck_outside_a_fit_changes_nothing(two_threads, busy, monkeypatch):
     assert torch.get_num_threads() == 2 and recheck() == 2
 
 
-def test_other_devices_and_one_thread_are_left_alone(busy):
+def test_other_devices_one_thread_and_distributed_fits_are_left_alone(busy, monkeypatch):
     busy(5)
     before = torch.get_num_threads()
+    with monkeypatch.context() as m:  # one rank of two: same threads on every rank
+        m.setattr(torch.distributed, "is_initialized", lambda: True)
+        m.setattr(torch.distributed, "get_world_size", lambda *a: 2)
+        torch.set_num_threads(2)
+        try:
+            with fit_threads("cpu") as n:
+                assert n == torch.get_num_threads() == 2
+        finally:
+            torch.set_num_threads(before)
     with fit_threads("cuda") as n:  # no GPU needed: only the device type is read
         assert n == torch.get_num_threads() == before
     torch.set_num_threads(1)
