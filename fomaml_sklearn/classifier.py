@@ -82,7 +82,9 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         ``"anil"`` / ``"fo-anil"``: only the head adapts in the inner loop
         (also in ``adapt``), second or first order. ``"imaml"``: the implicit
         gradient of a proximal inner problem (options ``lam``,
-        ``cg_steps``). ``algorithm_`` holds the rule used, its ``"auto"``
+        ``cg_steps``). ``"metasgd"``: Meta-SGD, per-parameter inner rates
+        meta-learned beside the network (kept in model files, not in
+        ``get_params``). ``algorithm_`` holds the rule used, its ``"auto"``
         options resolved.
     head : {"prototype", "shared", "fixed"}, default="prototype"
         Initialisation of the task head, which has one row per class, so a

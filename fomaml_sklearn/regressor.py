@@ -94,7 +94,8 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
     algorithm : str or MetaAlgorithm, default="fomaml"
         The meta-learning rule (:mod:`fomaml_sklearn.algorithms`):
         ``"fomaml"``, ``"maml"``, ``"reptile"``, ``"anil"``, ``"fo-anil"``,
-        ``"imaml"`` or an instance. ``algorithm_`` holds the rule used.
+        ``"imaml"``, ``"metasgd"`` or an instance. ``algorithm_`` holds the
+        rule used.
     k_shot : int, default=10
         Support points per episode.
     n_query : int, default=10
