@@ -31,6 +31,12 @@ def digits():
     return (X[keep] / 16).astype(np.float32), y[keep]
 
 
+@pytest.fixture(autouse=True)
+def adaptive(monkeypatch):
+    """The default behaviour (conftest.py keeps the threads for the suite)."""
+    monkeypatch.delenv(ENV_VARIABLE, raising=False)
+
+
 @pytest.fixture
 def two_threads():
     """The test runs with 2 intra-op threads (the suite runs with 1)."""
