@@ -5,7 +5,8 @@ Between parallel regions those threads spin-wait for a while before they
 sleep. With as many threads as cores and another busy process on the same
 cores, the spinning threads and the other process take turns on the cores,
 and a fit with 2 threads on 2 cores was measured 4-15x slower than alone
-(not 2x); a fit with 1 thread beside the same process is not hurt that way.
+(not 2x). With no more threads than idle cores, nobody spins on a core that
+another process needs.
 
 The wait policy is not a run-time setting: libgomp reads ``OMP_WAIT_POLICY``
 and ``GOMP_SPINCOUNT`` once, when it is loaded (with ``import torch``), and
