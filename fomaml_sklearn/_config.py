@@ -66,12 +66,6 @@ class MetaConfig:
     task_batching: str = "loop"
     loss: Callable = F.cross_entropy
 
-    def __post_init__(self):
-        if self.algorithm is None:
-            from .algorithms import FOMAML
-
-            object.__setattr__(self, "algorithm", FOMAML(prototype_gradient=True))
-
     @property
     def autocast_dtype(self):
         """The ``torch.autocast`` dtype, None for float32."""

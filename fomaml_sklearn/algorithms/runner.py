@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from .._config import MetaConfig
 from ..backbones import SupportBatchNorm
 from ..heads import TaskModel
+from . import get_algorithm
 
 __all__ = ["MetaBatch", "TaskRunner", "attach_rule_parameters", "inner_loop"]
 
@@ -330,6 +331,9 @@ class TaskRunner:
     def __init__(self, meta_model, config=None):
         self.meta_model = meta_model
         self.config = MetaConfig() if config is None else config
+        if self.config.algorithm is None:  # FOMAML through the prototypes, from the registry
+            self.config = self.config.replace(
+                algorithm=get_algorithm("fomaml").set_params(prototype_gradient=True))
         self.loss_fn = self.config.loss
         self.scratch = copy.deepcopy(meta_model.backbone)
         self.scratch.requires_grad_(True)
