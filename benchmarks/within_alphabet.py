@@ -208,26 +208,14 @@ def build_parser():
                         help="experiment: draw each training task's characters from this "
                              "many consecutive characters at one rotation (WindowSampler)")
     parser.add_argument("--save", default=None, help="save the meta-trained model here")
+    parser.add_argument("--load", default=None,
+                        help="score this saved model instead of meta-training one (--set "
+                             "then changes test-time parameters, e.g. n_inner_steps_test=10)")
     return parser
 
 
-def run(args):
-    torch.set_num_threads(args.threads)
-    if (args.steps is None) == (args.minutes is None):
-        raise SystemExit("give exactly one of --steps and --minutes")
-    params = {**presets.OMNIGLOT_WITHIN_ALPHABET, **parse_set(args.set)}
-    test_shift = params.pop("test_shift", 0) if args.test_shift is None else args.test_shift
-    params.pop("test_shift", None)
-    print(machine_line(), flush=True)
-    t0 = time.perf_counter()
-    X_train, y_train, held_out = load(args.data_home, args.offline, args.image_size,
-                                      rotations=not args.no_rotations)
-    eps = episodes(held_out, args.episodes, args.eval_seed)
-    print(f"Meta-training: {len(np.unique(y_train))} classes ({len(y_train)} images, "
-          f"{args.image_size}x{args.image_size}); held out: "
-          + ", ".join(f"{n} ({len(v)})" for n, v in sorted(held_out.items()))
-          + f"; {len(eps)} within-alphabet {WAYS}-way 1-shot episodes; loaded in "
-          f"{time.perf_counter() - t0:.1f} s", flush=True)
+def train(args, params, X_train, y_train):
+    """Meta-train the estimator of ``params`` for ``--steps`` or ``--minutes``."""
     callbacks = []
     if args.steps is not None:
         params.update(max_epochs=max(1, args.steps // params["meta_batches_per_epoch"]))
@@ -238,7 +226,7 @@ def run(args):
     if args.affine:
         cls = _with_affine(args.affine)
     clf = cls(**params, precision=args.precision, callbacks=callbacks,
-                           adapt_on_fit=False, random_state=args.seed, verbose=1)
+              adapt_on_fit=False, random_state=args.seed, verbose=1)
     print("Parameters:", {k: v for k, v in sorted(params.items())}, flush=True)
     t0 = time.perf_counter()
     if args.window:
@@ -254,6 +242,34 @@ def run(args):
         clf.save(args.save)
     print(f"\n{clf.n_meta_steps_} meta-steps in {minutes:.1f} min ({clf.precision_}, "
           f"{args.threads} threads)")
+    return clf, minutes
+
+
+def run(args):
+    torch.set_num_threads(args.threads)
+    if args.load is None and (args.steps is None) == (args.minutes is None):
+        raise SystemExit("give exactly one of --steps and --minutes (or --load FILE)")
+    params = {**presets.OMNIGLOT_WITHIN_ALPHABET, **parse_set(args.set)}
+    test_shift = params.pop("test_shift", 0) if args.test_shift is None else args.test_shift
+    params.pop("test_shift", None)
+    print(machine_line(), flush=True)
+    t0 = time.perf_counter()
+    X_train, y_train, held_out = load(args.data_home, args.offline, args.image_size,
+                                      rotations=not args.no_rotations)
+    eps = episodes(held_out, args.episodes, args.eval_seed)
+    print(f"Meta-training: {len(np.unique(y_train))} classes ({len(y_train)} images, "
+          f"{args.image_size}x{args.image_size}); held out: "
+          + ", ".join(f"{n} ({len(v)})" for n, v in sorted(held_out.items()))
+          + f"; {len(eps)} within-alphabet {WAYS}-way 1-shot episodes; loaded in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    minutes = None
+    if args.load:
+        clf = FOMAMLClassifier.load(args.load)
+        clf.set_params(**parse_set(args.set))
+        print(f"Loaded {args.load}: {clf.n_meta_steps_} meta-steps; test-time parameters "
+              + ", ".join(f"{k}={v!r}" for k, v in sorted(parse_set(args.set).items())))
+    else:
+        clf, minutes = train(args, params, X_train, y_train)
     results = {}
     for shift in sorted({0, test_shift}):
         clf.set_params(test_shift=shift)

@@ -111,14 +111,23 @@ def test_within_alphabet_benchmark_runs_through_the_estimator(background_only_ho
                                                               monkeypatch, capsys):
     wa = _load_benchmark("within_alphabet", monkeypatch)
     monkeypatch.setattr(wa, "machine_line", lambda: "Machine: test")
-    out = wa.main(["--data-home", str(background_only_home), "--offline", "--steps", "4",
-                   "--episodes", "3", "--threads", "1", "--image-size", "15",
-                   "--set", "n_filters=4", "--set", "meta_batch_size=2",
-                   "--set", "meta_batches_per_epoch=2", "--test-shift", "1"])
+    common = ["--data-home", str(background_only_home), "--offline", "--episodes", "3",
+              "--threads", "1", "--image-size", "15"]
+    model = background_only_home / "wa.fomaml"
+    out = wa.main([*common, "--steps", "4", "--set", "n_filters=4",
+                   "--set", "meta_batch_size=2", "--set", "meta_batches_per_epoch=2",
+                   "--test-shift", "1", "--save", str(model)])
     text = capsys.readouterr().out
     assert out["n_steps"] == 4 and set(out["accuracy"]) == {0, 1}
     assert "4 meta-steps in" in text and "test_shift=1:" in text
     assert "per alphabet: A " in text and "Short" not in text.split("per alphabet")[1]
+    # The saved model scores the same episodes the same way, and --load with
+    # --set changes test-time parameters only.
+    again = wa.main([*common, "--load", str(model), "--test-shift", "1"])
+    assert again["accuracy"] == out["accuracy"] and again["minutes"] is None
+    wa.main([*common, "--load", str(model), "--test-shift", "0",
+             "--set", "n_inner_steps_test=0"])
+    assert "n_inner_steps_test=0" in capsys.readouterr().out
 
 
 def test_presets_are_valid_estimator_configurations():
