@@ -53,7 +53,7 @@ from ._constraints import (
     check_params,
 )
 from ._threads import fit_threads
-from ._training import EpisodeLoader, MetaTrainingNet, numeric_hint
+from ._training import EpisodeLoader, build_net, numeric_hint, training_params
 from .algorithms import available_algorithms, get_algorithm
 from .algorithms.runner import TaskRunner, attach_rule_parameters
 from .augmentation import RandomShift, ShiftEnsemble
@@ -146,29 +146,6 @@ COMMON_PARAMS = {
     "random_state": RandomState(),
     "verbose": Either(Bool(), Int(0)),
 }
-
-
-def _private_checkpoint(callback):
-    """A Checkpoint-like callback (``dirname`` and ``f_*`` files) writing into
-    a private temporary folder instead (for ranks other than 0)."""
-    name, cb = callback if isinstance(callback, tuple) else (None, callback)
-    target = getattr(cb, "checkpoint", cb)  # TrainEndCheckpoint wraps a Checkpoint
-    if not hasattr(target, "dirname"):
-        return callback
-    import atexit
-    import shutil
-    import tempfile
-
-    target.dirname = tempfile.mkdtemp(prefix="fomaml_sklearn_rank_")
-    # Kept while the process lives (a warm-start fit writes there again).
-    atexit.register(shutil.rmtree, target.dirname, True)
-    for attr in ("f_params", "f_optimizer", "f_criterion", "f_history", "f_pickle"):
-        value = getattr(target, attr, None)
-        if isinstance(value, (str, os.PathLike)):
-            setattr(target, attr, os.path.basename(os.fspath(value)))
-    if hasattr(cb, "dirname") and cb is not target:
-        cb.dirname = target.dirname
-    return callback if name is None else (name, cb)
 
 
 #: The fitted fields every estimator saves in a model file, with the codecs
@@ -600,15 +577,10 @@ class MetaEstimatorBase(BaseEstimator):
 
     def _net_params(self, shape, train_split=None, **valid_params):
         """The skorch net's training settings: meta-batches of ``shape`` episodes."""
-        return dict(
-            max_epochs=self.max_epochs,
-            batch_size=self.meta_batch_size,
-            iterator_train=EpisodeLoader,
-            iterator_train__shape=shape,
-            iterator_train__n_batches=self.meta_batches_per_epoch,
-            train_split=train_split,
-            **valid_params,
-        )
+        return training_params(shape, max_epochs=self.max_epochs,
+                               meta_batch_size=self.meta_batch_size,
+                               meta_batches_per_epoch=self.meta_batches_per_epoch,
+                               train_split=train_split, **valid_params)
 
     def _build_meta_model(self, n_features, input_shape, n_rows, generator):
         """A new meta-model (``n_rows`` rows of a ``"fixed"`` head), initialised
@@ -628,40 +600,17 @@ class MetaEstimatorBase(BaseEstimator):
                          generator=generator)
 
     def _build_net(self, meta_model, optimizer_cls, device, episode_rng, net_params):
-        """The skorch net that meta-trains ``meta_model``."""
-        callbacks = copy.deepcopy(list(self.callbacks or []))
-        rank, _ = distributed.world()
-        if rank != 0:
-            # Only rank 0 writes checkpoints where the user asked; the other
-            # ranks keep theirs in a private folder, so that every rank's
-            # history and load_best behave alike.
-            callbacks = [_private_checkpoint(cb) for cb in callbacks]
-        if self.lr_schedule == "cosine":
-            from skorch.callbacks import LRScheduler
-
-            n_steps = max(1, self.max_epochs * self.meta_batches_per_epoch)
-            callbacks.append(("lr_schedule", LRScheduler(
-                policy="CosineAnnealingLR", T_max=n_steps, step_every="batch")))
-        verbose = self.verbose if rank == 0 else 0
-        if verbose:
-            from skorch.callbacks import ProgressBar
-
-            n_batches = self.meta_batches_per_epoch
-            if net_params.get("iterator_valid") is not None:
-                n_batches += -(-self.n_eval_episodes // self.meta_batch_size)
-            callbacks.append(("progress_bar", ProgressBar(batches_per_epoch=n_batches)))
-        return MetaTrainingNet(
-            meta_model,
-            criterion=None,
-            optimizer=optimizer_cls,
-            lr=self.lr,
-            iterator_train__rng=episode_rng,
-            callbacks=callbacks,
-            verbose=verbose,
-            device=device,
-            **{f"optimizer__{k}": v for k, v in (self.optimizer_params or {}).items()},
-            **net_params,
-        )
+        """The skorch net that meta-trains ``meta_model`` (:func:`_training.build_net`
+        with this estimator's settings)."""
+        return build_net(meta_model, optimizer_cls=optimizer_cls, lr=self.lr,
+                         optimizer_params=self.optimizer_params, callbacks=self.callbacks,
+                         lr_schedule=self.lr_schedule,
+                         n_steps=self.max_epochs * self.meta_batches_per_epoch,
+                         verbose=self.verbose,
+                         n_batches_shown=self.meta_batches_per_epoch + (
+                             -(-self.n_eval_episodes // self.meta_batch_size)
+                             if net_params.get("iterator_valid") is not None else 0),
+                         device=device, episode_rng=episode_rng, net_params=net_params)
 
     def _fit_adapt_sample(self, n_samples, strata, rng):
         """Indices of at most ``_fit_adapt_max_samples`` examples for the final

@@ -17,8 +17,10 @@ The net is private: :class:`fomaml_sklearn.FOMAMLClassifier` builds it in
 ``fit`` (``NeuralNet`` itself does not pass scikit-learn's estimator checks).
 """
 
+import copy
 import functools
 import math
+import os
 
 import numpy as np
 import torch
@@ -32,7 +34,7 @@ from .callbacks import meta_steps_per_epoch
 from .episodes import EpisodeSampler
 from .evaluation import adapted_query_logits
 
-__all__ = ["EpisodeLoader", "MetaTrainingNet", "numeric_hint"]
+__all__ = ["EpisodeLoader", "MetaTrainingNet", "build_net", "numeric_hint", "training_params"]
 
 
 def numeric_hint(regression, **settings):
@@ -350,3 +352,83 @@ class MetaTrainingNet(NeuralNet):
         if not batch.per_task_targets:
             self.history.record_batch("valid_acc", n_correct / n_queries)
         return {"loss": torch.tensor(total_loss / len(batch)), "y_pred": None}
+
+
+# ------------------------------------------------------------ the net's wiring
+def _private_checkpoint(callback):
+    """A Checkpoint-like callback (``dirname`` and ``f_*`` files) writing into
+    a private temporary folder instead (for ranks other than 0)."""
+    name, cb = callback if isinstance(callback, tuple) else (None, callback)
+    target = getattr(cb, "checkpoint", cb)  # TrainEndCheckpoint wraps a Checkpoint
+    if not hasattr(target, "dirname"):
+        return callback
+    import atexit
+    import shutil
+    import tempfile
+
+    target.dirname = tempfile.mkdtemp(prefix="fomaml_sklearn_rank_")
+    # Kept while the process lives (a warm-start fit writes there again).
+    atexit.register(shutil.rmtree, target.dirname, True)
+    for attr in ("f_params", "f_optimizer", "f_criterion", "f_history", "f_pickle"):
+        value = getattr(target, attr, None)
+        if isinstance(value, (str, os.PathLike)):
+            setattr(target, attr, os.path.basename(os.fspath(value)))
+    if hasattr(cb, "dirname") and cb is not target:
+        cb.dirname = target.dirname
+    return callback if name is None else (name, cb)
+
+
+def training_params(shape, *, max_epochs, meta_batch_size, meta_batches_per_epoch,
+                    train_split=None, **valid_params):
+    """The skorch net's training settings: ``max_epochs`` of
+    ``meta_batches_per_epoch`` meta-batches of ``meta_batch_size`` episodes of
+    ``shape`` (:class:`EpisodeLoader`), plus validation settings."""
+    return dict(
+        max_epochs=max_epochs,
+        batch_size=meta_batch_size,
+        iterator_train=EpisodeLoader,
+        iterator_train__shape=shape,
+        iterator_train__n_batches=meta_batches_per_epoch,
+        train_split=train_split,
+        **valid_params,
+    )
+
+
+def build_net(meta_model, *, optimizer_cls, lr, optimizer_params, callbacks, lr_schedule,
+              n_steps, verbose, n_batches_shown, device, episode_rng, net_params):
+    """The skorch net that meta-trains ``meta_model``.
+
+    ``callbacks`` are copied (ranks other than 0 write checkpoints into a
+    private folder); ``lr_schedule="cosine"`` adds skorch's ``LRScheduler``
+    annealing over ``n_steps`` meta-steps; ``verbose`` (rank 0 only) adds a
+    progress bar of ``n_batches_shown`` batches per epoch.
+    """
+    callbacks = copy.deepcopy(list(callbacks or []))
+    rank, _ = distributed.world()
+    if rank != 0:
+        # Only rank 0 writes checkpoints where the user asked; the other
+        # ranks keep theirs in a private folder, so that every rank's
+        # history and load_best behave alike.
+        callbacks = [_private_checkpoint(cb) for cb in callbacks]
+    if lr_schedule == "cosine":
+        from skorch.callbacks import LRScheduler
+
+        callbacks.append(("lr_schedule", LRScheduler(
+            policy="CosineAnnealingLR", T_max=max(1, n_steps), step_every="batch")))
+    verbose = verbose if rank == 0 else 0
+    if verbose:
+        from skorch.callbacks import ProgressBar
+
+        callbacks.append(("progress_bar", ProgressBar(batches_per_epoch=n_batches_shown)))
+    return MetaTrainingNet(
+        meta_model,
+        criterion=None,
+        optimizer=optimizer_cls,
+        lr=lr,
+        iterator_train__rng=episode_rng,
+        callbacks=callbacks,
+        verbose=verbose,
+        device=device,
+        **{f"optimizer__{k}": v for k, v in (optimizer_params or {}).items()},
+        **net_params,
+    )
