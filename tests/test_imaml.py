@@ -450,3 +450,26 @@ def test_the_regressor_does_not_diverge_where_the_support_curvature_is_large():
     reg.set_params(n_inner_steps_test=10)
     result = reg.evaluate(X, 5 * y, g, k_shot=10, n_query=10, n_episodes=20, random_state=0)
     assert np.isfinite(result.mse)
+
+
+def test_a_support_loss_too_curved_for_the_rate_is_reported_once():
+    """Most steps undone (the rate is far too large for the curvature): fit
+    says so once, with the count, instead of silently not adapting."""
+    import warnings
+
+    meta = _tanh_net()
+    rule = IMAML(lam=0.05, n_inner_steps=6).resolve(meta)
+    runner = TaskRunner(meta, MetaConfig(algorithm=rule, inner_lr=10.0))
+    tasks = _tasks(2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rule.meta_gradient(runner, _batch(tasks))
+        rule.meta_gradient(runner, _batch(tasks))
+    messages = [str(w.message) for w in caught if "mostly undone" in str(w.message)]
+    assert len(messages) == 1 and "at inner_lr=10 (lam=0.05)" in messages[0], messages
+    assert rule.n_inner_halvings_ > 0.5 * 2 * 2 * 6
+    quiet = IMAML(lam=0.05, n_inner_steps=6).resolve(meta)  # a suitable rate: no warning
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="iMAML's inner steps")
+        quiet.meta_gradient(TaskRunner(meta, MetaConfig(algorithm=quiet, inner_lr=0.05)),
+                            _batch(tasks))

@@ -255,7 +255,8 @@ class IMAML(PrototypeGradientOption, MetaAlgorithm):
     n_inner_halvings_ : int
         Inner steps undone (and the rate halved) because they would have
         raised the proximal objective: the support loss was too curved for
-        ``inner_lr``.
+        ``inner_lr``. When more than half the steps of a meta-batch's tasks
+        (stalled ones left out) are undone, fit warns once.
     n_inner_stalled_ : int
         Tasks where the inner steps could not lower the proximal objective
         beyond rounding: ``theta`` already solves them (1-shot prototype
@@ -316,6 +317,7 @@ class IMAML(PrototypeGradientOption, MetaAlgorithm):
         rule = super().resolve(meta_model)
         rule.n_cg_solves_, rule.n_cg_fallbacks_, rule.inner_residual_ = 0, 0, 0.0
         rule.n_inner_halvings_, rule.n_inner_stalled_ = 0, 0
+        rule._warned_curvature, rule._halvings_moving = False, 0
         return rule
 
     def settings(self, config, regression):
@@ -365,8 +367,11 @@ class IMAML(PrototypeGradientOption, MetaAlgorithm):
         self._check(runner.config, lam, steps)
         self.lam_, self.n_inner_steps_ = lam, steps
         solves, fallbacks, residual = self._counts()
+        before = self._moving_counts()
         result = super().meta_gradient(runner, batch, batched=batched)
         new_solves, new_fallbacks, new_residual = self._counts()
+        after = self._moving_counts()
+        self._warn_curvature(runner, after[0] - before[0], after[1] - before[1], steps, lam)
         if solves == 0:  # the first meta-batch of this fit
             n = new_solves
             if new_fallbacks:
@@ -387,6 +392,31 @@ class IMAML(PrototypeGradientOption, MetaAlgorithm):
                     "(inner_lr * lam of about 0.1 solves it in about 20 steps).",
                     RuntimeWarning, stacklevel=2)
         return result
+
+    #: Above this fraction of a meta-batch's inner steps undone, fit warns.
+    HALVING_WARNING = 0.5
+
+    def _moving_counts(self):
+        """(tasks, steps undone in them) over the tasks not stalled so far."""
+        return (getattr(self, "n_cg_solves_", 0) - getattr(self, "n_inner_stalled_", 0),
+                getattr(self, "_halvings_moving", 0))
+
+    def _warn_curvature(self, runner, n_tasks, n_halvings, steps, lam):
+        """Warn once per fit when most inner steps of a meta-batch's tasks
+        (those not stalled, where theta is not already the solution) are undone."""
+        attempted = n_tasks * steps
+        if getattr(self, "_warned_curvature", False) or attempted == 0:
+            return
+        if n_halvings > self.HALVING_WARNING * attempted:
+            self._warned_curvature = True
+            warnings.warn(
+                f"iMAML's inner steps are mostly undone: in a meta-batch, {n_halvings} of "
+                f"{attempted} steps at inner_lr={runner.config.inner_lr:g} (lam={lam:g}) "
+                "would have raised the proximal objective, so the support loss has become "
+                "too curved for that rate and adaptation barely moves (the meta-training "
+                "is then of little use). Try a lower lr or inner_lr, or another rule "
+                "(fomaml, maml); algorithm_.n_inner_halvings_ counts the steps undone.",
+                RuntimeWarning, stacklevel=3)
 
     def _counts(self):
         return (getattr(self, "n_cg_solves_", 0), getattr(self, "n_cg_fallbacks_", 0),
@@ -435,6 +465,7 @@ class IMAML(PrototypeGradientOption, MetaAlgorithm):
         if n_steps > 0 and not bool(lowered):
             self.n_inner_stalled_ = getattr(self, "n_inner_stalled_", 0) + 1
             return
+        self._halvings_moving = getattr(self, "_halvings_moving", 0) + halvings
         with torch.no_grad():
             prox = [gs + lam * (p - a) for gs, p, a in zip(grad_s, params, anchors)]
             start = float(start_norm)
