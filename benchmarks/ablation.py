@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fomaml_sklearn import FOMAMLClassifier  # noqa: E402
+from fomaml_sklearn import FOMAMLClassifier, presets  # noqa: E402
 from fomaml_sklearn.callbacks import meta_steps_per_epoch  # noqa: E402
 
 from few_shot import load_omniglot, parse_setting  # noqa: E402
@@ -82,6 +82,10 @@ VARIANTS = {
     "ways20-lr3e-3-shift2": dict(n_ways=20, lr=3e-3, augment_shift=2),
     "ways20-lr3e-3-shift2-cosine": dict(n_ways=20, lr=3e-3, augment_shift=2,
                                         lr_schedule="cosine"),
+    # fomaml_sklearn.presets.OMNIGLOT, read from there (the budget is --steps;
+    # test-time shifts are a scoring option, not a training one).
+    "preset": {k: v for k, v in presets.OMNIGLOT.items()
+               if k not in ("max_epochs", "meta_batches_per_epoch", "test_shift")},
 }
 
 
