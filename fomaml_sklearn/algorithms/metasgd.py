@@ -29,7 +29,7 @@ and its bias has one rate.
 import torch
 
 from ._base import MetaAlgorithm, PrototypeGradientOption, TaskResult, n_correct
-from .runner import inner_loop
+from .maml import second_order_task_gradient
 
 __all__ = ["MetaSGD"]
 
@@ -131,26 +131,10 @@ class MetaSGD(PrototypeGradientOption, MetaAlgorithm):
     def task_meta_gradient(self, runner, x_support, y_support, x_query, y_query, n_classes):
         if self.first_order:
             return self._first_order(runner, x_support, y_support, x_query, y_query, n_classes)
-        meta, config = runner.meta_model, runner.config
-        rates = self.rates(runner)
-        theta = runner.meta_params
-        runner.reset()
-        feats = runner.features(x_support, theta)
-        head = list(meta.head_with_graph(feats, y_support, n_classes))
-        # As MAML: the inner steps start from aliases of theta, the head with
-        # its graph to theta; the rates are in the graph of every step.
-        body = [t.view_as(t) for t in theta]
-        n_steps = config.n_inner_steps
-        params = inner_loop(runner.support_loss(x_support, y_support, "functional"),
-                            body + head, n_steps, self._at_step(rates), create_graph=True)
-        if runner.has_support_norm and n_steps > 0:
-            with torch.no_grad():  # support statistics at the adapted weights
-                runner.features(x_support, [p.detach() for p in params[:-2]])
-        feats_q = runner.features(x_query, params[:-2], train=config.transductive)
-        logits = runner.logits(feats_q, params[-2:])
-        loss = runner.loss_fn(logits, y_query)
-        return TaskResult(runner.total_gradients(loss), loss.detach(),
-                          n_correct(logits, y_query))
+        # MAML's second-order step, with the rates (tensors in the graph) as
+        # the inner rate: the rates get their exact gradient with theta's.
+        return second_order_task_gradient(runner, x_support, y_support, x_query, y_query,
+                                          n_classes, self._at_step(self.rates(runner)))
 
     def _first_order(self, runner, x_support, y_support, x_query, y_query, n_classes):
         rates = self.rates(runner)
