@@ -22,7 +22,7 @@ Examples
 --------
 python benchmarks/within_alphabet.py --data-home ../shared/data --steps 500 --threads 2
 python benchmarks/within_alphabet.py --data-home ../shared/data --steps 500 \
-    --set image_size=56 --set n_filters=64
+    --image-size 56 --set n_filters=128
 python benchmarks/within_alphabet.py --data-home ../shared/data --minutes 59.5 --threads 2
 """
 

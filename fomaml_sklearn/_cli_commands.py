@@ -204,8 +204,10 @@ def train_configuration(args, y):
 
     name = args.preset or ("omniglot" if args.data == "omniglot" else "tabular")
     preset = presets.PRESETS[name]
-    params = {param: preset.get(param, IMAGE_DEFAULTS.get(param)) if getattr(args, option) is None
-              else getattr(args, option) for option, param in PRESET_OPTIONS.items()}
+    # The whole preset (no key of it is dropped), then the options given.
+    params = {**IMAGE_DEFAULTS, **preset}
+    params.update({param: getattr(args, option) for option, param in PRESET_OPTIONS.items()
+                   if getattr(args, option) is not None})
     params["module"] = args.module or (preset["module"] if args.preset or args.data == "omniglot"
                                        else "mlp" if args.data == "digits" else "conv4")
     if args.preset or args.data == "omniglot":
@@ -215,9 +217,6 @@ def train_configuration(args, y):
     params["n_ways"] = args.ways or min(default_ways, len(np.unique(y)))
     if params["inner_lr"] != "auto":
         params["inner_lr"] = float(params["inner_lr"])
-    for param in ("n_filters", "hidden_layer_sizes"):
-        if param in preset:
-            params[param] = preset[param]
     params["meta_batches_per_epoch"] = (args.meta_batches_per_epoch
                                         or preset.get("meta_batches_per_epoch", 100))
     schedule = preset.get("lr_schedule", "constant")
@@ -249,8 +248,13 @@ RESUME_FIXED = ("preset", "module", "algorithm", "head", "ways", "shots", "queri
 
 
 def _resumed_model(args, max_epochs, callbacks, verbose):
-    """Load ``--resume MODEL`` and its training data, ready for a warm-start fit."""
+    """Load ``--resume MODEL`` and its training data, ready for a warm-start fit.
+
+    A model saved with ``lr_schedule="cosine"`` anneals over the new
+    ``--epochs``, or with ``--minutes`` alone over the time budget
+    (``TimeCosineLR``; the model keeps ``"cosine"`` in its file)."""
     from ._estimator import attach_net
+    from .callbacks import TimeCosineLR
 
     changed = [option for dest, (default, option) in sorted(args.resume_fixed.items())
                if getattr(args, dest) != default]
@@ -269,7 +273,10 @@ def _resumed_model(args, max_epochs, callbacks, verbose):
                                   channels=channels, ink=args.ink)
     _check_features(clf, X, args.resume, description)
     _apply_test_shift(clf, args)
-    warm_start = clf.warm_start
+    saved = {"warm_start": clf.warm_start, "lr_schedule": clf.lr_schedule}
+    if clf.lr_schedule == "cosine" and args.minutes is not None and args.epochs is None:
+        callbacks = [*(callbacks or []), TimeCosineLR(args.minutes)]
+        clf.set_params(lr_schedule="constant")
     clf.set_params(
         warm_start=True,
         max_epochs=max_epochs,
@@ -280,7 +287,7 @@ def _resumed_model(args, max_epochs, callbacks, verbose):
     # A new skorch net with these callbacks: a fresh Adam (its moments are not in
     # the file) and a new episode generator, around the saved meta-parameters.
     attach_net(clf)
-    return clf, X, y, description, warm_start
+    return clf, X, y, description, saved
 
 
 def cmd_train(args):
@@ -313,8 +320,8 @@ def cmd_train(args):
         max_epochs = args.epochs if args.epochs is not None else (
             100_000 if args.minutes is not None else 10)
         callbacks = [TimeLimit(args.minutes)] if args.minutes is not None else None
-        clf, X, y, description, warm_start = _resumed_model(args, max_epochs, callbacks,
-                                                            0 if args.quiet else 1)
+        clf, X, y, description, saved = _resumed_model(args, max_epochs, callbacks,
+                                                       0 if args.quiet else 1)
         previous = clf.n_meta_steps_
         _info(args, f"Resuming {args.resume} ({previous} meta-steps so far): meta-training "
                     f"the {clf.module} network on {description}, {len(np.unique(y))} "
@@ -349,7 +356,7 @@ def cmd_train(args):
     interrupted = getattr(clf.net_, "interrupted_", False)
     n_steps = clf.n_meta_steps_ - previous  # fit counts over all warm-started runs
     if args.resume:
-        clf.set_params(warm_start=warm_start)  # as saved: a later fit starts afresh
+        clf.set_params(**saved)  # as saved: a later fit starts afresh, with its schedule
     if world()[0] != 0:  # every rank holds the same model; rank 0 writes it
         return 0
     _save_model(clf, output)

@@ -135,8 +135,9 @@ def _add_train(commands):
     train.add_argument("--resume", default=None, metavar="MODEL", help=texts.RESUME_HELP)
     model = train.add_argument_group("model")
     model.add_argument("--module", choices=names.BACKBONES, default=None,
-                       help="network: 'mlp' or the MAML paper's 'conv4' (default: mlp "
-                            "for digits, conv4 for images)")
+                       help="network: 'mlp' or the MAML paper's 'conv4' (default: the "
+                            "preset's; without --preset: conv4 for omniglot, mlp for "
+                            "digits, conv4 for image folders)")
     model.add_argument("--preset", choices=sorted(presets.PRESETS), default=None,
                        help="start from this configuration of fomaml_sklearn.presets; the "
                             "options below override it (default: omniglot for omniglot, "
@@ -148,7 +149,8 @@ def _add_train(commands):
     episodes = train.add_argument_group("episodes and inner loop")
     add = episodes.add_argument
     add("--ways", type=_count(2), default=None, metavar="N",
-        help="classes per task (default: the preset's, at most the number of classes)")
+        help="classes per task (default: the preset's; without --preset: 10 for "
+             "omniglot, 3 for digits, else 5; at most the number of classes)")
     add("--shots", type=_count(1), default=None, metavar="K",
         help="support examples per class (default: the preset's)")
     add("--queries", type=_count(1), default=None, metavar="Q",

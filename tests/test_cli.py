@@ -253,6 +253,34 @@ def test_train_takes_a_preset_and_options_override_it(tmp_path):
     assert code != 0 and "--preset" in err
 
 
+def test_resume_of_a_cosine_model_anneals_over_the_new_minutes(tmp_path, monkeypatch):
+    """A model saved with the preset's cosine schedule, resumed with --minutes
+    alone, anneals over those minutes (TimeCosineLR, the estimator's own
+    schedule constant for that fit, since its epochs are unbounded) and keeps
+    lr_schedule='cosine' in its file."""
+    from fomaml_sklearn.callbacks import TimeCosineLR
+
+    model = tmp_path / "cos.fomaml"
+    code, _, err = run(["train", "--preset", "omniglot", "--module", "mlp",
+                        "--augment-shift", "0", "--test-shift", "0", "-o", str(model), *FAST])
+    assert code == 0, err
+    assert FOMAMLClassifier.load(model).lr_schedule == "cosine"
+    seen = []
+    original = FOMAMLClassifier.fit
+
+    def spy(self, *args, **kwargs):
+        seen.append((self.lr_schedule, list(self.callbacks or [])))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FOMAMLClassifier, "fit", spy)
+    code, _, err = run(["train", "--resume", str(model), "--minutes", "0.001", "-q"])
+    assert code == 0, err
+    schedule, callbacks = seen[0]
+    assert schedule == "constant"
+    assert any(isinstance(cb, TimeCosineLR) for cb in callbacks)
+    assert FOMAMLClassifier.load(model).lr_schedule == "cosine"
+
+
 def test_train_with_shift_augmentation(fake_omniglot_home, tmp_path):
     model = tmp_path / "shifted.fomaml"
     data = ["omniglot", "--offline", "--data-home", str(fake_omniglot_home)]

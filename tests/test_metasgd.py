@@ -236,3 +236,21 @@ def test_warm_start_with_another_rule_is_refused(fitted):
     np.testing.assert_array_equal(clf.predict_proba(X), before)
     for name, rate in rates.items():
         assert torch.equal(clf.meta_model_.rule_state[name].detach(), rate)
+
+
+def test_a_meta_model_without_rule_state_continues_with_a_rule_without_tensors():
+    """A meta-model made before rules could own tensors (an estimator pickled
+    by an earlier version) has no rule_state; a warm start with FOMAML, which
+    owns none, continues from it instead of being refused."""
+    X, y = make_subspace_classes(n_classes=12, n_per_class=8, random_state=0)
+    clf = FOMAMLClassifier(n_ways=3, max_epochs=1, meta_batches_per_epoch=2,
+                           meta_batch_size=2, adapt_on_fit=False, random_state=0,
+                           device="cpu").fit(X, y)
+    del clf.meta_model_.rule_state
+    config = MetaConfig(algorithm=clf.algorithm_)
+    assert attach_rule_parameters(clf.meta_model_, config, create=False) is clf.meta_model_
+    assert getattr(clf.meta_model_, "rule_state", None) is None
+    # A rule that owns tensors still cannot continue from it.
+    with pytest.raises(ValueError, match="needs meta-learned tensors of its own"):
+        attach_rule_parameters(clf.meta_model_, MetaConfig(algorithm=MetaSGD(), inner_lr=0.1),
+                               create=False)

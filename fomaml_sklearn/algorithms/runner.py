@@ -129,7 +129,9 @@ def attach_rule_parameters(meta_model, config, *, create=True):
     current = getattr(meta_model, "rule_state", None)
     have = {} if current is None else {k: tuple(v.shape) for k, v in current.items()}
     want = {k: tuple(v.shape) for k, v in tensors.items()}
-    if have == want and current is not None:
+    if have == want and (current is not None or not create):
+        # (A meta-model made before rules could own tensors has no rule_state:
+        # a rule without tensors continues from it as it is.)
         return meta_model
     if have or not create:
         def describe(shapes):
