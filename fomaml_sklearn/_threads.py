@@ -109,7 +109,7 @@ def _cores():
         return os.cpu_count() or 1
 
 
-def fit_thread_count(current=None, others=None, cores=None):
+def fit_thread_count(current=None, others=None, cores=None, host=None):
     """The intra-op threads for a fit: ``current`` (default
     ``torch.get_num_threads()``), or fewer when other processes keep cores busy.
 
@@ -122,11 +122,18 @@ def fit_thread_count(current=None, others=None, cores=None):
         (:func:`other_running_threads`); unknown leaves ``current``.
     cores : int or None
         Cores this process may run on (``os.sched_getaffinity``).
+    host : int or None
+        Cores of the whole machine (``os.cpu_count()`` when ``cores`` is
+        measured, else ``cores``). ``/proc/loadavg`` counts the threads of
+        the whole machine: in a container pinned to a few of a busy host's
+        cores, up to ``host - cores`` of the others are taken to run on the
+        cores this process may not use.
 
     Returns
     -------
     n : int
-        ``min(current, max(1, cores - others))``.
+        ``min(current, max(1, cores - others))``, where ``others`` first
+        loses the ``host - cores`` threads that may run elsewhere.
 
     Examples
     --------
@@ -136,13 +143,19 @@ def fit_thread_count(current=None, others=None, cores=None):
     2
     >>> fit_thread_count(current=4, others=9, cores=8)
     1
+    >>> fit_thread_count(current=2, others=60, cores=2, host=64)  # a pinned container
+    2
     """
     current = torch.get_num_threads() if current is None else current
     if others is None:
         others = other_running_threads()
         if others is None:
             return current
-    cores = _cores() if cores is None else cores
+    if cores is None:
+        cores = _cores()
+        host = os.cpu_count() or cores if host is None else host
+    host = cores if host is None else host
+    others = max(0, others - max(0, host - cores))
     return max(1, min(current, cores - others))
 
 

@@ -212,3 +212,14 @@ def test_the_shared_machine_benchmark_runs(monkeypatch, capsys):
         torch.set_num_threads(before)
     lines = capsys.readouterr().out.splitlines()
     assert lines[-2].split()[0] == "none" and lines[-1].split()[:2] == ["1", "thread"]
+
+
+def test_threads_of_a_busy_host_outside_a_pinned_container_do_not_count():
+    """/proc/loadavg counts the whole machine: in a container pinned to 2 of
+    64 cores, up to 62 busy threads may run elsewhere; beyond that they share
+    this process's cores."""
+    from fomaml_sklearn._threads import fit_thread_count
+
+    assert fit_thread_count(current=2, others=60, cores=2, host=64) == 2
+    assert fit_thread_count(current=2, others=63, cores=2, host=64) == 1
+    assert fit_thread_count(current=2, others=1, cores=2) == 1  # host defaults to cores
