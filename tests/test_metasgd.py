@@ -254,3 +254,28 @@ def test_a_meta_model_without_rule_state_continues_with_a_rule_without_tensors()
     with pytest.raises(ValueError, match="needs meta-learned tensors of its own"):
         attach_rule_parameters(clf.meta_model_, MetaConfig(algorithm=MetaSGD(), inner_lr=0.1),
                                create=False)
+
+
+def test_adaptation_takes_at_most_the_steps_the_rates_were_learned_for():
+    """n_inner_steps_test is capped at n_inner_steps: three test steps at
+    rates learned for one give the one-step adaptation; a regressor with its
+    default 10 test steps scores finite MSEs where ten steps diverged."""
+    from fomaml_sklearn import FOMAMLRegressor
+    from fomaml_sklearn.datasets import make_sinusoid_tasks
+
+    X, y = make_subspace_classes(n_classes=12, n_per_class=8, random_state=0)
+    clf = FOMAMLClassifier(algorithm="metasgd", n_ways=3, max_epochs=1,
+                           meta_batches_per_epoch=3, meta_batch_size=2, adapt_on_fit=False,
+                           random_state=0, device="cpu").fit(X, y)
+    one = clf.set_params(n_inner_steps_test=1).adapt(X[:9], y[:9]).predict_proba(X)
+    three = clf.set_params(n_inner_steps_test=3).adapt(X[:9], y[:9]).predict_proba(X)
+    zero = clf.set_params(n_inner_steps_test=0).adapt(X[:9], y[:9]).predict_proba(X)
+    np.testing.assert_array_equal(one, three)
+    assert not np.array_equal(one, zero)
+
+    Xs, ys, g = make_sinusoid_tasks(n_tasks=500, n_points=20, random_state=0)
+    reg = FOMAMLRegressor(algorithm="metasgd", k_shot=10, max_epochs=3,
+                          random_state=0, device="cpu").fit(Xs, ys, groups=g)
+    Xt, yt, gt = make_sinusoid_tasks(n_tasks=50, n_points=20, random_state=1)
+    assert reg.n_inner_steps_test == 10
+    assert np.isfinite(reg.score(Xt, yt, groups=gt))
