@@ -53,7 +53,7 @@ from ._constraints import (
     check_params,
 )
 from ._threads import fit_threads
-from ._training import EpisodeLoader, build_net, numeric_hint, training_params
+from ._training import EpisodeLoader, all_finite, build_net, numeric_hint, training_params
 from .algorithms import available_algorithms, get_algorithm
 from .algorithms.runner import TaskRunner, attach_rule_parameters
 from .augmentation import RandomShift, ShiftEnsemble
@@ -678,7 +678,7 @@ class MetaEstimatorBase(BaseEstimator):
             X_t, y_t = ensemble.support(X_t, y_t)
         head = self.algorithm_.adapt(runner, X_t, y_t, n_outputs)
         task_model = runner.task_model(head)
-        if not all(bool(torch.isfinite(p).all()) for p in task_model.parameters()):
+        if not all_finite(task_model.parameters()):
             # Kept from predicting NaN; the previous task stays.
             hint = numeric_hint(y_t.is_floating_point(), inner_lr=runner.config.inner_lr,
                                 n_inner_steps_test=runner.config.n_inner_steps_test)

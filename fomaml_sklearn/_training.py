@@ -34,7 +34,8 @@ from .callbacks import meta_steps_per_epoch
 from .episodes import EpisodeSampler
 from .evaluation import adapted_query_logits
 
-__all__ = ["EpisodeLoader", "MetaTrainingNet", "build_net", "numeric_hint", "training_params"]
+__all__ = ["EpisodeLoader", "MetaTrainingNet", "all_finite", "build_net", "numeric_hint",
+           "training_params"]
 
 
 def numeric_hint(regression, **settings):
@@ -126,6 +127,13 @@ class _TaskLoss(torch.nn.Module):
         return self.loss(outputs, targets)
 
 
+def all_finite(tensors):
+    """Whether every element of every tensor is finite, read with one host
+    sync (not one per tensor)."""
+    tensors = list(tensors)
+    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
 class MetaTrainingNet(NeuralNet):
     """skorch ``NeuralNet`` whose training step is one meta-step.
 
@@ -193,8 +201,7 @@ class MetaTrainingNet(NeuralNet):
         if not math.isfinite(loss):
             raise self._not_finite_error(f"a training loss of {loss}", batch)
         params = list(self.module_.parameters())
-        if params and params[0].device.type == "cpu" and not all(
-                bool(torch.isfinite(g).all()) for g in grads):
+        if params and params[0].device.type == "cpu" and not all_finite(grads):
             raise self._not_finite_error("a meta-gradient that is not finite", batch)
         for param, grad in zip(params, grads):
             param.grad = grad
