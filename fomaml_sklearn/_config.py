@@ -50,8 +50,9 @@ class MetaConfig:
         Where the network runs.
     precision : str
         ``"float32"``, ``"bfloat16"`` or ``"float16"``.
-    task_batching : {"loop", "grouped"}
-        Whether meta-batches run through the rule's batched path.
+    task_batching : {"loop", "threads", "grouped"}
+        How a meta-batch's tasks run: one after the other, on threads (one
+        intra-op thread each), or through the rule's batched path.
     loss : callable
         ``loss(outputs, targets)``, a scalar mean over the examples.
     """
@@ -132,15 +133,20 @@ def resolve_precision(precision, device):
 
 def resolve_task_batching(task_batching, algorithm, meta_model, device, precision="float32",
                           loss=F.cross_entropy):
-    """Resolve the ``task_batching`` parameter to ``"grouped"`` or ``"loop"``.
+    """Resolve the ``task_batching`` parameter to ``"loop"``, ``"threads"``
+    or ``"grouped"``.
 
     ``"auto"`` takes the rule's batched path on a GPU where the rule has one
-    for this model, and the loop elsewhere: on the 2-core CPUs measured the
-    loop was faster except with one query per class (``docs/performance.md``).
+    for this model; on a CPU it runs the tasks on threads (one intra-op
+    thread each) where the rule allows it
+    (:attr:`~fomaml_sklearn.algorithms.MetaAlgorithm.concurrent_tasks`), and
+    the loop elsewhere. On the 2-core CPUs measured, tasks on 2 threads ran
+    1.1-1.3x faster than the loop on 2 intra-op threads, and the batched
+    path slower than both (``docs/performance.md``).
 
     Parameters
     ----------
-    task_batching : {"auto", "loop", "grouped"}
+    task_batching : {"auto", "loop", "threads", "grouped"}
         The requested mode.
     algorithm : MetaAlgorithm
         The rule.
@@ -156,16 +162,28 @@ def resolve_task_batching(task_batching, algorithm, meta_model, device, precisio
 
     Returns
     -------
-    mode : {"grouped", "loop"}
+    mode : {"grouped", "threads", "loop"}
 
     Raises
     ------
     ValueError
-        If ``"grouped"`` is asked for a rule or model without a batched path.
+        If ``"grouped"`` is asked for a rule or model without a batched
+        path, or ``"threads"`` for a rule whose tasks cannot run at once or
+        on a device other than the CPU.
     """
     if task_batching not in TASK_BATCHING:
         raise ValueError(
             f"task_batching={task_batching!r} is not supported; use one of {TASK_BATCHING}."
+        )
+    on_cpu = torch.device(device).type == "cpu"
+    concurrent = bool(getattr(algorithm, "concurrent_tasks", False))
+    if task_batching == "threads" and not (on_cpu and concurrent):
+        why = (f"the rule {type(algorithm).__name__} keeps state across tasks "
+               "(its concurrent_tasks is False)" if on_cpu else
+               f"it runs tasks on CPU threads, and the device is {torch.device(device)}")
+        raise ValueError(
+            f"task_batching='threads' cannot be used here: {why}. Use task_batching='auto' "
+            "or 'loop'."
         )
     supported = algorithm.supports_batched(meta_model) and loss is F.cross_entropy
     if task_batching == "grouped" and supported and precision != "float32":
@@ -183,10 +201,11 @@ def resolve_task_batching(task_batching, algorithm, meta_model, device, precisio
             f"{type(meta_model.backbone).__name__} backbone. Use task_batching='auto' "
             "(grouped on a GPU where supported) or 'loop'."
         )
-    on_gpu = torch.device(device).type == "cuda"
-    grouped = supported and (task_batching == "grouped"
-                             or (task_batching == "auto" and on_gpu))
-    return "grouped" if grouped else "loop"
+    if task_batching != "auto":
+        return task_batching
+    if supported and torch.device(device).type == "cuda":
+        return "grouped"
+    return "threads" if on_cpu and concurrent else "loop"
 
 
 def resolve_inner_lr(inner_lr, head):

@@ -28,6 +28,7 @@ from skorch import NeuralNet
 from skorch.callbacks import PassthroughScoring
 
 from . import distributed
+from ._threads import TaskThreads
 from ._threads import recheck as recheck_threads
 from .algorithms.runner import MetaBatch, TaskRunner
 from .callbacks import meta_steps_per_epoch
@@ -178,6 +179,8 @@ class MetaTrainingNet(NeuralNet):
     def fit_loop(self, X, y=None, epochs=None, **fit_params):
         # The scratch network lives only while training: it is not pickled.
         self.runner_ = TaskRunner(self.module_, self.config)
+        self.task_threads_ = (TaskThreads(self.runner_)
+                              if self.config.task_batching == "threads" else None)
         self.interrupted_ = False
         self._stopped_by_callback = False
         try:
@@ -188,7 +191,9 @@ class MetaTrainingNet(NeuralNet):
             self.interrupted_ = not self._stopped_by_callback
             raise
         finally:
-            self.runner_ = None
+            if self.task_threads_ is not None:
+                self.task_threads_.close()
+            self.runner_ = self.task_threads_ = None
 
     def train_step_single(self, batch, **fit_params):
         recheck_threads()  # fewer threads while other processes busy the cores
@@ -259,7 +264,12 @@ class MetaTrainingNet(NeuralNet):
         lo, hi = distributed.shard(len(batch), rank, world_size)
         dtype = functools.reduce(torch.promote_types, (p.dtype for p in params))
         width = sum(p.numel() for p in params) + 3
-        rows = (self._task_row(batch.subset(i, i + 1), dtype) for i in range(lo, hi))
+        tasks = (batch.subset(i, i + 1) for i in range(lo, hi))
+        if self.task_threads_ is not None:  # computed on threads, kept in task order
+            rows = self.task_threads_.map(
+                lambda runner, task: self._task_row(runner, task, dtype), tasks)
+        else:
+            rows = (self._task_row(self.runner_, task, dtype) for task in tasks)
         if world_size > 1:  # computed before the exchange (errors are the rule's own)
             rows = list(rows)
         total = self._collective(
@@ -273,11 +283,12 @@ class MetaTrainingNet(NeuralNet):
         accuracy = float("nan") if batch.per_task_targets else n_correct / n_queries
         return grads, loss / n_tasks, accuracy
 
-    def _task_row(self, task, dtype):
-        """One task's meta-gradient, flat, followed by its query loss, its
-        correct queries and its queries (exact in ``dtype``)."""
+    def _task_row(self, runner, task, dtype):
+        """One task's meta-gradient (adapted on ``runner``), flat, followed
+        by its query loss, its correct queries and its queries (exact in
+        ``dtype``)."""
         grads, loss, accuracy = self.config.algorithm.meta_gradient(
-            self.runner_, task, batched=False)
+            runner, task, batched=False)
         n_queries = task.queries_per_task
         n_correct = 0 if math.isnan(accuracy) else round(accuracy * n_queries)
         stats = torch.tensor([loss, n_correct, n_queries], dtype=dtype, device=grads[0].device)

@@ -172,14 +172,19 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         SGD updates stay float32. ``"auto"`` takes bfloat16 where the hardware
         runs it fast (CPUs with AMX or AVX512-BF16, bf16-capable GPUs) and
         float32 elsewhere; ``precision_`` says which was used.
-    task_batching : {"auto", "loop", "grouped"}, default="auto"
+    task_batching : {"auto", "loop", "threads", "grouped"}, default="auto"
         How the tasks of a meta-batch run in meta-training. ``"loop"``: one
-        task after the other. ``"grouped"``: all tasks at once through the
-        rule's batched path (FOMAML with the ``"mlp"`` and ``"conv4"``
-        backbones; the same meta-gradient, more memory). ``"auto"``: grouped
-        on a GPU where the rule supports it (many tiny per-task kernels leave
-        a GPU idle), the loop on a CPU, where it was measured faster
-        (``docs/performance.md``); ``task_batching_`` says which ran.
+        task after the other, each kernel on torch's intra-op threads.
+        ``"threads"`` (CPU): the tasks on ``torch.get_num_threads()`` threads,
+        one intra-op thread each; the same arithmetic whatever the number of
+        threads (bitwise the loop's with one thread), for rules whose tasks
+        may run at once (all built-in rules but iMAML). ``"grouped"``: all
+        tasks at once through the rule's batched path (FOMAML with the
+        ``"mlp"`` and ``"conv4"`` backbones; the same meta-gradient, more
+        memory). ``"auto"``: grouped on a GPU where the rule supports it
+        (many tiny per-task kernels leave a GPU idle), threads on a CPU where
+        the rule allows them, else the loop (measured in
+        ``docs/performance.md``); ``task_batching_`` says which ran.
     adapt_on_fit : bool, default=True
         Adapt to all classes of ``y`` at the end of ``fit``, so that
         ``predict`` works straight away. The adaptation uses at most 1024
@@ -248,7 +253,8 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
     inner_lr_ : float
         The inner-loop rate used (``"auto"`` resolved).
     task_batching_ : str
-        ``"loop"`` or ``"grouped"``, the task batching used in ``fit``.
+        ``"loop"``, ``"threads"`` or ``"grouped"``, the task batching used
+        in ``fit``.
     algorithm_ : MetaAlgorithm
         The rule used, its ``"auto"`` options resolved (for example
         ``algorithm_.prototype_gradient``).

@@ -61,7 +61,7 @@ OPTIMIZERS = {
 PRECISIONS = ("float32", "bfloat16", "float16")
 
 #: How a meta-batch's tasks run (``task_batching=``, the classifier).
-TASK_BATCHING = ("auto", "loop", "grouped")
+TASK_BATCHING = ("auto", "loop", "threads", "grouped")
 
 #: The meta learning rate over a fit (``lr_schedule=``).
 LR_SCHEDULES = ("constant", "cosine")

@@ -66,7 +66,9 @@ def test_auto_on_cuda_is_batched_exactly_where_a_rule_has_a_batched_path(kind):
         # bfloat16 ("auto" precision on GPUs with native bf16) keeps the loop:
         # autocast does not reach into vmap.
         assert resolve_task_batching("auto", rule, meta, "cuda", precision="bfloat16") == "loop"
-        assert resolve_task_batching("auto", rule, meta, "cpu", precision="float32") == "loop"
+        # On the CPU: the tasks on threads where the rule allows it.
+        assert resolve_task_batching("auto", rule, meta, "cpu", precision="float32") == (
+            "threads" if rule.concurrent_tasks else "loop"), name
 
 
 # Tolerances, per tensor, of its largest entry (floored at 1e-3 of the

@@ -96,7 +96,20 @@ class MetaAlgorithm(BaseEstimator):
     :meth:`meta_parameters` (meta-learned tensors of the rule's own, such
     as Meta-SGD's inner rates). Register a new rule with
     :func:`fomaml_sklearn.algorithms.register_algorithm`.
+
+    Attributes
+    ----------
+    concurrent_tasks : bool, default=False
+        Whether :meth:`task_meta_gradient` may run for several tasks at once,
+        each on its own :class:`TaskRunner` (``runner.fork()``) in its own
+        thread: true of a rule that keeps no state of its own between tasks
+        and uses the runner only through its API. Then
+        ``task_batching="auto"`` runs a meta-batch's tasks on the CPU's
+        threads (``"threads"``). A rule that counts or caches across tasks
+        (iMAML's safeguard counters) leaves it False.
     """
+
+    concurrent_tasks = False
 
     def validate(self):
         """Check the options; raise ``ValueError`` naming a bad one."""

@@ -34,6 +34,7 @@ class ANIL(MetaAlgorithm):
     >>> clf = FOMAMLClassifier(algorithm=ANIL(first_order=True))   # = "fo-anil"
     """
 
+    concurrent_tasks = True  # no state across tasks: tasks may run on threads
 
     def __init__(self, first_order=False):
         self.first_order = first_order

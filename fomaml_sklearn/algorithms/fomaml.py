@@ -59,6 +59,8 @@ class FOMAML(PrototypeGradientOption, MetaAlgorithm):
     False
     """
 
+    concurrent_tasks = True  # no state across tasks: tasks may run on threads
+
     def __init__(self, prototype_gradient="auto"):
         self.prototype_gradient = prototype_gradient
 

@@ -27,6 +27,8 @@ class MAML(MetaAlgorithm):
     >>> clf = FOMAMLClassifier(algorithm=MAML())
     """
 
+    concurrent_tasks = True  # no state across tasks: tasks may run on threads
+
     def task_meta_gradient(self, runner, x_support, y_support, x_query, y_query, n_classes):
         return second_order_task_gradient(runner, x_support, y_support, x_query, y_query,
                                           n_classes, runner.config.inner_lr)

@@ -73,6 +73,8 @@ class MetaSGD(PrototypeGradientOption, MetaAlgorithm):
     ...                                           per_step=True), n_inner_steps=3)
     """
 
+    concurrent_tasks = True  # no state across tasks: tasks may run on threads
+
     def __init__(self, first_order=False, granularity="parameter", per_step=False,
                  prototype_gradient="auto"):
         self.first_order = first_order

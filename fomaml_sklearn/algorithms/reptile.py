@@ -22,6 +22,8 @@ class Reptile(MetaAlgorithm):
     >>> clf = FOMAMLClassifier(algorithm="reptile")
     """
 
+    concurrent_tasks = True  # no state across tasks: tasks may run on threads
+
     def task_meta_gradient(self, runner, x_support, y_support, x_query, y_query, n_classes):
         meta = runner.meta_model
         x_all, y_all = torch.cat([x_support, x_query]), torch.cat([y_support, y_query])

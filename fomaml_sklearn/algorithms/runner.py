@@ -350,6 +350,20 @@ class TaskRunner:
             isinstance(m, SupportBatchNorm) for m in self.scratch.modules()
         )
         self._autocast_dtype = self.config.autocast_dtype  # read once: a hot path
+        # The module that runs theta functionally (its train/eval flag is set
+        # per call); a fork has its own, so that forks never share a flag.
+        self._body = meta_model.backbone
+
+    def fork(self):
+        """A runner on the same meta-model and configuration with a scratch
+        copy of its own: rules whose ``concurrent_tasks`` is true may adapt
+        different tasks on different forks at the same time (one thread
+        each). Nothing of the meta-model is copied but the module that runs
+        ``theta`` functionally (its parameters are not used there)."""
+        other = TaskRunner(self.meta_model, self.config)
+        other._body = copy.deepcopy(self.meta_model.backbone)
+        other._body.requires_grad_(False)
+        return other
 
     @property
     def algorithm(self):
@@ -396,7 +410,7 @@ class TaskRunner:
             with self.autocast():
                 feats = self.scratch(x)
         else:
-            body = self.meta_model.backbone
+            body = self._body
             tensors = dict(zip(self._param_names, body_params))
             tensors.update(zip(self._buffer_names,
                                self._buffers if buffers is None else buffers))
