@@ -12,9 +12,11 @@ batched path in float64, see the comment at the check).
 - ``l2l``: ``learn2learn.algorithms.MAML(model, lr, first_order=True)``;
   ``clone()`` / ``adapt()`` per task. Only if ``import learn2learn`` works
   (install it in a separate venv: see ../shared/notes/learn2learn-peer.md).
-- ``fomaml_sklearn``: FOMAML's per-task loop and its batched path (all tasks
-  at once, ``torch.func.vmap`` over the backbone: one grouped convolution
-  per layer), through the public ``fomaml_sklearn.algorithms.meta_gradient``,
+- ``fomaml_sklearn``: FOMAML's per-task loop, the tasks on threads (one
+  intra-op thread each, ``task_batching="threads"``) and its batched path
+  (all tasks at once, ``torch.func.vmap`` over the backbone: one grouped
+  convolution per layer), through the public
+  ``fomaml_sklearn.algorithms.meta_gradient`` (threads: as fit runs them),
   in float32, and what the estimator's ``precision="auto"`` and
   ``task_batching="auto"`` resolve to on this machine (asked of a fitted
   estimator).
@@ -42,6 +44,7 @@ from torch.nn import functional as F
 from fomaml_sklearn import FOMAMLClassifier
 from fomaml_sklearn._config import resolve_precision
 from fomaml_sklearn.algorithms import meta_gradient
+from fomaml_sklearn.algorithms.runner import MetaBatch
 from fomaml_sklearn.backbones import Conv4Backbone
 from fomaml_sklearn.heads import MetaModel
 
@@ -127,6 +130,30 @@ def _estimator_auto():
 def _ours(meta, tasks, steps, batched=False, precision="float32"):
     return meta_gradient(meta, tasks, WAYS, "fomaml", inner_lr=ALPHA, n_inner_steps=steps,
                          precision=precision, batched=batched).grads
+
+
+class _Threads:
+    """FOMAML's meta-gradient as ``task_batching="threads"`` computes it in
+    fit: the tasks on ``torch.get_num_threads()`` threads (one intra-op
+    thread each, a fork of the runner each), summed in task order."""
+
+    def __init__(self, meta, steps, precision="float32"):
+        from fomaml_sklearn._config import MetaConfig
+        from fomaml_sklearn._threads import TaskThreads
+        from fomaml_sklearn.algorithms import get_algorithm
+        from fomaml_sklearn.algorithms.runner import TaskRunner
+
+        self.rule = get_algorithm("fomaml").resolve(meta)
+        config = MetaConfig(algorithm=self.rule, inner_lr=ALPHA, n_inner_steps=steps,
+                            precision=precision, task_batching="threads")
+        self.pool = TaskThreads(TaskRunner(meta, config))
+
+    def __call__(self, tasks):
+        batch = MetaBatch.from_tasks(tasks, WAYS)
+        parts = (batch.subset(i, i + 1) for i in range(len(batch)))
+        rows = self.pool.map(lambda runner, task: self.rule.meta_gradient(runner, task).grads,
+                             parts)
+        return [sum(grads) / len(rows) for grads in zip(*rows)]
 
 
 def _time(fn, repeats):
@@ -228,7 +255,8 @@ def main(argv=None):
           f"precision='auto' and task_batching='auto' resolve to here ({auto}, "
           f"{auto_batching}). Matmul peak: "
           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
-    print(f"{'queries':>7}{'steps':>6}{'naive':>8}{'l2l':>8}{'loop32':>8}{'group32':>9}"
+    print(f"{'queries':>7}{'steps':>6}{'naive':>8}{'l2l':>8}{'loop32':>8}{'thr32':>8}"
+          f"{'group32':>9}"
           f"{'auto':>8}  {'fp32/l2l':>8}{'auto/l2l':>9}{'fp32 peak':>10}{'auto peak':>10}")
     for queries in (1, 15):
         tasks = _tasks(queries)
@@ -253,29 +281,44 @@ def main(argv=None):
             if l2l is not None:
                 maml = l2l.algorithms.MAML(_plain_model(meta), lr=ALPHA, first_order=True)
                 _check("l2l", l2l_meta_gradient(maml, tasks[:4], steps), ours_plain)
+            # The threads path against the loop on one intra-op thread (each
+            # task runs on one): the same arithmetic. Against the 2-thread
+            # loop the last bits differ (kernels split their sums otherwise)
+            # and 5 inner steps at rate 0.4 grow that to ~5e-3 in places.
+            threads32 = _Threads(meta, steps)
+            torch.set_num_threads(1)
+            ours1 = _ours(meta, few, steps)
+            torch.set_num_threads(args.threads)
+            _check("threads", threads32(tasks[:4]), ours1, tol=0.0)
             plain = _plain_model(meta)
             loop32 = lambda: _ours(meta, stacked, steps)  # noqa: E731
             fns = {
                 "naive": lambda: naive_meta_gradient(plain, tasks, steps),
                 "loop32": loop32,
+                "thr32": lambda: threads32(tasks),
                 "group32": lambda: _ours(meta, stacked, steps, batched=True),
             }
             if l2l is not None:
                 maml = l2l.algorithms.MAML(_plain_model(meta), lr=ALPHA, first_order=True)
                 fns["l2l"] = lambda: l2l_meta_gradient(maml, tasks, steps)
             # precision="auto", task_batching="auto": what the estimator runs here.
-            if auto != "float32":
+            if auto != "float32" and auto_batching == "threads":
+                threads_auto = _Threads(meta, steps, precision=auto)
+                fns["auto"] = lambda: threads_auto(tasks)
+            elif auto != "float32":
                 fns["auto"] = lambda: _ours(meta, stacked, steps,
                                             batched=auto_batching == "grouped", precision=auto)
             rates = {name: META_BATCH / t
                      for name, t in _time_interleaved(fns, args.repeats).items()}
             if auto == "float32":
-                rates["auto"] = rates[{"loop": "loop32", "grouped": "group32"}[auto_batching]]
+                rates["auto"] = rates[{"loop": "loop32", "threads": "thr32",
+                                       "grouped": "group32"}[auto_batching]]
             flops = flops_per_task(loop32, META_BATCH)
-            best32 = max(rates["loop32"], rates["group32"])
+            best32 = max(rates["loop32"], rates["thr32"], rates["group32"])
             l2l_rate = rates.get("l2l", float("nan"))
             print(f"{queries:>7}{steps:>6}{rates['naive']:>8.1f}{l2l_rate:>8.1f}"
-                  f"{rates['loop32']:>8.1f}{rates['group32']:>9.1f}{rates['auto']:>8.1f}  "
+                  f"{rates['loop32']:>8.1f}{rates['thr32']:>8.1f}{rates['group32']:>9.1f}"
+                  f"{rates['auto']:>8.1f}  "
                   f"{best32 / l2l_rate:>8.2f}{rates['auto'] / l2l_rate:>9.2f}"
                   f"{100 * best32 * flops / 1e9 / peaks['float32']:>9.1f}%"
                   f"{100 * rates['auto'] * flops / 1e9 / peaks[auto]:>9.1f}%", flush=True)
