@@ -33,16 +33,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fomaml_sklearn import FOMAMLClassifier, _training, presets  # noqa: E402
+from fomaml_sklearn import FOMAMLClassifier, presets  # noqa: E402
 from fomaml_sklearn.callbacks import TimeCosineLR, TimeLimit  # noqa: E402
 from fomaml_sklearn.datasets import fetch_omniglot, get_data_home, rotate_classes  # noqa: E402
-from fomaml_sklearn.episodes import EpisodeSampler  # noqa: E402
 
 from throughput import machine_line  # noqa: E402
 
@@ -162,22 +160,13 @@ def _with_affine(strength):
     return AffineClassifier
 
 
-class WindowSampler(EpisodeSampler):
-    """Harder training tasks: each task's classes are characters within a
-    window of ``window`` consecutive character numbers (the upstream files
-    number characters alphabet by alphabet, so mostly one alphabet), all at
-    one rotation. Class codes are ``character * 4 + rotation``."""
-
-    window = 20
-
-    def draw_classes(self, n_tasks):
-        rng, ways = self.rng, self.shape.n_ways
-        n_chars = self.n_classes // 4
-        width = max(ways, min(self.window, n_chars))
-        start = rng.integers(0, n_chars - width + 1, size=(n_tasks, 1))
-        offsets = np.argsort(rng.random((n_tasks, width)), axis=1)[:, :ways]
-        rotation = rng.integers(0, 4, size=(n_tasks, 1))
-        return (start + offsets) * 4 + rotation
+def block_groups(y_train, width):
+    """``fit``'s ``groups`` for harder tasks: the characters in blocks of
+    ``width`` consecutive character numbers, at one rotation (class codes are
+    ``character * 4 + rotation``, :func:`rotate_classes`). The upstream files
+    number characters alphabet by alphabet (the 8 known alphabets are
+    contiguous ranges), so a block is mostly one alphabet."""
+    return (y_train // 4 // width) * 4 + y_train % 4
 
 
 def build_parser():
@@ -204,9 +193,9 @@ def build_parser():
     parser.add_argument("--affine", type=float, default=0.0,
                         help="random affine distortions of the training images at this "
                              "strength (augmentation.RandomAffine; 1 = Koch et al.'s ranges)")
-    parser.add_argument("--window", type=int, default=0,
-                        help="experiment: draw each training task's characters from this "
-                             "many consecutive characters at one rotation (WindowSampler)")
+    parser.add_argument("--groups", type=int, default=0, metavar="WIDTH",
+                        help="harder tasks: fit(X, y, groups) with blocks of WIDTH "
+                             "consecutive characters at one rotation (block_groups)")
     parser.add_argument("--save", default=None, help="save the meta-trained model here")
     parser.add_argument("--load", default=None,
                         help="score this saved model instead of meta-training one (--set "
@@ -229,12 +218,10 @@ def train(args, params, X_train, y_train):
               adapt_on_fit=False, random_state=args.seed, verbose=1)
     print("Parameters:", {k: v for k, v in sorted(params.items())}, flush=True)
     t0 = time.perf_counter()
-    if args.window:
+    if args.groups:
         if args.no_rotations:
-            raise SystemExit("--window assumes the four rotations of each character")
-        WindowSampler.window = args.window
-        with mock.patch.object(_training, "EpisodeSampler", WindowSampler):
-            clf.fit(X_train, y_train)
+            raise SystemExit("--groups assumes the four rotations of each character")
+        clf.fit(X_train, y_train, groups=block_groups(y_train, args.groups))
     else:
         clf.fit(X_train, y_train)
     minutes = (time.perf_counter() - t0) / 60

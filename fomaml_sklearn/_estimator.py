@@ -397,6 +397,42 @@ class MetaEstimatorBase(BaseEstimator):
         return self
 
     @staticmethod
+    def _group_codes(groups, n_samples, what="groups", label="task"):
+        """Group codes ``0 .. n_groups-1`` and the group names of ``groups``
+        (``label``: what a group is, in messages: a regressor's task, a
+        classifier's family of classes)."""
+        groups = np.asarray(groups)
+        if groups.ndim != 1 or len(groups) != n_samples:
+            raise ValueError(
+                f"{what} must be 1-D with one {label} label per sample ({n_samples}); got "
+                f"shape {groups.shape}."
+            )
+        if groups.dtype.kind == "f":
+            missing = np.isnan(groups)
+        elif groups.dtype.kind == "O":
+            missing = np.array([v is None or (isinstance(v, (float, np.floating)) and v != v)
+                                for v in groups.tolist()], dtype=bool)
+        else:  # integers, bools, strings: nothing can be missing
+            missing = np.zeros(len(groups), dtype=bool)
+        if missing.any():
+            raise ValueError(
+                f"{what} has {int(missing.sum())} missing {label} label(s) (NaN or None), the "
+                f"first at index {int(np.argmax(missing))}; every sample needs the label of "
+                f"its {label}. Drop those samples or give them their {label}'s label (NaN labels "
+                f"would otherwise merge unrelated samples into one {label})."
+            )
+        try:
+            names, codes = np.unique(groups, return_inverse=True)
+        except TypeError as exc:
+            kinds = sorted({type(v).__name__ for v in groups.tolist()})
+            raise ValueError(
+                f"{what} mixes {label} labels of different types ({', '.join(kinds)}), which "
+                f"cannot be sorted; use one type for all labels, e.g. np.asarray({what}, "
+                "dtype=str)."
+            ) from exc
+        return codes.reshape(-1), names
+
+    @staticmethod
     def _draw_seeds(random_state):
         """The seeds of fit's sub-steps, all drawn from one generator:
         initialisation, episodes, validation split, validation episodes and
@@ -412,7 +448,7 @@ class MetaEstimatorBase(BaseEstimator):
         return dict(zip(("torch", "episodes", "split", "valid", "adapt"), seeds))
 
     def _meta_train(self, *, X, image_shape, train_mask, fit_labels, shape, valid, n_rows,
-                    warm, device, seeds, optimizer_cls, targets=None):
+                    warm, device, seeds, optimizer_cls, targets=None, class_groups=None):
         """Build (or continue) the skorch net and meta-train it; set the
         fitted attributes every estimator has.
 
@@ -444,6 +480,9 @@ class MetaEstimatorBase(BaseEstimator):
             The meta-optimizer.
         targets : ndarray of shape (n_train, n_outputs) or None
             Real-valued targets of the training examples (regression).
+        class_groups : ndarray of int or None
+            A group per training class code: each task takes its classes
+            from one group (a classifier's ``fit(X, y, groups)``).
 
         Returns
         -------
@@ -471,6 +510,7 @@ class MetaEstimatorBase(BaseEstimator):
         net_params = self._net_params(shape, train_split=train_split, **valid_params)
         if targets is not None:
             net_params["iterator_train__targets"] = self._to_tensor(targets, device)
+        net_params["iterator_train__class_groups"] = class_groups
         input_shape = self.input_shape if self.input_shape is not None else image_shape
         X_train = X_t if train_mask.all() else X_t[torch.as_tensor(train_mask, device=device)]
         # Initialisation from an explicit generator: nothing global is
@@ -502,7 +542,8 @@ class MetaEstimatorBase(BaseEstimator):
             net.fit(X_train, fit_labels)
         # Neither the validation data nor the targets are kept in the fitted estimator.
         net.train_split = None
-        for name in ("iterator_train__targets", "iterator_valid__targets"):
+        for name in ("iterator_train__targets", "iterator_valid__targets",
+                     "iterator_train__class_groups"):
             if hasattr(net, name):
                 setattr(net, name, None)
         if net.interrupted_:

@@ -83,10 +83,13 @@ class EpisodeLoader:
         ``augment(x, rng)`` transforms the inputs of every episode (e.g.
         :class:`~fomaml_sklearn.augmentation.RandomShift`), with randomness
         from the episodes' generator.
+    class_groups : ndarray of int or None, default=None
+        A group per class code: each task takes its classes from one group
+        (:class:`~fomaml_sklearn.episodes.EpisodeSampler`).
     """
 
     def __init__(self, dataset, batch_size, shape, rng, n_batches=None, n_episodes=None,
-                 targets=None, augment=None):
+                 targets=None, augment=None, class_groups=None):
         if n_batches is None and n_episodes is None:
             raise ValueError("EpisodeLoader needs n_batches or n_episodes.")
         self.X = dataset.X
@@ -99,7 +102,7 @@ class EpisodeLoader:
         self.rng = rng
         self.targets = targets
         self.augment = augment
-        self.sampler = EpisodeSampler(self.y, shape, self._generator())
+        self.sampler = EpisodeSampler(self.y, shape, self._generator(), class_groups)
 
     def _generator(self):
         if isinstance(self.rng, np.random.Generator):

@@ -204,6 +204,12 @@ class EpisodeSampler:
         Episode shape; it must fit the data (see :func:`resolve_episode_shape`).
     rng : numpy.random.Generator
         The source of randomness.
+    class_groups : array-like of int of shape (n_classes,) or None, default=None
+        A group code per class (classes that belong together, as the
+        characters of one alphabet). Each task then takes all its classes
+        from one group, drawn with a probability proportional to its number
+        of classes; groups with fewer than ``n_ways`` classes are never
+        drawn. Harder tasks, for telling apart classes that look alike.
 
     Examples
     --------
@@ -219,7 +225,7 @@ class EpisodeSampler:
     (array([0, 1]), array([0, 0, 1, 1]))
     """
 
-    def __init__(self, y, shape, rng):
+    def __init__(self, y, shape, rng, class_groups=None):
         y = np.asarray(y)
         self.shape = shape
         self.rng = rng
@@ -227,6 +233,23 @@ class EpisodeSampler:
         self.n_classes = len(counts)
         if shape.n_ways > self.n_classes or (shape.k_shot + shape.n_query) > counts.min():
             raise ValueError(f"Episode shape {shape} does not fit class sizes {counts}.")
+        self.class_groups = None
+        if class_groups is not None:
+            class_groups = np.asarray(class_groups)
+            if class_groups.shape != (self.n_classes,):
+                raise ValueError(f"class_groups needs one group per class ({self.n_classes}); "
+                                 f"got shape {class_groups.shape}.")
+            sizes = np.bincount(class_groups)
+            eligible = sizes >= shape.n_ways
+            if not eligible.any():
+                raise ValueError(
+                    f"groups: no group has n_ways={shape.n_ways} classes (the largest has "
+                    f"{sizes.max()}), and each task takes its classes from one group; lower "
+                    "n_ways or pass larger groups.")
+            self.class_groups = class_groups
+            # Draw a group with probability proportional to its classes.
+            weights = np.where(eligible, sizes, 0).astype(float)
+            self._group_p = weights / weights.sum()
         # Padded matrix of the indices of each class: members[c, :counts[c]].
         order = np.argsort(y, kind="stable")
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -237,9 +260,13 @@ class EpisodeSampler:
 
     def draw_classes(self, n_tasks):
         """The class codes of ``n_tasks`` tasks, ``(n_tasks, n_ways)``: random
-        classes per task in random order (the order is the relabelling).
+        classes per task (of one group, with ``class_groups``) in random
+        order (the order is the relabelling).
         Subclasses that draw classes differently override this method."""
         keys = self.rng.random((n_tasks, self.n_classes))
+        if self.class_groups is not None:  # only the classes of one group per task
+            group = self.rng.choice(len(self._group_p), size=n_tasks, p=self._group_p)
+            keys[self.class_groups[None, :] != group[:, None]] = 2.0
         return np.argsort(keys, axis=1)[:, :self.shape.n_ways]
 
     def sample(self, n_tasks=1):

@@ -306,40 +306,6 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
             )
         return X, Y, y.ndim, image_shape
 
-    @staticmethod
-    def _group_codes(groups, n_samples, what="groups"):
-        """Task codes ``0 .. n_tasks-1`` and the task names of ``groups``."""
-        groups = np.asarray(groups)
-        if groups.ndim != 1 or len(groups) != n_samples:
-            raise ValueError(
-                f"{what} must be 1-D with one task label per sample ({n_samples}); got "
-                f"shape {groups.shape}."
-            )
-        if groups.dtype.kind == "f":
-            missing = np.isnan(groups)
-        elif groups.dtype.kind == "O":
-            missing = np.array([v is None or (isinstance(v, (float, np.floating)) and v != v)
-                                for v in groups.tolist()], dtype=bool)
-        else:  # integers, bools, strings: nothing can be missing
-            missing = np.zeros(len(groups), dtype=bool)
-        if missing.any():
-            raise ValueError(
-                f"{what} has {int(missing.sum())} missing task label(s) (NaN or None), the "
-                f"first at index {int(np.argmax(missing))}; every sample needs the label of "
-                "its task. Drop those samples or give them their task's label (NaN labels "
-                "would otherwise merge unrelated samples into one task)."
-            )
-        try:
-            names, codes = np.unique(groups, return_inverse=True)
-        except TypeError as exc:
-            kinds = sorted({type(v).__name__ for v in groups.tolist()})
-            raise ValueError(
-                f"{what} mixes task labels of different types ({', '.join(kinds)}), which "
-                f"cannot be sorted; use one type for all labels, e.g. np.asarray({what}, "
-                "dtype=str)."
-            ) from exc
-        return codes.reshape(-1), names
-
     def _no_groups(self, method, stacklevel):
         """Warn that ``method`` got no groups, so all of (X, y) is one task
         (``stacklevel``: of the user's call, counted from the caller)."""

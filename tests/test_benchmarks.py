@@ -130,6 +130,23 @@ def test_within_alphabet_benchmark_runs_through_the_estimator(background_only_ho
     assert "n_inner_steps_test=0" in capsys.readouterr().out
 
 
+def test_within_alphabet_groups_are_blocks_of_characters_at_one_rotation(
+        background_only_home, monkeypatch, capsys):
+    wa = _load_benchmark("within_alphabet", monkeypatch)
+    y = np.arange(400)  # characters 0..99, 4 rotations each
+    groups = wa.block_groups(y, 20)
+    for g in np.unique(groups):
+        members = y[groups == g]
+        assert len(members) == 20 and len(set(members % 4)) == 1
+        assert np.ptp(members // 4) == 19  # 20 consecutive characters
+    monkeypatch.setattr(wa, "machine_line", lambda: "Machine: test")
+    out = wa.main(["--data-home", str(background_only_home), "--offline", "--episodes", "2",
+                   "--threads", "1", "--image-size", "15", "--steps", "2", "--groups", "20",
+                   "--set", "n_filters=4", "--set", "meta_batch_size=2",
+                   "--set", "meta_batches_per_epoch=2"])
+    assert out["n_steps"] == 2 and "2 meta-steps in" in capsys.readouterr().out
+
+
 def test_presets_are_valid_estimator_configurations():
     """Every preset names real parameters only, and fits as it is (a tiny
     budget and backbone; images for the image presets)."""

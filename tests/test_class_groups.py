@@ -1,0 +1,118 @@
+"""fit(X, y, groups) of the classifier: each meta-training task takes its
+classes from one group (harder tasks, issue #27's within-alphabet lever)."""
+
+import numpy as np
+import pytest
+import torch
+
+from fomaml_sklearn import FOMAMLClassifier
+from fomaml_sklearn.episodes import EpisodeSampler, EpisodeShape
+
+
+def test_sampler_draws_each_task_from_one_eligible_group():
+    y = np.repeat(np.arange(12), 3)
+    groups = np.array([0] * 5 + [1] * 4 + [2] * 3)  # group 2 is smaller than n_ways
+    sampler = EpisodeSampler(y, EpisodeShape(4, 1, 1), np.random.default_rng(0), groups)
+    classes = sampler.draw_classes(2000)
+    assert all(len(set(groups[row])) == 1 for row in classes)
+    assert all(len(set(row)) == 4 for row in classes)
+    drawn = np.bincount(groups[classes[:, 0]], minlength=3)
+    assert drawn[2] == 0
+    # In proportion to the groups' classes: 5/9 and 4/9.
+    assert abs(drawn[0] / 2000 - 5 / 9) < 0.04
+    # Without groups, tasks mix the groups.
+    plain = EpisodeSampler(y, EpisodeShape(4, 1, 1), np.random.default_rng(0))
+    assert any(len(set(groups[row])) > 1 for row in plain.draw_classes(50))
+
+
+def test_sampler_refuses_groups_that_cannot_hold_a_task():
+    y = np.repeat(np.arange(6), 3)
+    with pytest.raises(ValueError, match=r"no group has n_ways=4 classes \(the largest "
+                                         r"has 3\).*lower n_ways or pass larger groups"):
+        EpisodeSampler(y, EpisodeShape(4, 1, 1), np.random.default_rng(0),
+                       np.array([0, 0, 0, 1, 1, 1]))
+    with pytest.raises(ValueError, match=r"one group per class \(6\)"):
+        EpisodeSampler(y, EpisodeShape(2, 1, 1), np.random.default_rng(0), np.zeros(5, int))
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    X = rng.random((240, 64), dtype=np.float32)
+    y = np.repeat(np.arange(40), 6)
+    return X, y, np.where(y < 20, "left", "right")
+
+
+FAST = dict(hidden_layer_sizes=(16,), n_ways=4, k_shot=1, n_query=2, meta_batch_size=3,
+            meta_batches_per_epoch=4, max_epochs=1, device="cpu", adapt_on_fit=False,
+            random_state=0, verbose=0)
+
+
+def test_fit_with_groups_draws_tasks_inside_groups(data, monkeypatch):
+    X, y, groups = data
+    seen = []
+    original = EpisodeSampler.draw_classes
+
+    def spy(self, n_tasks):
+        classes = original(self, n_tasks)
+        seen.append((self.class_groups, classes))
+        return classes
+
+    monkeypatch.setattr(EpisodeSampler, "draw_classes", spy)
+    clf = FOMAMLClassifier(**FAST).fit(X, y, groups)
+    assert seen and all(cg is not None and all(len(set(cg[row])) == 1 for row in classes)
+                        for cg, classes in seen)
+    # Nothing of the groups stays in the fitted estimator.
+    assert clf.net_.iterator_train__class_groups is None
+    # A warm-started fit without groups draws from all classes again.
+    seen.clear()
+    clf.set_params(warm_start=True).fit(X, y)
+    assert seen and all(cg is None for cg, _ in seen)
+
+
+def test_groups_change_the_tasks_and_are_reproducible(data):
+    X, y, groups = data
+    a = FOMAMLClassifier(**FAST).fit(X, y, groups)
+    b = FOMAMLClassifier(**FAST).fit(X, y, groups=groups)
+    c = FOMAMLClassifier(**FAST).fit(X, y)
+    pa, pb, pc = (list(m.meta_model_.parameters()) for m in (a, b, c))
+    assert all(torch.equal(u, v) for u, v in zip(pa, pb))
+    assert not all(torch.equal(u, v) for u, v in zip(pa, pc))
+
+
+def test_bad_groups_are_clear_errors_and_change_nothing(data):
+    X, y, groups = data
+    clf = FOMAMLClassifier(**FAST).fit(X, y)
+    before = [p.clone() for p in clf.meta_model_.parameters()]
+    mixed = groups.copy()
+    mixed[1] = "right"  # class 0 now in both groups
+    with pytest.raises(ValueError, match=r"groups puts class 0 in 2 groups \('left', "
+                                         r"'right'\); each class must lie in one group"):
+        clf.fit(X, y, mixed)
+    with pytest.raises(ValueError, match=r"groups must be 1-D with one group label per "
+                                         r"sample \(240\); got shape \(239,\)"):
+        clf.fit(X, y, groups[1:])
+    with pytest.raises(ValueError, match=r"groups has 1 missing group label"):
+        clf.fit(X, y, np.where(np.arange(240) == 7, np.nan, (y < 20).astype(float)))
+    with pytest.raises(ValueError, match=r"no group has n_ways=4 classes"):
+        clf.fit(X, y, y // 3 * 3 // 3)  # groups of 1 class
+    assert all(torch.equal(u, v) for u, v in zip(before, clf.meta_model_.parameters()))
+
+
+def test_groups_still_learn_on_an_omniglot_slice(omniglot_slice):
+    """The within-alphabet lever (docs/performance.md) as an estimator
+    option: tasks from groups of 10 consecutive characters still learn."""
+    X, y = omniglot_slice
+    train = y < 60
+
+    def make():
+        return FOMAMLClassifier("conv4", n_filters=32, n_ways=5, k_shot=1, n_query=5,
+                                meta_batch_size=4, max_epochs=5, meta_batches_per_epoch=50,
+                                device="cpu", adapt_on_fit=False, random_state=0)
+
+    meta = make().fit(X[train], y[train], groups=y[train] // 10)
+    scratch = make().set_params(max_epochs=0).fit(X[train], y[train])
+    shape = dict(n_ways=5, k_shot=1, n_query=5, n_episodes=200, random_state=0)
+    learned = meta.evaluate(X[~train], y[~train], **shape).mean
+    random_init = scratch.evaluate(X[~train], y[~train], **shape).mean
+    assert learned > random_init + 0.15, (learned, random_init)
