@@ -139,8 +139,10 @@ def resolve_task_batching(task_batching, algorithm, meta_model, device, precisio
     ``"auto"`` takes the rule's batched path on a GPU where the rule has one
     for this model; on a CPU it runs the tasks on threads (one intra-op
     thread each) where the rule allows it
-    (:attr:`~fomaml_sklearn.algorithms.MetaAlgorithm.concurrent_tasks`), and
-    the loop elsewhere. On the 2-core CPUs measured, tasks on 2 threads ran
+    (:attr:`~fomaml_sklearn.algorithms.MetaAlgorithm.concurrent_tasks`) and
+    the backbone is a built-in one, and the loop elsewhere (a user's module
+    may draw random numbers, whose order threads would change; ask for
+    ``"threads"`` to run it on threads anyway). On the 2-core CPUs measured, tasks on 2 threads ran
     1.1-1.3x faster than the loop on 2 intra-op threads, and the batched
     path slower than both (``docs/performance.md``).
 
@@ -205,7 +207,13 @@ def resolve_task_batching(task_batching, algorithm, meta_model, device, precisio
         return task_batching
     if supported and torch.device(device).type == "cuda":
         return "grouped"
-    return "threads" if on_cpu and concurrent else "loop"
+    from .backbones import is_built_in
+
+    # Only the built-in backbones: a module of the user's may draw random
+    # numbers (dropout) from torch's global generator, in an order that
+    # threads would change.
+    built_in = is_built_in(meta_model.backbone)
+    return "threads" if on_cpu and concurrent and built_in else "loop"
 
 
 def resolve_inner_lr(inner_lr, head):

@@ -157,6 +157,13 @@ class Conv4Backbone(nn.Module):
         return self.blocks(x).flatten(1)
 
 
+def is_built_in(module):
+    """Whether ``module`` is one of the package's own backbones (exactly, not
+    a subclass): their forward passes draw no random numbers and keep no
+    state but the BatchNorm statistics."""
+    return type(module) in (MLPBackbone, Conv4Backbone)
+
+
 def convert_batchnorm(module):
     """Replace ``nn.BatchNorm1d/2d/3d`` layers by :class:`SupportBatchNorm`.
 

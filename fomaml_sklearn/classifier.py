@@ -183,7 +183,9 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         ``"mlp"`` and ``"conv4"`` backbones; the same meta-gradient, more
         memory). ``"auto"``: grouped on a GPU where the rule supports it
         (many tiny per-task kernels leave a GPU idle), threads on a CPU where
-        the rule allows them, else the loop (measured in
+        the rule allows them and the backbone is a built-in one (a module of
+        your own may draw random numbers, whose order threads would change),
+        else the loop (measured in
         ``docs/performance.md``); ``task_batching_`` says which ran.
     adapt_on_fit : bool, default=True
         Adapt to all classes of ``y`` at the end of ``fit``, so that

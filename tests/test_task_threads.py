@@ -84,6 +84,11 @@ def test_auto_takes_threads_on_the_cpu_where_the_rule_allows_it(images):
         resolve_task_batching("threads", imaml, meta, "cpu")
     with pytest.raises(ValueError, match=r"runs tasks on CPU threads, and the device is cuda"):
         resolve_task_batching("threads", get_algorithm("fomaml"), meta, "cuda")
+    # A backbone of the user's may draw random numbers (dropout): the loop,
+    # unless asked for.
+    custom = MetaModel(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Dropout()), 4)
+    assert resolve_task_batching("auto", get_algorithm("fomaml"), custom, "cpu") == "loop"
+    assert resolve_task_batching("threads", get_algorithm("fomaml"), custom, "cpu") == "threads"
     # On a GPU "auto" keeps the batched path where there is one.
     assert resolve_task_batching("auto", get_algorithm("fomaml"), meta, "cuda") == "grouped"
 
