@@ -265,8 +265,11 @@ class TaskThreads:
     task runs with one intra-op thread, with one worker as with several, so
     the results (returned in task order) do not depend on the number of
     workers, nor on the load. The caller's thread count is unchanged
-    afterwards, and torch's default for new threads (which
-    ``torch.set_num_threads`` in a worker also sets) is put back.
+    afterwards. ``torch.set_num_threads(1)`` in a worker also sets torch's
+    default for threads started later: after each call it is set back to the
+    calling thread's count (threads another part of the program starts during
+    a call begin with one intra-op thread). Each call holds its tasks'
+    results until all are done (one row per task).
 
     Parameters
     ----------

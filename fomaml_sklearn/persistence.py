@@ -38,7 +38,9 @@ __all__ = ["FORMAT_VERSION", "MAGIC", "ModelFile", "load_model", "register_kind"
 #: The first line of every model file.
 MAGIC = b"fomaml-sklearn model\n"
 #: The version of the file format this package writes (and the newest it reads).
-FORMAT_VERSION = 1
+#: 2 (2026-12-05): ``task_batching_`` may be ``"threads"``, which readers of
+#: version 1 do not know; they refuse the file as newer, as they should.
+FORMAT_VERSION = 2
 #: How deep a file's JSON values may nest.
 MAX_DEPTH = 32
 _FORMAT_NAME, _METADATA_KEY, _MAX_ENVELOPE = "fomaml-sklearn model", "fomaml_sklearn", 65536

@@ -58,7 +58,8 @@ OMNIGLOT = dict(
 #: ``fit`` argument, not a parameter: ``fit(X, y, groups=...)`` with the
 #: characters' alphabets (or, where those are unknown, blocks of consecutive
 #: characters at one rotation, as the benchmark does), so that each training
-#: task takes its 10 characters from one group: +3 points at 500 meta-steps.
+#: task takes its 10 characters from one group (+3 points at 500 meta-steps
+#: with a sliding-window form of it; docs/performance.md).
 OMNIGLOT_WITHIN_ALPHABET = dict(OMNIGLOT)
 
 #: Small tabular data (feature vectors, a few dozen classes or groups): an

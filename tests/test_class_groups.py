@@ -116,3 +116,34 @@ def test_groups_still_learn_on_an_omniglot_slice(omniglot_slice):
     learned = meta.evaluate(X[~train], y[~train], **shape).mean
     random_init = scratch.evaluate(X[~train], y[~train], **shape).mean
     assert learned > random_init + 0.15, (learned, random_init)
+
+
+def test_metadata_routing_gives_groups_to_the_splitter_unless_fit_asks(data):
+    from sklearn import config_context
+    from sklearn.model_selection import GridSearchCV, GroupKFold
+
+    X, y, _ = data
+    with config_context(enable_metadata_routing=True):
+        # The documented class-disjoint search: groups=y splits the classes
+        # and does not reach fit (one class per group could not hold a task).
+        search = GridSearchCV(FOMAMLClassifier(**FAST), {"inner_lr": [0.1]},
+                              cv=GroupKFold(2)).fit(X, y, groups=y)
+        assert np.isfinite(search.best_score_)
+        # Asked for, families of classes reach fit too.
+        families = y // 10
+        clf = FOMAMLClassifier(**FAST).set_fit_request(groups=True)
+        search = GridSearchCV(clf, {"inner_lr": [0.1]}, cv=GroupKFold(2)).fit(
+            X, y, groups=families)
+        assert np.isfinite(search.best_score_)
+        with pytest.raises(ValueError, match="no group has n_ways=4 classes"):
+            GridSearchCV(clf, {"inner_lr": [0.1]}, cv=GroupKFold(2), error_score="raise"
+                         ).fit(X, y, groups=y)
+
+
+def test_a_class_in_two_groups_is_named_whatever_the_label_type(data):
+    X, y, groups = data
+    labels = np.array([f"c{v}" for v in y], dtype=object)
+    mixed = groups.copy()
+    mixed[1] = "right"
+    with pytest.raises(ValueError, match=r"groups puts class 'c0' in 2 groups"):
+        FOMAMLClassifier(**FAST).fit(X, labels, mixed)

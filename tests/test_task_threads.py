@@ -46,11 +46,18 @@ def _fit(images, task_batching, algorithm="fomaml"):
 
 
 @pytest.mark.parametrize("algorithm", CONCURRENT)
-def test_threads_take_the_same_steps_as_the_one_thread_loop(images, threads, algorithm):
+def test_threads_take_the_same_steps_as_the_one_thread_loop(images, threads, algorithm,
+                                                            monkeypatch):
+    monkeypatch.setenv("FOMAML_SKLEARN_FIT_THREADS", "keep")  # 2 threads even if busy
+    forks = []
+    fork = TaskRunner.fork
+    monkeypatch.setattr(TaskRunner, "fork", lambda self: forks.append(1) or fork(self))
     threads(1)
     loop = _fit(images, "loop", algorithm)
+    assert not forks
     threads(2)
     on_threads = _fit(images, "threads", algorithm)
+    assert len(forks) == 2  # the tasks ran on 2 worker threads (forks), not in the loop
     assert (loop.task_batching_, on_threads.task_batching_) == ("loop", "threads")
     assert torch.get_num_threads() == 2  # the caller's count, unchanged
     for (name, a), b in zip(loop.meta_model_.named_parameters(),
@@ -59,7 +66,9 @@ def test_threads_take_the_same_steps_as_the_one_thread_loop(images, threads, alg
     assert loop.history_[-1]["train_loss"] == on_threads.history_[-1]["train_loss"]
 
 
-def test_threads_results_do_not_depend_on_the_number_of_threads(images, threads):
+def test_threads_results_do_not_depend_on_the_number_of_threads(images, threads,
+                                                                monkeypatch):
+    monkeypatch.setenv("FOMAML_SKLEARN_FIT_THREADS", "keep")
     threads(1)
     one = _fit(images, "threads")
     threads(2)

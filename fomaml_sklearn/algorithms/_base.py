@@ -106,7 +106,9 @@ class MetaAlgorithm(BaseEstimator):
         and uses the runner only through its API. Then
         ``task_batching="auto"`` runs a meta-batch's tasks on the CPU's
         threads (``"threads"``). A rule that counts or caches across tasks
-        (iMAML's safeguard counters) leaves it False.
+        (iMAML's safeguard counters) leaves it False; a subclass of a rule
+        that sets it inherits it, so a subclass that keeps state across
+        tasks sets it back to False.
     """
 
     concurrent_tasks = False
