@@ -28,7 +28,7 @@ import torch
 from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
-from ..backbones import Conv4Backbone, MLPBackbone
+from ..backbones import is_built_in
 from ._base import MetaAlgorithm, MetaGradient, PrototypeGradientOption, TaskResult, n_correct
 from .runner import inner_loop
 
@@ -68,7 +68,7 @@ class FOMAML(PrototypeGradientOption, MetaAlgorithm):
         self._validate_prototype_gradient()
 
     def supports_batched(self, meta_model):
-        return type(meta_model.backbone) in (MLPBackbone, Conv4Backbone)
+        return is_built_in(meta_model.backbone)
 
     def task_meta_gradient(self, runner, x_support, y_support, x_query, y_query, n_classes):
         head, head0 = self.adapt_with_head_graph(runner, x_support, y_support, n_classes)
