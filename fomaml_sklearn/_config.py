@@ -142,9 +142,10 @@ def resolve_task_batching(task_batching, algorithm, meta_model, device, precisio
     (:attr:`~fomaml_sklearn.algorithms.MetaAlgorithm.concurrent_tasks`) and
     the backbone is a built-in one, and the loop elsewhere (a user's module
     may draw random numbers, whose order threads would change; ask for
-    ``"threads"`` to run it on threads anyway). On the 2-core CPUs measured, tasks on 2 threads ran
-    1.1-1.3x faster than the loop on 2 intra-op threads, and the batched
-    path slower than both (``docs/performance.md``).
+    ``"threads"`` to run it on threads anyway). On the 2-core CPUs
+    measured, tasks on 2 threads ran 1.1-1.3x faster than the loop on 2
+    intra-op threads, and the batched path slower than both
+    (``docs/performance.md``).
 
     Parameters
     ----------
@@ -177,7 +178,8 @@ def resolve_task_batching(task_batching, algorithm, meta_model, device, precisio
         raise ValueError(
             f"task_batching={task_batching!r} is not supported; use one of {TASK_BATCHING}."
         )
-    on_cpu = torch.device(device).type == "cpu"
+    kind = torch.device(device).type
+    on_cpu = kind == "cpu"
     concurrent = bool(getattr(algorithm, "concurrent_tasks", False))
     if task_batching == "threads" and not (on_cpu and concurrent):
         why = (f"the rule {type(algorithm).__name__} keeps state across tasks "
@@ -205,7 +207,7 @@ def resolve_task_batching(task_batching, algorithm, meta_model, device, precisio
         )
     if task_batching != "auto":
         return task_batching
-    if supported and torch.device(device).type == "cuda":
+    if supported and kind == "cuda":
         return "grouped"
     from .backbones import is_built_in
 
