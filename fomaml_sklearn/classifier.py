@@ -185,8 +185,8 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         (many tiny per-task kernels leave a GPU idle), threads on a CPU where
         the rule allows them and the backbone is a built-in one (a module of
         your own may draw random numbers, whose order threads would change),
-        else the loop (measured in
-        ``docs/performance.md``); ``task_batching_`` says which ran.
+        else the loop (measured in ``docs/performance.md``);
+        ``task_batching_`` says which ran.
     adapt_on_fit : bool, default=True
         Adapt to all classes of ``y`` at the end of ``fit``, so that
         ``predict`` works straight away. The adaptation uses at most 1024
@@ -415,8 +415,8 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
             groups with fewer than ``n_ways`` classes are not drawn). Harder
             tasks, for telling apart classes that look alike (on Omniglot's
             within-alphabet task, measured in ``docs/performance.md``).
-            ``None``: tasks draw from all classes. Routed by scikit-learn's metadata routing
-            (``set_fit_request(groups=True)``).
+            ``None``: tasks draw from all classes. Routed by scikit-learn's
+            metadata routing (``set_fit_request(groups=True)``).
         X_val : array-like of shape (n_val_samples, n_features) or None, default=None
             Validation examples, normally of classes not in ``y``: after every
             epoch the meta-learner adapts to ``n_eval_episodes`` fixed episodes
