@@ -130,6 +130,30 @@ def test_within_alphabet_benchmark_runs_through_the_estimator(background_only_ho
     assert "n_inner_steps_test=0" in capsys.readouterr().out
 
 
+def test_within_alphabet_probe_backbone_normalises_and_keeps_the_last_maps(
+        background_only_home, monkeypatch, capsys):
+    import torch
+
+    wa = _load_benchmark("within_alphabet", monkeypatch)
+    x = torch.rand(5, 1, 28, 28)
+    plain = wa.ProbeConv4((1, 28, 28), n_filters=8)
+    probe = wa.ProbeConv4((1, 28, 28), n_filters=8, feature_norm=3.0, last_pool=False)
+    assert plain(x).shape == (5, 8)  # 28 -> 14 -> 7 -> 3 -> 1
+    feats = probe(x)
+    assert feats.shape == (5, 8 * 3 * 3)
+    torch.testing.assert_close(feats.norm(dim=1), torch.full((5,), 3.0))
+    # Through the benchmark: the estimator gets the probe as a user module.
+    monkeypatch.setattr(wa, "machine_line", lambda: "Machine: test")
+    out = wa.main(["--data-home", str(background_only_home), "--offline", "--episodes", "2",
+                   "--threads", "1", "--image-size", "15", "--steps", "2",
+                   "--set", "meta_batch_size=2", "--set", "meta_batches_per_epoch=2",
+                   "--set", "n_filters=4", "--test-shift", "0",
+                   "--feature-norm", "3", "--no-last-pool"])
+    assert out["n_steps"] == 2
+    text = capsys.readouterr().out
+    assert "ProbeConv4" in text and "'feature_norm': 3.0" in text
+
+
 def test_within_alphabet_groups_are_blocks_of_characters_at_one_rotation(
         background_only_home, monkeypatch, capsys):
     wa = _load_benchmark("within_alphabet", monkeypatch)
@@ -192,3 +216,20 @@ def test_the_main_job_reads_the_omniglot_preset(fake_omniglot_home, monkeypatch,
         if key not in ("max_epochs", "test_shift"):  # the budget; scored as an extra row
             assert params[key] == value, key
     assert fits[0].n_meta_steps_ == 50
+
+
+def test_preset_speed_times_each_variant_of_the_preset(monkeypatch, capsys):
+    speed = _load_benchmark("preset_speed", monkeypatch)
+    monkeypatch.setattr(speed, "machine_line", lambda: "Machine: test")
+    assert speed.parse_variant("n_inner_steps=0,lr=0.001") == {"n_inner_steps": 0, "lr": 0.001}
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        speed.parse_variant("n_inner_steps")
+    medians = speed.main(["--preset", "omniglot-within-alphabet", "--steps", "2",
+                          "--repeats", "1", "--threads", "1", "--image-size", "12",
+                          "--variant", "n_inner_steps=1", "--variant", "n_inner_steps=0"])
+    assert set(medians) == {"n_inner_steps=1", "n_inner_steps=0"}
+    assert all(m > 0 for m in medians.values())
+    text = capsys.readouterr().out
+    assert "PRESETS.OMNIGLOT_WITHIN_ALPHABET" not in text
+    assert "presets.OMNIGLOT_WITHIN_ALPHABET, 2 meta-steps per fit" in text
+    assert "n_inner_steps=0" in text and "1.00x" in text
