@@ -49,16 +49,17 @@ def build_parser():
 
 
 def run(args):
+    variants = args.variant or [""]
+    changes = {v: parse_variant(v) for v in variants}  # a bad --variant fails before timing
     torch.set_num_threads(args.threads)
     print(machine_line(), flush=True)
     rng = np.random.default_rng(0)
     X = rng.random((400 * 20, 1, args.image_size, args.image_size), dtype=np.float32)
     y = np.repeat(np.arange(400), 20)
-    variants = args.variant or [""]
     times = {v: [] for v in variants}
     for repeat in range(args.repeats + 1):
         for v in variants:
-            params = {**presets.PRESETS[args.preset], **parse_variant(v),
+            params = {**presets.PRESETS[args.preset], **changes[v],
                       "max_epochs": 1, "meta_batches_per_epoch": args.steps}
             clf = FOMAMLClassifier(**params, precision=args.precision, adapt_on_fit=False,
                                    random_state=repeat, verbose=0)
