@@ -24,6 +24,8 @@ python benchmarks/within_alphabet.py --data-home ../shared/data --steps 500 --th
 python benchmarks/within_alphabet.py --data-home ../shared/data --steps 200 \
     --image-size 56 --feature-norm 3
 python benchmarks/within_alphabet.py --data-home ../shared/data --minutes 59.5 --threads 2
+python benchmarks/within_alphabet.py --data-home ../shared/data --load wa55.fomaml --steps 300 \
+    --groups 20 --set n_ways=20 --set lr=3e-4
 """
 
 import argparse
@@ -231,7 +233,10 @@ def build_parser():
     parser.add_argument("--save", default=None, help="save the meta-trained model here")
     parser.add_argument("--load", default=None,
                         help="score this saved model instead of meta-training one (--set "
-                             "then changes test-time parameters, e.g. n_inner_steps_test=10)")
+                             "then changes test-time parameters, e.g. n_inner_steps_test=10); "
+                             "with --steps N, first meta-train it N meta-steps more (warm "
+                             "start, cosine over the N steps from the model's meta rate or "
+                             "--set lr=..., with --groups and the --set episode shape)")
     return parser
 
 
@@ -269,10 +274,33 @@ def train(args, params, X_train, y_train):
     return clf, minutes
 
 
+def carry_on(args, clf, X_train, y_train):
+    """Meta-train the loaded ``clf`` ``--steps`` meta-steps more (warm start:
+    its meta-parameters and optimizer state go on), at its meta rate annealed
+    along a cosine over those steps, with ``--groups`` if given."""
+    before = clf.n_meta_steps_
+    clf.set_params(warm_start=True, lr_schedule="cosine", callbacks=None, verbose=1,
+                   max_epochs=max(1, args.steps // clf.meta_batches_per_epoch))
+    t0 = time.perf_counter()
+    if args.groups:
+        clf.fit(X_train, y_train, groups=block_groups(y_train, args.groups))
+    else:
+        clf.fit(X_train, y_train)
+    minutes = (time.perf_counter() - t0) / 60
+    if args.save:
+        clf.save(args.save)
+    print(f"\n{clf.n_meta_steps_ - before} meta-steps more ({clf.n_meta_steps_} in all) in "
+          f"{minutes:.1f} min (lr {clf.lr:g}, cosine; {clf.n_ways}-way tasks"
+          + (f", groups of {args.groups}" if args.groups else "") + ")")
+    return clf, minutes
+
+
 def run(args):
     torch.set_num_threads(args.threads)
     if args.load is None and (args.steps is None) == (args.minutes is None):
         raise SystemExit("give exactly one of --steps and --minutes (or --load FILE)")
+    if args.load and args.minutes is not None:
+        raise SystemExit("--load continues for --steps N meta-steps, not --minutes")
     params = {**presets.OMNIGLOT_WITHIN_ALPHABET, **parse_set(args.set)}
     test_shift = params.pop("test_shift", 0) if args.test_shift is None else args.test_shift
     params.pop("test_shift", None)
@@ -290,8 +318,10 @@ def run(args):
     if args.load:
         clf = FOMAMLClassifier.load(args.load)
         clf.set_params(**parse_set(args.set))
-        print(f"Loaded {args.load}: {clf.n_meta_steps_} meta-steps; test-time parameters "
+        print(f"Loaded {args.load}: {clf.n_meta_steps_} meta-steps; parameters set "
               + ", ".join(f"{k}={v!r}" for k, v in sorted(parse_set(args.set).items())))
+        if args.steps:
+            clf, minutes = carry_on(args, clf, X_train, y_train)
     else:
         clf, minutes = train(args, params, X_train, y_train)
     results = {}

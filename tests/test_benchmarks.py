@@ -128,6 +128,18 @@ def test_within_alphabet_benchmark_runs_through_the_estimator(background_only_ho
     wa.main([*common, "--load", str(model), "--test-shift", "0",
              "--set", "n_inner_steps_test=0"])
     assert "n_inner_steps_test=0" in capsys.readouterr().out
+    # --load with --steps meta-trains the saved model further (warm start),
+    # here on grouped tasks at a lower meta rate, and saves it again.
+    more = background_only_home / "wa_more.fomaml"
+    cont = wa.main([*common, "--load", str(model), "--steps", "2", "--groups", "20",
+                    "--set", "lr=0.0003", "--test-shift", "0", "--save", str(more)])
+    text = capsys.readouterr().out
+    assert cont["n_steps"] == 6 and cont["minutes"] is not None
+    assert "2 meta-steps more (6 in all)" in text and "groups of 20" in text
+    reloaded = wa.FOMAMLClassifier.load(more)
+    assert reloaded.n_meta_steps_ == 6 and reloaded.lr == 0.0003
+    with pytest.raises(SystemExit, match="not --minutes"):
+        wa.main([*common, "--load", str(model), "--minutes", "1"])
 
 
 def test_within_alphabet_probe_backbone_normalises_and_keeps_the_last_maps(
