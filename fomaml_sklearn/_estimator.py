@@ -53,7 +53,14 @@ from ._constraints import (
     check_params,
 )
 from ._threads import fit_threads
-from ._training import EpisodeLoader, all_finite, build_net, numeric_hint, training_params
+from ._training import (
+    EpisodeLoader,
+    all_finite,
+    build_net,
+    numeric_hint,
+    restart_meta_rate,
+    training_params,
+)
 from .algorithms import available_algorithms, get_algorithm
 from .algorithms.runner import TaskRunner, attach_rule_parameters
 from .augmentation import RandomShift, ShiftEnsemble
@@ -535,6 +542,8 @@ class MetaEstimatorBase(BaseEstimator):
             steps_before = sum(meta_steps_per_epoch(net.history))
             for name, value in net_params.items():
                 setattr(net, name, value)
+            restart_meta_rate(net, lr=self.lr, lr_schedule=self.lr_schedule,
+                              n_steps=self.max_epochs * self.meta_batches_per_epoch)
             net.partial_fit(X_train, fit_labels)
         else:
             net = self._build_net(meta_model, optimizer_cls, device,

@@ -36,7 +36,7 @@ from .episodes import EpisodeSampler
 from .evaluation import adapted_query_logits
 
 __all__ = ["EpisodeLoader", "MetaTrainingNet", "all_finite", "build_net", "numeric_hint",
-           "training_params"]
+           "restart_meta_rate", "training_params"]
 
 
 def numeric_hint(regression, **settings):
@@ -415,6 +415,37 @@ def training_params(shape, *, max_epochs, meta_batch_size, meta_batches_per_epoc
     )
 
 
+def _cosine_schedule(n_steps):
+    """skorch's ``LRScheduler`` annealing the meta rate to 0 along a cosine over
+    ``n_steps`` meta-steps, from the rate the optimizer has when it starts."""
+    from skorch.callbacks import LRScheduler
+
+    # last_epoch=-1: count from this fit's first meta-step (skorch would
+    # otherwise start from the number of epochs in the history).
+    return LRScheduler(policy="CosineAnnealingLR", T_max=max(1, n_steps),
+                       step_every="batch", last_epoch=-1)
+
+
+def restart_meta_rate(net, *, lr, lr_schedule, n_steps):
+    """Set a meta-trained ``net`` up for a warm-start fit: the meta rate
+    starts again at ``lr`` and follows ``lr_schedule`` over this fit's
+    ``n_steps`` meta-steps (``"cosine"``: down to 0), whatever the earlier
+    fits used; the optimizer's state (Adam's moments) carries on."""
+    for group in net.optimizer_.param_groups:
+        group["lr"] = group["initial_lr"] = lr
+    net.lr = lr
+    others = [(name, cb) for name, cb in net.callbacks_ if name != "lr_schedule"]
+    declared = [cb for cb in (net.callbacks or [])
+                if not (isinstance(cb, tuple) and cb[0] == "lr_schedule")]
+    if lr_schedule == "cosine":
+        schedule = _cosine_schedule(n_steps)
+        schedule.initialize()
+        others.append(("lr_schedule", schedule))
+        declared.append(("lr_schedule", schedule))
+    net.callbacks_ = others
+    net.callbacks = declared
+
+
 def build_net(meta_model, *, optimizer_cls, lr, optimizer_params, callbacks, lr_schedule,
               n_steps, verbose, n_batches_shown, device, episode_rng, net_params):
     """The skorch net that meta-trains ``meta_model``.
@@ -432,10 +463,7 @@ def build_net(meta_model, *, optimizer_cls, lr, optimizer_params, callbacks, lr_
         # history and load_best behave alike.
         callbacks = [_private_checkpoint(cb) for cb in callbacks]
     if lr_schedule == "cosine":
-        from skorch.callbacks import LRScheduler
-
-        callbacks.append(("lr_schedule", LRScheduler(
-            policy="CosineAnnealingLR", T_max=max(1, n_steps), step_every="batch")))
+        callbacks.append(("lr_schedule", _cosine_schedule(n_steps)))
     verbose = verbose if rank == 0 else 0
     if verbose:
         from skorch.callbacks import ProgressBar

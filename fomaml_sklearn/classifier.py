@@ -202,8 +202,11 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         episode generator) for another ``max_epochs`` epochs, instead of
         starting afresh. The data must have the same features; the network
         (``module``, backbone options, ``head``), ``device``, optimizer and
-        callbacks of the first ``fit`` are kept, while the episode shape and
-        the inner-loop settings follow the current parameters.
+        callbacks of the first ``fit`` are kept, while the episode shape, the
+        inner-loop settings and the meta rate follow the current parameters:
+        each warm ``fit`` starts at ``lr`` and, with ``lr_schedule="cosine"``,
+        anneals it over its own ``max_epochs * meta_batches_per_epoch``
+        meta-steps (the optimizer's state, e.g. Adam's moments, carries on).
     device : {"auto", "cpu", "cuda"} or str, default="auto"
         Where the network runs; ``"auto"`` takes a GPU if there is one.
     callbacks : list of skorch callbacks or None, default=None

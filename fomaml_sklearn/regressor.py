@@ -146,7 +146,8 @@ class FOMAMLRegressor(RegressorMixin, MetaEstimatorBase):
         with a warning.
     warm_start : bool, default=False
         If True and the estimator is already meta-trained, ``fit`` continues
-        from the current meta-parameters and meta-optimizer state.
+        from the current meta-parameters and meta-optimizer state, at the
+        current ``lr`` (and ``lr_schedule`` over its own meta-steps).
     device : {"auto", "cpu", "cuda"} or str, default="auto"
         Where the network runs.
     callbacks : list of skorch callbacks or None, default=None

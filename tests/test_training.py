@@ -134,6 +134,35 @@ def test_warm_start_continues_training_exactly(digits):
         torch.testing.assert_close(_state(warm)[k], v, msg=k)
 
 
+def test_warm_start_follows_the_current_meta_rate_and_schedule(digits):
+    # A warm fit meta-trains at the current lr, under the current lr_schedule
+    # over its own meta-steps: set_params(lr=...) is not silently ignored,
+    # and a cosine starts again instead of going on from where the first
+    # fit's ended (at 0).
+    X, y = digits
+    clf = FOMAMLClassifier(**{**FAST, "lr": 0.01, "lr_schedule": "cosine"})
+    clf.fit(X[y < 6], y[y < 6])
+    first = np.concatenate(clf.history_[:, "batches", :, "event_lr"])
+    n = FAST["max_epochs"] * FAST["meta_batches_per_epoch"]
+    cosine = 0.5 * (1 + np.cos(np.pi * np.arange(n) / n))
+    np.testing.assert_allclose(first, 0.01 * cosine, atol=1e-12)
+    clf.set_params(warm_start=True, lr=0.002)
+    clf.fit(X[y < 6], y[y < 6])
+    again = np.concatenate(clf.history_[:, "batches", :, "event_lr"])
+    assert len(again) == 2 * n and clf.n_meta_steps_ == 2 * n
+    np.testing.assert_allclose(again[n:], 0.002 * cosine, atol=1e-12)
+    # Constant: the optimizer runs at the new rate, and the schedule is gone.
+    clf.set_params(lr=0.0005, lr_schedule="constant")
+    before = _state(clf)
+    clf.fit(X[y < 6], y[y < 6])
+    assert [g["lr"] for g in clf.net_.optimizer_.param_groups] == [0.0005]
+    assert "lr_schedule" not in dict(clf.net_.callbacks_)
+    # ... and it moved the parameters by about that rate per step (Adam).
+    moved = max(float((v - before[k]).abs().max()) for k, v in _state(clf).items()
+                if v.is_floating_point() and "support_" not in k)
+    assert 0 < moved <= 0.0005 * n * 1.5
+
+
 def test_warm_start_needs_the_same_features(digits):
     X, y = digits
     warm = FOMAMLClassifier(warm_start=True, **FAST).fit(X[y < 6], y[y < 6])
