@@ -259,6 +259,15 @@ def train(args, params, X_train, y_train):
     clf = cls(**params, precision=args.precision, callbacks=callbacks,
               adapt_on_fit=False, random_state=args.seed, verbose=1)
     print("Parameters:", {k: v for k, v in sorted(params.items())}, flush=True)
+    minutes = fit_and_save(args, clf, X_train, y_train)
+    print(f"\n{clf.n_meta_steps_} meta-steps in {minutes:.1f} min ({clf.precision_}, "
+          f"{args.threads} threads)")
+    return clf, minutes
+
+
+def fit_and_save(args, clf, X_train, y_train):
+    """``clf.fit`` (with ``--groups``' blocks if given), then ``--save``; the
+    minutes the fit took."""
     t0 = time.perf_counter()
     if args.groups:
         if args.no_rotations:
@@ -269,26 +278,18 @@ def train(args, params, X_train, y_train):
     minutes = (time.perf_counter() - t0) / 60
     if args.save:
         clf.save(args.save)
-    print(f"\n{clf.n_meta_steps_} meta-steps in {minutes:.1f} min ({clf.precision_}, "
-          f"{args.threads} threads)")
-    return clf, minutes
+    return minutes
 
 
 def carry_on(args, clf, X_train, y_train):
     """Meta-train the loaded ``clf`` ``--steps`` meta-steps more (warm start:
-    its meta-parameters and optimizer state go on), at its meta rate annealed
-    along a cosine over those steps, with ``--groups`` if given."""
+    its meta-parameters and optimizer state go on) from its ``lr`` (the
+    saved one, or ``--set lr=...``) annealed along a cosine over those
+    steps, with ``--groups`` if given."""
     before = clf.n_meta_steps_
     clf.set_params(warm_start=True, lr_schedule="cosine", callbacks=None, verbose=1,
                    max_epochs=max(1, args.steps // clf.meta_batches_per_epoch))
-    t0 = time.perf_counter()
-    if args.groups:
-        clf.fit(X_train, y_train, groups=block_groups(y_train, args.groups))
-    else:
-        clf.fit(X_train, y_train)
-    minutes = (time.perf_counter() - t0) / 60
-    if args.save:
-        clf.save(args.save)
+    minutes = fit_and_save(args, clf, X_train, y_train)
     print(f"\n{clf.n_meta_steps_ - before} meta-steps more ({clf.n_meta_steps_} in all) in "
           f"{minutes:.1f} min (lr {clf.lr:g}, cosine; {clf.n_ways}-way tasks"
           + (f", groups of {args.groups}" if args.groups else "") + ")")
