@@ -302,7 +302,8 @@ def run(args):
         raise SystemExit("give exactly one of --steps and --minutes (or --load FILE)")
     if args.load and args.minutes is not None:
         raise SystemExit("--load continues for --steps N meta-steps, not --minutes")
-    params = {**presets.OMNIGLOT_WITHIN_ALPHABET, **parse_set(args.set)}
+    changes = parse_set(args.set)  # parsed once, before the data are loaded
+    params = {**presets.OMNIGLOT_WITHIN_ALPHABET, **changes}
     test_shift = params.pop("test_shift", 0) if args.test_shift is None else args.test_shift
     params.pop("test_shift", None)
     print(machine_line(), flush=True)
@@ -318,9 +319,9 @@ def run(args):
     minutes = None
     if args.load:
         clf = FOMAMLClassifier.load(args.load)
-        clf.set_params(**parse_set(args.set))
+        clf.set_params(**changes)
         print(f"Loaded {args.load}: {clf.n_meta_steps_} meta-steps; parameters set "
-              + ", ".join(f"{k}={v!r}" for k, v in sorted(parse_set(args.set).items())))
+              + ", ".join(f"{k}={v!r}" for k, v in sorted(changes.items())))
         if args.steps:
             clf, minutes = carry_on(args, clf, X_train, y_train)
     else:
