@@ -55,6 +55,12 @@ class MetaConfig:
         intra-op thread each), or through the rule's batched path.
     loss : callable
         ``loss(outputs, targets)``, a scalar mean over the examples.
+    statistics_gradient : bool or None
+        Whether the meta-gradient runs through the support set's BatchNorm
+        statistics (the queries' normalisation and the prototypes at
+        ``theta``) or holds them constant. None: decided per backbone by
+        :func:`~fomaml_sklearn.backbones.statistics_gradient_auto` (through
+        them with convolutions, constant for BatchNorm over flat features).
     """
 
     algorithm: Optional[object] = None
@@ -66,6 +72,7 @@ class MetaConfig:
     precision: str = "float32"
     task_batching: str = "loop"
     loss: Callable = F.cross_entropy
+    statistics_gradient: Optional[bool] = None
 
     @property
     def autocast_dtype(self):

@@ -9,9 +9,13 @@ BatchNorm in few-shot learning needs care: with plain ``nn.BatchNorm`` the
 prediction for one query sample depends on the other samples in the batch.
 :class:`SupportBatchNorm` normalises with the statistics of the last batch it
 saw in training mode (the support set) when it is in evaluation mode, so
-predictions are per-sample functions of the support set.
+predictions are per-sample functions of the support set. In meta-training,
+:func:`support_rows` runs the support set and the queries in one pass that
+normalises both with the support statistics *inside* the graph, so that the
+query loss's gradient includes how those statistics move with the weights.
 """
 
+import contextlib
 import math
 import threading
 
@@ -29,6 +33,9 @@ BACKBONE_CHOICES = (", ".join(repr(n) for n in BACKBONES)
 __all__ = [
     "BACKBONE_CHOICES",
     "SupportBatchNorm",
+    "support_rows",
+    "normalises_flat_features",
+    "statistics_gradient_auto",
     "MLPBackbone",
     "Conv4Backbone",
     "build_backbone",
@@ -52,7 +59,17 @@ class SupportBatchNorm(nn.Module):
         Number of channels (dimension 1 of the input).
     eps : float, default=1e-5
         Added to the variance for numerical stability.
+
+    Attributes
+    ----------
+    support_rows : int or None
+        Set by :func:`support_rows`: while it is an int ``n``, in either
+        mode, the layer normalises its whole input with the mean and variance
+        of the input's first ``n`` rows, computed with their graph, and
+        leaves the stored statistics alone.
     """
+
+    support_rows = None  # a class default: models saved before it existed load as they were
 
     def __init__(self, num_features, eps=1e-5):
         super().__init__()
@@ -64,6 +81,8 @@ class SupportBatchNorm(nn.Module):
         self.register_buffer("support_var", torch.ones(num_features))
 
     def forward(self, x):
+        if self.support_rows is not None:
+            return self._normalise_by_leading_rows(x, self.support_rows)
         if self.training:
             # One fused kernel that also returns the batch statistics.
             out, mean, rstd = torch.native_batch_norm(
@@ -78,8 +97,122 @@ class SupportBatchNorm(nn.Module):
             False, 0.0, self.eps,
         )
 
+    def _normalise_by_leading_rows(self, x, n):
+        # In float32 at least (bfloat16 under autocast), as torch's batch norm.
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        return _LeadingRowsNorm.apply(xf, self.weight, self.bias, n, self.eps)[0].to(x.dtype)
+
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}"
+
+
+class _LeadingRowsNorm(torch.autograd.Function):
+    """Batch norm of all rows with the mean and variance of the first ``n``
+    rows, differentiable through those statistics, on torch's fused kernels
+    (a forward and a backward pass of evaluation-mode batch norm over all rows,
+    plus the statistics' term on the first ``n`` rows)."""
+
+    generate_vmap_rule = True  # torch.func.vmap (FOMAML's batched path)
+
+    @staticmethod
+    def forward(x, weight, bias, n, eps):
+        _, mean, invstd = torch.native_batch_norm(x[:n], None, None, None, None, True, 0.0, eps)
+        out = torch.native_batch_norm(x, weight, bias, mean, invstd.pow(-2) - eps, False,
+                                      0.0, eps)[0]
+        return out, mean, invstd
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, _, n, eps = inputs
+        _, mean, invstd = output
+        ctx.mark_non_differentiable(mean, invstd)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.n, ctx.eps = n, eps
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_mean, _grad_invstd):
+        x, weight, mean, invstd = ctx.saved_tensors
+        n, eps = ctx.n, ctx.eps
+        # With the statistics held fixed: grad_x = g w s, and the per-channel
+        # sums sum(g) (= grad_bias) and sum(g (x - mean)) s (= grad_weight).
+        grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
+            grad_out, x, weight, mean, invstd.pow(-2) - eps, mean, invstd, False, eps,
+            [True, True, True])
+        # The statistics' term: mean and s = 1/sqrt(var + eps) of the first n
+        # rows move with them; over the m = n * (spatial size) values of a
+        # channel, d mean / dx_i = 1/m and d s / dx_i = -s^3 (x_i - mean) / m.
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        m = n * math.prod(x.shape[2:])
+        slope = -(weight * invstd.pow(2) * grad_w) / m  # -(w s^3 sum(g (x - mean))) / m
+        offset = -(weight * invstd * grad_b) / m - slope * mean
+        grad_x[:n] += torch.addcmul(offset.view(shape), x[:n], slope.view(shape))
+        return grad_x, grad_w, grad_b, None, None
+
+
+def normalises_flat_features(backbone):
+    """Whether ``backbone`` batch-normalises flat features: it has a
+    :class:`SupportBatchNorm` layer and no convolution, so that each
+    statistic comes from the support examples alone (in 1-shot, one per
+    class), not pooled over the positions of feature maps."""
+    modules = list(backbone.modules())
+    has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in modules)
+    return not has_conv and any(isinstance(m, SupportBatchNorm) for m in modules)
+
+
+def statistics_gradient_auto(backbone):
+    """Whether meta-training differentiates through the support BatchNorm
+    statistics by default (:func:`support_rows`): yes for a backbone with
+    SupportBatchNorm layers, unless it normalises flat features
+    (:func:`normalises_flat_features`), where holding them constant learnt
+    faster (measurements in ``docs/design.md``, "The support statistics
+    inside the graph")."""
+    has_norm = any(isinstance(m, SupportBatchNorm) for m in backbone.modules())
+    return has_norm and not normalises_flat_features(backbone)
+
+
+@contextlib.contextmanager
+def support_rows(module, n):
+    """Within the block, every :class:`SupportBatchNorm` of ``module``
+    normalises its input with the statistics of the input's first ``n`` rows,
+    computed inside the graph.
+
+    Pass the support set and the queries of a task as one batch, support
+    first: the query features are those of evaluation mode (normalised with
+    the support statistics), but their gradient also flows through the
+    statistics into the weights. The layers' stored statistics and their
+    training flag are not touched.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The backbone (any module; layers other than ``SupportBatchNorm`` are
+        not affected).
+    n : int
+        The number of leading rows (the support set's size), at least 1.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fomaml_sklearn.backbones import MLPBackbone, support_rows
+    >>> body = MLPBackbone(4, (8,))
+    >>> xs, xq = torch.randn(6, 4), torch.randn(3, 4)
+    >>> _ = body.train()(xs)  # records the support statistics
+    >>> with support_rows(body, len(xs)):
+    ...     both = body(torch.cat([xs, xq]))
+    >>> torch.allclose(both[6:], body.eval()(xq), atol=1e-5)
+    True
+    """
+    if not (isinstance(n, int) and n >= 1):
+        raise ValueError(f"n={n!r} is not a positive int (the number of support rows).")
+    layers = [m for m in module.modules() if isinstance(m, SupportBatchNorm)]
+    previous = [m.support_rows for m in layers]
+    for m in layers:
+        m.support_rows = n
+    try:
+        yield module
+    finally:
+        for m, p in zip(layers, previous):
+            m.support_rows = p
 
 
 class MLPBackbone(nn.Module):

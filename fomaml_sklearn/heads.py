@@ -21,7 +21,7 @@ Every head is a plain ``(weight, bias)`` pair: logits are
 import torch
 from torch import nn
 
-from .backbones import SupportBatchNorm, init_parameters
+from .backbones import init_parameters, normalises_flat_features
 from .names import HEADS
 
 __all__ = [
@@ -102,11 +102,12 @@ def resolve_prototype_gradient(value, backbone):
 
     ``"auto"`` is False only for a backbone that batch-normalises flat
     features (a :class:`~fomaml_sklearn.backbones.SupportBatchNorm` and no
-    convolution), True otherwise. The gradient through the prototypes holds
-    the support statistics constant; where each statistic comes from the few
-    support examples alone (an MLP's BatchNorm in 1-shot: one example per
-    class), that approximation hurt. The measurements behind this rule are in
-    ``docs/design.md`` (``benchmarks/prototype_gradient.py``).
+    convolution, :func:`~fomaml_sklearn.backbones.normalises_flat_features`),
+    True otherwise. Such a backbone's BatchNorm statistics come from the few
+    support examples alone (in 1-shot, one per class), and the meta-gradient
+    holds them constant there (``MetaConfig.statistics_gradient``); the
+    gradient through the prototypes then hurt. The measurements behind this
+    rule are in ``docs/design.md`` (``benchmarks/prototype_gradient.py``).
 
     Parameters
     ----------
@@ -122,10 +123,7 @@ def resolve_prototype_gradient(value, backbone):
         Whether the meta-gradient goes through the prototypes.
     """
     if value == "auto":
-        modules = list(backbone.modules())
-        has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in modules)
-        has_norm = any(isinstance(m, SupportBatchNorm) for m in modules)
-        return has_conv or not has_norm
+        return not normalises_flat_features(backbone)
     return bool(value)
 
 

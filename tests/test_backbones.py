@@ -12,6 +12,7 @@ from fomaml_sklearn.backbones import (
     SupportBatchNorm,
     build_backbone,
     convert_batchnorm,
+    support_rows,
 )
 
 
@@ -88,3 +89,68 @@ def test_image_shape_resolves_and_checks_the_shape():
         image_shape(50, argument="image_shape")
     with pytest.raises(ValueError, match="module='conv4' needs images: the data has 50"):
         build_backbone("conv4", 50)
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: MLPBackbone(6, (8, 5)), (6,)),
+    (lambda: Conv4Backbone((1, 12, 12), 4), (1, 12, 12)),
+])
+def test_support_rows_gives_the_evaluation_features_and_leaves_the_layers_as_they_were(
+        make, shape):
+    torch.manual_seed(0)
+    body = make().double()
+    xs, xq = torch.randn(7, *shape, dtype=torch.float64), torch.randn(4, *shape,
+                                                                       dtype=torch.float64)
+    body.train()(xs)  # records the support statistics
+    stored = [b.clone() for b in body.buffers()]
+    expected = body.eval()(xq)
+    with support_rows(body, len(xs)):
+        both = body(torch.cat([xs, xq]))
+        body.train()
+        in_training_mode = body(torch.cat([xs, xq]))
+    torch.testing.assert_close(both[7:], expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(in_training_mode, both, rtol=1e-10, atol=1e-12)
+    for before, after in zip(stored, body.buffers()):  # the stored statistics are untouched
+        torch.testing.assert_close(before, after, rtol=0, atol=0)
+    assert all(m.support_rows is None for m in body.modules()
+               if isinstance(m, SupportBatchNorm))
+    with pytest.raises(ValueError, match=r"n=0 is not a positive int"):
+        with support_rows(body, 0):
+            pass
+
+
+@pytest.mark.parametrize("shape", [(9, 3), (9, 3, 4, 4)])
+def test_support_rows_gradient_runs_through_the_support_statistics(shape):
+    """float64 gradcheck of the fused layer, and the same gradient as a
+    hand-written normalisation (statistics of the first rows in the graph)."""
+    torch.manual_seed(1)
+    bn = SupportBatchNorm(3).double()
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    n = 4
+
+    def fused(x, w, b):
+        with support_rows(bn, n):
+            return torch.func.functional_call(bn, {"weight": w, "bias": b}, (x,))
+
+    def by_hand(x, w, b, held=False):
+        dims = [0] + list(range(2, x.dim()))
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        support = x[:n].detach() if held else x[:n]
+        mean = support.mean(dims).view(view)
+        var = support.var(dims, unbiased=False).view(view)
+        return (x - mean) / torch.sqrt(var + bn.eps) * w.view(view) + b.view(view)
+
+    assert torch.autograd.gradcheck(fused, (x, w, b))
+    r = torch.randn(shape, dtype=torch.float64)
+    got = torch.autograd.grad((fused(x, w, b) * r).sum(), (x, w, b))
+    want = torch.autograd.grad((by_hand(x, w, b) * r).sum(), (x, w, b))
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-11)
+    # The statistics' term reaches the support rows only: with the
+    # statistics held constant the queries' gradient is the same, the
+    # support rows' is not.
+    held = torch.autograd.grad((by_hand(x, w, b, held=True) * r).sum(), x)[0]
+    torch.testing.assert_close(got[0][n:], held[n:], rtol=1e-9, atol=1e-11)
+    assert not torch.allclose(got[0][:n], held[:n])

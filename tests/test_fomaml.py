@@ -19,13 +19,19 @@ _tasks = make_tasks
 
 
 def _reference_meta_gradient(meta, tasks, n_ways, alpha, steps, transductive=False,
-                             through_prototypes=True):
+                             through_prototypes=True, statistics=False):
     """Copy the model per task, SGD on the support set with torch.optim.SGD,
     gradient of the query loss at the adapted weights, averaged over tasks.
 
+    BatchNorm: the queries are normalised with the support statistics at the
+    adapted weights, held constant (a copy in evaluation mode), or with
+    ``statistics`` as a function of those weights (a hand-written forward of
+    support and queries, the statistics from the support rows).
+
     Prototype head: plus the head's gradient carried back through the
-    prototypes at theta, computed with the support statistics at theta held
-    constant (a second copy of the body in evaluation mode)."""
+    prototypes at theta, the support statistics at theta held constant (a
+    second copy of the body in evaluation mode) or with ``statistics``
+    inside the graph (in training mode)."""
     total = {name: torch.zeros_like(p) for name, p in meta.named_parameters()}
     for xs, ys, xq, yq in tasks:
         body = copy.deepcopy(meta.backbone).train()
@@ -33,7 +39,7 @@ def _reference_meta_gradient(meta, tasks, n_ways, alpha, steps, transductive=Fal
         with torch.no_grad():
             if meta.head == "prototype":
                 body(xs)  # records the support statistics at theta
-                at_theta = copy.deepcopy(body).eval()  # holds the support statistics
+                at_theta = copy.deepcopy(body).train(statistics)
                 with torch.enable_grad():
                     f0 = at_theta(xs)
                     protos = torch.stack([f0[ys == c].mean(0) for c in range(n_ways)])
@@ -49,11 +55,16 @@ def _reference_meta_gradient(meta, tasks, n_ways, alpha, steps, transductive=Fal
             opt.zero_grad()
             F.cross_entropy(head(body(xs)), ys).backward()
             opt.step()
-        with torch.no_grad():
-            body(xs)  # support statistics at the adapted weights
-        body.train(transductive)
         opt.zero_grad()
-        F.cross_entropy(head(body(xq)), yq).backward()
+        if transductive:
+            feats = body.train()(xq)
+        elif statistics:
+            feats = _normalised_by_support(body, xs, xq)
+        else:
+            with torch.no_grad():
+                body(xs)  # support statistics at the adapted weights
+            feats = body.eval()(xq)
+        F.cross_entropy(head(feats), yq).backward()
         for (name, _), p in zip(meta.backbone.named_parameters(), body.parameters()):
             total["backbone." + name] += p.grad
         if meta.head == "prototype" and through_prototypes:
@@ -68,10 +79,24 @@ def _reference_meta_gradient(meta, tasks, n_ways, alpha, steps, transductive=Fal
     return {name: g / len(tasks) for name, g in total.items()}
 
 
+def _normalised_by_support(body, xs, xq):
+    """An MLP backbone's query features, each BatchNorm layer normalising with
+    the mean and biased variance of the support rows, written out by hand."""
+    h, n = torch.cat([xs, xq]), len(xs)
+    for layer in body.layers:
+        if isinstance(layer, SupportBatchNorm):
+            mean, var = h[:n].mean(0), h[:n].var(0, unbiased=False)
+            h = (h - mean) / torch.sqrt(var + layer.eps) * layer.weight + layer.bias
+        else:
+            h = layer(h)
+    return h[n:]
+
+
 @pytest.mark.parametrize("steps", [1, 3])
 @pytest.mark.parametrize("head", ["fixed", "shared", "prototype"])
-@pytest.mark.parametrize("transductive", [False, True])
-def test_meta_gradient_matches_per_task_copies(steps, head, transductive):
+@pytest.mark.parametrize("transductive, statistics",
+                         [(False, False), (False, True), (True, False)])
+def test_meta_gradient_matches_per_task_copies(steps, head, transductive, statistics):
     torch.manual_seed(0)
     n_ways = 4
     meta = MetaModel(MLPBackbone(6, (8, 5)), 6, head=head, n_rows=3 if head == "fixed" else 1)
@@ -82,13 +107,16 @@ def test_meta_gradient_matches_per_task_copies(steps, head, transductive):
     tasks = _tasks(3, n_ways, 2, 3, 6, seed=1)
     grads, loss, acc = meta_gradient(meta, tasks, n_ways, FOMAML(prototype_gradient=True),
                                      inner_lr=0.3, n_inner_steps=steps,
-                                     transductive=transductive)
-    expected = _reference_meta_gradient(meta, tasks, n_ways, 0.3, steps, transductive)
+                                     transductive=transductive, statistics_gradient=statistics)
+    expected = _reference_meta_gradient(meta, tasks, n_ways, 0.3, steps, transductive,
+                                        statistics=statistics)
     names = [name for name, _ in meta.named_parameters()]
     assert len(grads) == len(names)
     for name, g in zip(names, grads):
         torch.testing.assert_close(g, expected[name], rtol=1e-4, atol=1e-6, msg=name)
-    assert all(g.abs().sum() > 0 for n, g in zip(names, grads) if n.startswith("backbone"))
+    # (A bias before BatchNorm has no gradient when the statistics move with it.)
+    assert all(g.abs().sum() > 0 for n, g in zip(names, grads)
+               if n.startswith("backbone") and (n.endswith("weight") or not statistics))
     assert 0.0 <= acc <= 1.0 and loss > 0
 
 

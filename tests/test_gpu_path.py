@@ -21,7 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fomaml_sklearn._config import resolve_task_batching
 from fomaml_sklearn._training import MetaBatch
 from fomaml_sklearn.algorithms import FOMAML, available_algorithms, get_algorithm, meta_gradient
-from fomaml_sklearn.backbones import Conv4Backbone, MLPBackbone
+from fomaml_sklearn.backbones import Conv4Backbone, MLPBackbone, SupportBatchNorm
 from fomaml_sklearn.episodes import EpisodeSampler, EpisodeShape
 from fomaml_sklearn.heads import MetaModel
 
@@ -124,9 +124,17 @@ def test_fit_on_the_batched_path_trains_as_the_loop(device):
     grouped = FOMAMLClassifier(task_batching="grouped", **params).fit(X, y)
     loop = FOMAMLClassifier(task_batching="loop", **params).fit(X, y)
     assert grouped.task_batching_ == "grouped"
+    # A bias just before a BatchNorm layer has no effect on any output, and
+    # its meta-gradient is 0 up to rounding, which Adam scales up to steps
+    # of its own: the two paths round differently there, so it is left out.
+    layers = grouped.meta_model_.backbone.layers
+    before_norm = {f"backbone.layers.{i}.bias" for i in range(len(layers) - 1)
+                   if isinstance(layers[i + 1], SupportBatchNorm)}
+    assert before_norm
     for (name, a), b in zip(grouped.meta_model_.named_parameters(),
                             loop.meta_model_.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+        if name not in before_norm:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
     np.testing.assert_array_equal(grouped.predict(X[:20]), loop.predict(X[:20]))
 
 

@@ -225,7 +225,7 @@ class PrototypeGradientOption:
     """The ``prototype_gradient`` option of a rule (a mixin before
     :class:`MetaAlgorithm`): with the prototype head, carry the head's
     meta-gradient back through the prototypes at ``theta`` into the body,
-    the support statistics held constant
+    through the support's BatchNorm statistics too
     (:meth:`TaskRunner.prototype_head_graph`). ``"auto"`` is decided by
     :func:`~fomaml_sklearn.heads.resolve_prototype_gradient`."""
 

@@ -57,7 +57,7 @@ class ANIL(MetaAlgorithm):
         head = inner_loop(runner.support_loss(feats, y_support, "head"), head,
                           config.n_inner_steps, config.inner_lr,
                           create_graph=not self.first_order)
-        feats_q = runner.features(x_query, runner.meta_params, train=config.transductive)
+        feats_q = runner.query_features(x_query, x_support, runner.meta_params)
         logits = runner.logits(feats_q, head)
         loss = runner.loss_fn(logits, y_query)
         if self.first_order:

@@ -10,9 +10,15 @@ identity, not that of ``h0``. For the ``"shared"``/``"fixed"`` heads ``h0``
 copies rows, so a meta-row's gradient is the sum of its task rows'. For the
 prototype head the query gradient of the head flows back through the
 prototypes into the body, as in fo-Proto-MAML (Triantafillou et al., 2020):
-``g = grad_body L(phi) + (d h0 / d theta)^T grad_head L(phi)``, with the
-support BatchNorm statistics held constant (option ``prototype_gradient``;
-measurements in ``docs/design.md``).
+``g = grad_body L(phi) + (d h0 / d theta)^T grad_head L(phi)`` (option
+``prototype_gradient``; measurements in ``docs/design.md``).
+
+BatchNorm: the queries are normalised with the support set's statistics
+(non-transductive), and those statistics are a function of the weights. With
+convolutions the gradient runs through them, for the prototypes at ``theta``
+and for the queries at ``phi`` (``TaskRunner.query_features``); with
+BatchNorm over flat features it holds them constant
+(``TaskRunner.statistics_gradient``).
 
 Batched path: all tasks of a meta-batch at once. Each task has its own copy
 of the body's parameters and BatchNorm statistics, stacked along a leading
@@ -28,7 +34,7 @@ import torch
 from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
-from ..backbones import is_built_in
+from ..backbones import is_built_in, support_rows
 from ._base import MetaAlgorithm, MetaGradient, PrototypeGradientOption, TaskResult, n_correct
 from .runner import inner_loop
 
@@ -72,7 +78,7 @@ class FOMAML(PrototypeGradientOption, MetaAlgorithm):
 
     def task_meta_gradient(self, runner, x_support, y_support, x_query, y_query, n_classes):
         head, head0 = self.adapt_with_head_graph(runner, x_support, y_support, n_classes)
-        logits = runner.query_logits(x_query, head)
+        logits = runner.query_logits(x_query, head, x_support=x_support)
         loss = runner.loss_fn(logits, y_query)
         g = torch.autograd.grad(loss, runner.params + head)
         grads = runner.meta_gradients(g, n_classes)
@@ -139,17 +145,24 @@ def _batched_meta_gradient(runner, batch, through_prototypes):
     head = list(meta.initial_head(feats, ys, n_classes))
     first = summed_loss(feats, head, ys)[0] if n_steps > 0 else None
     if through_prototypes:
-        # The prototypes at theta with a graph to theta, the support
-        # statistics held constant (TaskRunner.prototype_head_graph).
-        frozen = [s.clone() for s in stats]
+        # The prototypes at theta with a graph to theta, through the support
+        # statistics too (TaskRunner.prototype_head_graph).
+        scratch_stats = [s.clone() for s in stats]
         head0 = meta.head_with_graph(
-            features(theta, xs, False, frozen, params_batched=False), ys, n_classes)
+            features(theta, xs, runner.statistics_gradient, scratch_stats,
+                     params_batched=False), ys, n_classes)
     inner_loop(lambda params: summed_loss(features(params[:-2], xs, True), params[-2:], ys)[0],
                phi + head, n_steps, config.inner_lr, first_loss=first)
     if n_steps > 0:
         with torch.no_grad():  # support statistics at the adapted weights
             features(phi, xs, True)
-    loss, logits = summed_loss(features(phi, xq, config.transductive), head, yq)
+    if config.transductive or not runner.statistics_gradient:
+        feats_q = features(phi, xq, config.transductive)
+    else:  # support statistics inside the graph (TaskRunner.query_features)
+        n = xs.shape[1]
+        with support_rows(body, n):
+            feats_q = features(phi, torch.cat([xs, xq], dim=1), False)[:, n:]
+    loss, logits = summed_loss(feats_q, head, yq)
     g = torch.autograd.grad(loss, phi + head)
     grads = {p: gi.mean(0) for p, gi in zip(theta, g[:-2])}
     if through_prototypes:

@@ -14,9 +14,10 @@ not grow with the number of inner steps, unlike MAML's.
 
 With a head built from ``theta`` (the prototype head) the anchor of the head
 is ``h0(theta)``, and the chain rule adds ``(d h0 / d theta)^T g_head``
-(exact, with the support BatchNorm statistics held constant as in FOMAML;
-option ``prototype_gradient``). Test-time adaptation solves the same
-proximal problem.
+(exact, through the support BatchNorm statistics as in FOMAML; option
+``prototype_gradient``). The query loss at ``phi*`` normalises the queries
+with the support statistics inside the graph, as FOMAML's does. Test-time
+adaptation solves the same proximal problem.
 """
 
 import numbers
@@ -427,7 +428,7 @@ class IMAML(PrototypeGradientOption, MetaAlgorithm):
         head, head0, anchors, inner = self._adapt(runner, x_support, y_support, n_classes,
                                                   lam, steps)
         params = runner.params + head
-        logits = runner.query_logits(x_query, head)
+        logits = runner.query_logits(x_query, head, x_support=x_support)
         loss = runner.loss_fn(logits, y_query)
         v = torch.autograd.grad(loss, params)
 

@@ -56,7 +56,7 @@ def second_order_task_gradient(runner, x_support, y_support, x_query, y_query, n
     if runner.has_support_norm and config.n_inner_steps > 0:
         with torch.no_grad():  # support statistics at the adapted weights
             runner.features(x_support, [p.detach() for p in params[:-2]])
-    feats_q = runner.features(x_query, params[:-2], train=config.transductive)
+    feats_q = runner.query_features(x_query, x_support, params[:-2])
     logits = runner.logits(feats_q, params[-2:])
     loss = runner.loss_fn(logits, y_query)
     return TaskResult(runner.total_gradients(loss), loss.detach(), n_correct(logits, y_query))

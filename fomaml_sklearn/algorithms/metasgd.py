@@ -166,7 +166,7 @@ class MetaSGD(PrototypeGradientOption, MetaAlgorithm):
         if runner.has_support_norm and n_steps > 0:
             with torch.no_grad():
                 runner.features(x_support)
-        logits = runner.query_logits(x_query, head)
+        logits = runner.query_logits(x_query, head, x_support=x_support)
         loss = runner.loss_fn(logits, y_query)
         g = torch.autograd.grad(loss, params)
         grads = runner.meta_gradients(g, n_classes)

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._config import MetaConfig
-from ..backbones import SupportBatchNorm
+from ..backbones import SupportBatchNorm, statistics_gradient_auto, support_rows
 from ..heads import TaskModel
 from . import get_algorithm
 
@@ -321,10 +321,16 @@ class TaskRunner:
     has_support_norm : bool
         Whether the backbone has :class:`~fomaml_sklearn.backbones.SupportBatchNorm`
         layers (support statistics to record after adapting).
+    statistics_gradient : bool
+        Whether the meta-gradient runs through the support statistics
+        (:meth:`query_features`, :meth:`prototype_head_graph`):
+        ``config.statistics_gradient``, or when None
+        :func:`~fomaml_sklearn.backbones.statistics_gradient_auto`.
 
     Methods a rule may use: :meth:`reset`, :meth:`start`, :meth:`adapt`,
     :meth:`adapt_from`, :meth:`adapt_head`, :meth:`features`, :meth:`logits`,
-    :meth:`support_loss`, :meth:`query_logits`, :meth:`prototype_head_graph`,
+    :meth:`support_loss`, :meth:`query_features`, :meth:`query_logits`,
+    :meth:`prototype_head_graph`,
     :meth:`meta_gradients`, :meth:`total_gradients`, :meth:`task_model`,
     :meth:`autocast`, and the properties :attr:`algorithm` and
     :attr:`rule_parameters`.
@@ -349,6 +355,9 @@ class TaskRunner:
         self.has_support_norm = any(
             isinstance(m, SupportBatchNorm) for m in self.scratch.modules()
         )
+        through = self.config.statistics_gradient
+        self.statistics_gradient = self.has_support_norm and (
+            statistics_gradient_auto(self.scratch) if through is None else bool(through))
         self._autocast_dtype = self.config.autocast_dtype  # read once: a hot path
         # The module that runs theta functionally (its train/eval flag is set
         # per call); a fork has its own, so that forks never share a flag.
@@ -493,9 +502,11 @@ class TaskRunner:
     def prototype_head_graph(self, x_support, y_support, n_classes):
         """Prototype head at ``theta``, differentiable with respect to ``theta``.
 
-        The meta backbone runs in evaluation mode with the support statistics
-        the scratch backbone has just recorded (held constant, as for the
-        queries). Call it right after :meth:`start`.
+        The meta backbone runs on the support set: the prototypes
+        :meth:`start` built, with a graph to ``theta``. With
+        :attr:`statistics_gradient` (training mode) the graph also runs
+        through the support's BatchNorm statistics; without, they are held
+        constant (evaluation mode with the statistics :meth:`start` recorded).
 
         Returns
         -------
@@ -503,10 +514,11 @@ class TaskRunner:
             With a graph to ``meta_model.backbone``'s parameters.
         """
         # Clones: the scratch buffers change in the inner loop, before the
-        # backward pass through this graph.
+        # backward pass through this graph (and training mode records).
         stats = [b.detach().clone() for b in self._buffers]
         with torch.enable_grad():
-            feats = self.features(x_support, self.meta_params, train=False, buffers=stats)
+            feats = self.features(x_support, self.meta_params, train=self.statistics_gradient,
+                                  buffers=stats)
             return self.meta_model.head_with_graph(feats, y_support, n_classes)
 
     def adapt(self, x_support, y_support, n_classes, n_steps, *, proximal=None, lr=None):
@@ -564,15 +576,45 @@ class TaskRunner:
                    self.config.inner_lr)
         return head
 
-    def query_logits(self, x, head, transductive=None):
-        """Logits of the adapted network (the scratch backbone) on ``x``.
+    def query_features(self, x, x_support=None, body_params=None, transductive=None):
+        """Features of the queries ``x`` at the adapted weights.
 
-        Queries are normalised with the recorded support statistics, or with
-        their own batch statistics when ``transductive`` (default: the
-        configuration's setting).
+        Queries are normalised with the support statistics, or with their own
+        batch statistics when ``transductive`` (default: the configuration's
+        setting). With ``x_support`` given, gradients enabled and
+        :attr:`statistics_gradient`, the support statistics are computed
+        again inside the graph (the support set and
+        the queries in one pass, :func:`~fomaml_sklearn.backbones.support_rows`):
+        the same features as the recorded statistics give, but the query
+        loss's gradient also runs through the statistics into the weights.
+        Meta-training passes it; test time need not.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The queries.
+        x_support : torch.Tensor or None, default=None
+            The task's support inputs.
+        body_params : list of torch.Tensor or None, default=None
+            As in :meth:`features`: None for the scratch backbone, else
+            tensors for the meta backbone run functionally.
+        transductive : bool or None, default=None
+            None takes the configuration's.
         """
         transductive = self.config.transductive if transductive is None else transductive
-        return self.logits(self.features(x, train=transductive), head)
+        if transductive:
+            return self.features(x, body_params, train=True)
+        if x_support is None or not self.statistics_gradient or not torch.is_grad_enabled():
+            return self.features(x, body_params, train=False)
+        n = len(x_support)
+        with support_rows(self.scratch if body_params is None else self._body, n):
+            return self.features(torch.cat([x_support, x]), body_params, train=False)[n:]
+
+    def query_logits(self, x, head, transductive=None, x_support=None):
+        """Logits of the adapted network (the scratch backbone) on ``x``
+        (features from :meth:`query_features`, which says what
+        ``transductive`` and ``x_support`` do)."""
+        return self.logits(self.query_features(x, x_support, transductive=transductive), head)
 
     def meta_gradients(self, grads, n_classes):
         """``{meta-parameter: gradient}`` from the gradients of a task's body
