@@ -21,6 +21,13 @@ batched path in float64, see the comment at the check).
   ``task_batching="auto"`` resolve to on this machine (asked of a fitted
   estimator).
 
+Like-for-like: naive and learn2learn normalise the queries with the support
+statistics held constant, so every column of ours computes that meta-gradient
+(``statistics_gradient=False``) but ``thrS``: the threads path with the
+gradient through the support statistics, what the estimator computes for a
+convolutional backbone since 2026-12-05 (``MetaConfig.statistics_gradient``,
+``docs/design.md``); ``thrS/thr`` is its speed relative to ``thr32``.
+
 The last columns give the ratio to learn2learn and the fraction of this
 machine's measured matmul peak (for the precision used) that the fastest
 float32 / auto path reaches, from the FLOPs torch counts for one meta-step.
@@ -127,9 +134,10 @@ def _estimator_auto():
     return clf.precision_, clf.task_batching_
 
 
-def _ours(meta, tasks, steps, batched=False, precision="float32"):
+def _ours(meta, tasks, steps, batched=False, precision="float32", statistics=False):
     return meta_gradient(meta, tasks, WAYS, "fomaml", inner_lr=ALPHA, n_inner_steps=steps,
-                         precision=precision, batched=batched).grads
+                         precision=precision, batched=batched,
+                         statistics_gradient=statistics).grads
 
 
 class _Threads:
@@ -137,7 +145,7 @@ class _Threads:
     fit: the tasks on ``torch.get_num_threads()`` threads (one intra-op
     thread each, a fork of the runner each), summed in task order."""
 
-    def __init__(self, meta, steps, precision="float32"):
+    def __init__(self, meta, steps, precision="float32", statistics=False):
         from fomaml_sklearn._config import MetaConfig
         from fomaml_sklearn._threads import TaskThreads
         from fomaml_sklearn.algorithms import get_algorithm
@@ -145,7 +153,8 @@ class _Threads:
 
         self.rule = get_algorithm("fomaml").resolve(meta)
         config = MetaConfig(algorithm=self.rule, inner_lr=ALPHA, n_inner_steps=steps,
-                            precision=precision, task_batching="threads")
+                            precision=precision, task_batching="threads",
+                            statistics_gradient=statistics)
         self.pool = TaskThreads(TaskRunner(meta, config))
 
     def __call__(self, tasks):
@@ -257,7 +266,8 @@ def main(argv=None):
           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
     print(f"{'queries':>7}{'steps':>6}{'naive':>8}{'l2l':>8}{'loop32':>8}{'thr32':>8}"
           f"{'group32':>9}"
-          f"{'auto':>8}  {'fp32/l2l':>8}{'auto/l2l':>9}{'fp32 peak':>10}{'auto peak':>10}")
+          f"{'auto':>8}  {'fp32/l2l':>8}{'auto/l2l':>9}{'fp32 peak':>10}{'auto peak':>10}"
+          f"{'thrS':>8}{'thrS/thr':>9}")
     for queries in (1, 15):
         tasks = _tasks(queries)
         stacked = _Stacked(tasks)
@@ -290,6 +300,11 @@ def main(argv=None):
             ours1 = _ours(meta, few, steps)
             torch.set_num_threads(args.threads)
             _check("threads", threads32(tasks[:4]), ours1, tol=0.0)
+            threads_stats = _Threads(meta, steps, statistics=True)
+            torch.set_num_threads(1)
+            ours1 = _ours(meta, few, steps, statistics=True)
+            torch.set_num_threads(args.threads)
+            _check("threads, statistics", threads_stats(tasks[:4]), ours1, tol=0.0)
             plain = _plain_model(meta)
             loop32 = lambda: _ours(meta, stacked, steps)  # noqa: E731
             fns = {
@@ -297,6 +312,7 @@ def main(argv=None):
                 "loop32": loop32,
                 "thr32": lambda: threads32(tasks),
                 "group32": lambda: _ours(meta, stacked, steps, batched=True),
+                "thrS": lambda: threads_stats(tasks),
             }
             if l2l is not None:
                 maml = l2l.algorithms.MAML(_plain_model(meta), lr=ALPHA, first_order=True)
@@ -321,7 +337,8 @@ def main(argv=None):
                   f"{rates['auto']:>8.1f}  "
                   f"{best32 / l2l_rate:>8.2f}{rates['auto'] / l2l_rate:>9.2f}"
                   f"{100 * best32 * flops / 1e9 / peaks['float32']:>9.1f}%"
-                  f"{100 * rates['auto'] * flops / 1e9 / peaks[auto]:>9.1f}%", flush=True)
+                  f"{100 * rates['auto'] * flops / 1e9 / peaks[auto]:>9.1f}%"
+                  f"{rates['thrS']:>8.1f}{rates['thrS'] / rates['thr32']:>9.2f}", flush=True)
     return 0
 
 
