@@ -238,8 +238,9 @@ def resolve_config(params, algorithm, meta_model, device, loss=F.cross_entropy):
     Parameters
     ----------
     params : dict
-        The estimator's ``get_params()`` (validated); ``transductive`` and
-        ``task_batching`` default to False and ``"loop"`` where absent.
+        The estimator's ``get_params()`` (validated); ``transductive``,
+        ``statistics_gradient`` and ``task_batching`` default to False,
+        ``"auto"`` and ``"loop"`` where absent.
     algorithm : MetaAlgorithm
         The rule instance named by ``params["algorithm"]``.
     meta_model : MetaModel
@@ -261,6 +262,8 @@ def resolve_config(params, algorithm, meta_model, device, loss=F.cross_entropy):
         n_inner_steps=int(params["n_inner_steps"]),
         n_inner_steps_test=int(params["n_inner_steps_test"]),
         transductive=bool(params.get("transductive", False)),
+        statistics_gradient=(None if params.get("statistics_gradient", "auto") == "auto"
+                             else bool(params["statistics_gradient"])),
         device=device,
         precision=precision,
         task_batching=resolve_task_batching(params.get("task_batching", "loop"), rule,

@@ -524,3 +524,27 @@ def test_the_lists_of_names_load_without_torch():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "('prototype', 'shared', 'fixed')"
+
+
+def test_statistics_gradient_parameter(digits):
+    """"auto" takes the statistics into the meta-gradient for a convolutional
+    backbone (the same fit as True), False holds them constant (another fit),
+    and a value outside "auto", True, False is refused by name."""
+    X, y = digits
+    params = dict(module="conv4", input_shape=(1, 8, 8), n_filters=4, n_ways=3,
+                  max_epochs=1, meta_batches_per_epoch=3, meta_batch_size=2,
+                  precision="float32", task_batching="loop", adapt_on_fit=False,
+                  device="cpu", random_state=0)
+    fits = {v: FOMAMLClassifier(statistics_gradient=v, **params).fit(X, y)
+            for v in ("auto", True, False)}
+    assert fits["auto"].config_.statistics_gradient is None
+    assert fits[False].config_.statistics_gradient is False
+
+    def weights(clf):
+        return torch.cat([p.detach().ravel() for p in clf.meta_model_.parameters()])
+
+    torch.testing.assert_close(weights(fits["auto"]), weights(fits[True]), rtol=0, atol=0)
+    assert not torch.allclose(weights(fits[True]), weights(fits[False]))
+    with pytest.raises(ValueError, match=r"statistics_gradient must be one of 'auto' "
+                                         r"or True or False; got 'yes'"):
+        FOMAMLClassifier(statistics_gradient="yes", **params).fit(X, y)
