@@ -295,16 +295,14 @@ def main(argv=None):
             # task runs on one): the same arithmetic. Against the 2-thread
             # loop the last bits differ (kernels split their sums otherwise)
             # and 5 inner steps at rate 0.4 grow that to ~5e-3 in places.
-            threads32 = _Threads(meta, steps)
-            torch.set_num_threads(1)
-            ours1 = _ours(meta, few, steps)
-            torch.set_num_threads(args.threads)
-            _check("threads", threads32(tasks[:4]), ours1, tol=0.0)
-            threads_stats = _Threads(meta, steps, statistics=True)
-            torch.set_num_threads(1)
-            ours1 = _ours(meta, few, steps, statistics=True)
-            torch.set_num_threads(args.threads)
-            _check("threads, statistics", threads_stats(tasks[:4]), ours1, tol=0.0)
+            threads32, threads_stats = (_Threads(meta, steps, statistics=s)
+                                        for s in (False, True))
+            for name, pool, statistics in (("threads", threads32, False),
+                                           ("threads, statistics", threads_stats, True)):
+                torch.set_num_threads(1)
+                ours1 = _ours(meta, few, steps, statistics=statistics)
+                torch.set_num_threads(args.threads)
+                _check(name, pool(tasks[:4]), ours1, tol=0.0)
             plain = _plain_model(meta)
             loop32 = lambda: _ours(meta, stacked, steps)  # noqa: E731
             fns = {
