@@ -10,8 +10,16 @@ from torch.nn import functional as F
 
 from fomaml_sklearn import FOMAMLClassifier
 from fomaml_sklearn._config import MetaConfig
-from fomaml_sklearn.algorithms import ANIL, TaskRunner, available_algorithms, meta_gradient
-from fomaml_sklearn.backbones import MLPBackbone
+from fomaml_sklearn.algorithms import (
+    ANIL,
+    FOMAML,
+    IMAML,
+    MetaSGD,
+    TaskRunner,
+    available_algorithms,
+    meta_gradient,
+)
+from fomaml_sklearn.backbones import Conv4Backbone, MLPBackbone
 from fomaml_sklearn.heads import MetaModel
 
 from conftest import make_subspace_classes, make_tasks
@@ -285,3 +293,46 @@ def test_every_algorithm_beats_random_init_on_an_omniglot_slice(omniglot_slice, 
     meta = make(1).fit(X[train], y[train]).evaluate(X[~train], y[~train], n_episodes=100)
     scratch = make(0).fit(X[train], y[train]).evaluate(X[~train], y[~train], n_episodes=100)
     assert meta.mean > scratch.mean + 0.1, (meta.mean, scratch.mean)
+
+
+# ------------------------------------------- one support pass at theta
+def _two_support_passes(runner, x_support, y_support, n_classes, with_loss=False):
+    """What TaskRunner.start_with_head_graph replaces: the head and first
+    support loss from one forward pass, the prototypes' graph from another."""
+    head, first = runner.start(x_support, y_support, n_classes, with_loss=with_loss)
+    return head, first, runner.prototype_head_graph(x_support, y_support, n_classes)
+
+
+@pytest.mark.parametrize("rule", [FOMAML(), IMAML(), MetaSGD(first_order=True)],
+                         ids=["fomaml", "imaml", "metasgd-fo"])
+@pytest.mark.parametrize("steps", [0, 2])
+def test_one_support_pass_gives_the_two_pass_meta_gradient(monkeypatch, rule, steps):
+    # With the support statistics in the graph, the prototypes at theta, the
+    # task head and the first inner step come from one forward pass of the
+    # support set: the same meta-gradient (float64), one pass fewer per task.
+    tasks = [tuple(t.double() if t.is_floating_point() else t for t in task)
+             for task in make_tasks(3, 4, 1, 2, 144, seed=2)]
+    convs = []
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, out: convs.append(1) if isinstance(module, nn.Conv2d) else None)
+    results, passes = {}, {}
+    try:
+        for name, start in [("one", TaskRunner.start_with_head_graph),
+                            ("two", _two_support_passes)]:
+            monkeypatch.setattr(TaskRunner, "start_with_head_graph", start)
+            torch.manual_seed(0)
+            meta = MetaModel(Conv4Backbone((1, 12, 12), n_filters=6), 144,
+                             head="prototype").double()
+            convs.clear()
+            results[name] = meta_gradient(meta, tasks, 4, rule, inner_lr=0.1,
+                                          n_inner_steps=steps, statistics_gradient=True)
+            passes[name] = len(convs) / 4  # four convolutions per forward pass
+    finally:
+        hook.remove()
+    assert passes["one"] == passes["two"] - len(tasks)
+    for (name, _), a, b in zip(meta.named_parameters(), results["one"].grads,
+                               results["two"].grads):
+        if name.startswith("backbone") and name.endswith("weight"):
+            assert a.abs().sum() > 0, name  # (a bias before BatchNorm has no effect)
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=name)
+    assert results["one"].loss == pytest.approx(results["two"].loss, rel=1e-12)

@@ -26,6 +26,7 @@ import warnings
 import torch
 
 from ._base import MetaAlgorithm, PrototypeGradientOption, TaskResult, n_correct
+from .runner import first_gradient
 
 __all__ = ["IMAML", "conjugate_gradient", "proximal_descent"]
 
@@ -124,8 +125,9 @@ def proximal_descent(support_loss, params, anchors, lam, n_steps, lr, first_loss
         Attempted steps; 0 leaves ``params`` unchanged.
     lr : float
         The first rate.
-    first_loss : torch.Tensor or None, default=None
-        ``support_loss(params)`` at the start, if already computed.
+    first_loss : torch.Tensor, tuple or None, default=None
+        ``support_loss(params)`` at the start, if already computed (or a
+        pair, see :func:`~fomaml_sklearn.algorithms.runner.first_gradient`).
     rtol : float or None, default=None
         A rise of ``F`` up to ``rtol * |F|`` above the lowest value counts as
         rounding, not as a rise; None: 16 times the machine epsilon of the
@@ -162,10 +164,13 @@ def proximal_descent(support_loss, params, anchors, lam, n_steps, lr, first_loss
                       dtype=params[0].dtype if params else None)
     with torch.enable_grad():  # also when called under torch.no_grad()
         detached = [p.detach() for p in params]  # views: they follow the in-place steps
-        loss = first_loss if first_loss is not None else support_loss(params)
+        if first_loss is None:
+            loss = support_loss(params)
+            grads = torch.autograd.grad(loss, params)
+        else:
+            loss, grads = first_gradient(first_loss, params)
         value = objective(loss, detached)
         start_value = value
-        grads = torch.autograd.grad(loss, params)
         start_norm = torch.stack(torch._foreach_norm(grads)).norm()
         if rtol is None:
             rtol = 16 * torch.finfo(value.dtype).eps
@@ -487,10 +492,12 @@ class IMAML(PrototypeGradientOption, MetaAlgorithm):
         anchors : list of torch.Tensor
             ``theta``: the body's meta-parameters and the initial head.
         """
-        head, first = runner.start(x_support, y_support, n_classes, with_loss=n_steps > 0)
-        head_graph = None
         if self.through_prototypes(runner.meta_model):
-            head_graph = runner.prototype_head_graph(x_support, y_support, n_classes)
+            head, first, head_graph = runner.start_with_head_graph(
+                x_support, y_support, n_classes, with_loss=n_steps > 0)
+        else:
+            head, first = runner.start(x_support, y_support, n_classes, with_loss=n_steps > 0)
+            head_graph = None
         anchors = runner.meta_params + [h.detach().clone() for h in head]
         inner = self._descend(runner, head, x_support, y_support, lam, n_steps, first)
         return head, head_graph, anchors, inner

@@ -30,6 +30,7 @@ import torch
 
 from ._base import MetaAlgorithm, PrototypeGradientOption, TaskResult, n_correct
 from .maml import second_order_task_gradient
+from .runner import first_gradient
 
 __all__ = ["MetaSGD"]
 
@@ -148,17 +149,21 @@ class MetaSGD(PrototypeGradientOption, MetaAlgorithm):
         rates = self.rates(runner)
         at_step = self._at_step(rates, detach=True)
         n_steps = runner.config.n_inner_steps
-        head, first = runner.start(x_support, y_support, n_classes, with_loss=n_steps > 0)
-        head0 = None
         if self.through_prototypes(runner.meta_model):
-            head0 = runner.prototype_head_graph(x_support, y_support, n_classes)
+            head, first, head0 = runner.start_with_head_graph(
+                x_support, y_support, n_classes, with_loss=n_steps > 0)
+        else:
+            head, first = runner.start(x_support, y_support, n_classes, with_loss=n_steps > 0)
+            head0 = None
         params = runner.params + head
         support_loss = runner.support_loss(x_support, y_support)
         support_grads = []
         with torch.enable_grad():
             for step in range(n_steps):
-                loss = first if step == 0 else support_loss(params)
-                grads = torch.autograd.grad(loss, params)
+                if step == 0:
+                    _, grads = first_gradient(first, params)
+                else:
+                    grads = torch.autograd.grad(support_loss(params), params)
                 with torch.no_grad():
                     for p, g, a in zip(params, grads, at_step(step)):
                         p.sub_(a * g)

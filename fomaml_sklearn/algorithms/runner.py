@@ -24,7 +24,7 @@ from ..backbones import SupportBatchNorm, statistics_gradient_auto, support_rows
 from ..heads import TaskModel
 from . import get_algorithm
 
-__all__ = ["MetaBatch", "TaskRunner", "attach_rule_parameters", "inner_loop"]
+__all__ = ["MetaBatch", "TaskRunner", "attach_rule_parameters", "first_gradient", "inner_loop"]
 
 
 def inner_loop(support_loss, params, n_steps, lr, *, create_graph=False, proximal=None,
@@ -53,10 +53,11 @@ def inner_loop(support_loss, params, n_steps, lr, *, create_graph=False, proxima
     proximal : tuple (lam, anchors) or None, default=None
         Add ``lam / 2 * ||params - anchors||^2`` to the loss (iMAML's inner
         problem); ``anchors`` are constants.
-    first_loss : torch.Tensor or None, default=None
+    first_loss : torch.Tensor, tuple or None, default=None
         ``support_loss(params)`` at the starting point, when the caller has
         already computed it (its forward pass also built the task head), so
-        the first step reuses it instead of a second forward pass.
+        the first step reuses it instead of a second forward pass; or a pair
+        ``(loss, tensors)`` (see :func:`first_gradient`).
 
     Returns
     -------
@@ -65,8 +66,11 @@ def inner_loop(support_loss, params, n_steps, lr, *, create_graph=False, proxima
     """
     with torch.enable_grad():  # also when called under torch.no_grad()
         for step in range(n_steps):
-            loss = first_loss if step == 0 and first_loss is not None else support_loss(params)
-            grads = torch.autograd.grad(loss, params, create_graph=create_graph)
+            if step == 0 and first_loss is not None:
+                _, grads = first_gradient(first_loss, params, create_graph=create_graph)
+            else:
+                grads = torch.autograd.grad(support_loss(params), params,
+                                            create_graph=create_graph)
             if proximal is not None:
                 lam, anchors = proximal
                 grads = [g + lam * ((p if create_graph else p.detach()) - a)
@@ -85,6 +89,34 @@ def inner_loop(support_loss, params, n_steps, lr, *, create_graph=False, proxima
                     else:
                         torch._foreach_add_(params, grads, alpha=-rate)
     return params
+
+
+def first_gradient(first_loss, params, create_graph=False):
+    """The gradient of a first support loss computed before the inner loop.
+
+    Parameters
+    ----------
+    first_loss : torch.Tensor or tuple
+        The support loss at ``params``; or ``(loss, tensors)`` when its
+        graph starts from ``tensors``, which hold the same values as
+        ``params`` (:meth:`TaskRunner.start_with_head_graph`): the gradient
+        is taken there and that graph is kept for the caller's later use.
+    params : list of torch.Tensor
+        The parameters the inner loop updates.
+    create_graph : bool, default=False
+        Keep the graph of the gradient.
+
+    Returns
+    -------
+    loss : torch.Tensor
+        The scalar loss.
+    grads : tuple of torch.Tensor
+        One per parameter.
+    """
+    loss, wrt = first_loss if isinstance(first_loss, tuple) else (first_loss, params)
+    grads = torch.autograd.grad(loss, wrt, create_graph=create_graph,
+                                retain_graph=create_graph or wrt is not params)
+    return loss, grads
 
 
 def attach_rule_parameters(meta_model, config, *, create=True):
@@ -330,7 +362,7 @@ class TaskRunner:
     Methods a rule may use: :meth:`reset`, :meth:`start`, :meth:`adapt`,
     :meth:`adapt_from`, :meth:`adapt_head`, :meth:`features`, :meth:`logits`,
     :meth:`support_loss`, :meth:`query_features`, :meth:`query_logits`,
-    :meth:`prototype_head_graph`,
+    :meth:`prototype_head_graph`, :meth:`start_with_head_graph`,
     :meth:`meta_gradients`, :meth:`total_gradients`, :meth:`task_model`,
     :meth:`autocast`, and the properties :attr:`algorithm` and
     :attr:`rule_parameters`.
@@ -520,6 +552,43 @@ class TaskRunner:
             feats = self.features(x_support, self.meta_params, train=self.statistics_gradient,
                                   buffers=stats)
             return self.meta_model.head_with_graph(feats, y_support, n_classes)
+
+    def start_with_head_graph(self, x_support, y_support, n_classes, with_loss=False):
+        """:meth:`start` and :meth:`prototype_head_graph` in one.
+
+        With :attr:`statistics_gradient` both run the same forward pass (the
+        support set at ``theta`` in training mode), so it runs once, on the
+        meta backbone functionally: the head, the first support loss and the
+        head with its graph all come from it, and the scratch BatchNorm
+        layers record the support statistics as :meth:`start` does. The first
+        loss is then returned as ``(loss, theta and the head)`` for
+        :func:`inner_loop`, whose first gradient is taken at ``theta``
+        (the scratch copy holds the same values). Without, the two methods
+        are called one after the other.
+
+        Returns
+        -------
+        head : list of torch.Tensor
+            As :meth:`start`'s.
+        loss : torch.Tensor, tuple or None
+            The first support loss (with ``with_loss``), for
+            :func:`inner_loop`'s ``first_loss``.
+        head_graph : tuple of torch.Tensor
+            As :meth:`prototype_head_graph`'s.
+        """
+        if not self.statistics_gradient:
+            head, first = self.start(x_support, y_support, n_classes, with_loss=with_loss)
+            return head, first, self.prototype_head_graph(x_support, y_support, n_classes)
+        self.reset()
+        with torch.enable_grad():
+            feats = self.features(x_support, self.meta_params, train=True, buffers=self._buffers)
+            head = list(self.meta_model.initial_head(feats, y_support, n_classes))
+            head_graph = self.meta_model.head_with_graph(feats, y_support, n_classes)
+            first = None
+            if with_loss:
+                first = (self.loss_fn(self.logits(feats, head), y_support),
+                         self.meta_params + head)
+        return head, first, head_graph
 
     def adapt(self, x_support, y_support, n_classes, n_steps, *, proximal=None, lr=None):
         """SGD on the body and head from ``theta``, on the scratch copy.
