@@ -32,7 +32,7 @@ The last columns give the ratio to learn2learn and the fraction of this
 machine's measured matmul peak (for the precision used) that the fastest
 float32 / auto path reaches, from the FLOPs torch counts for one meta-step.
 
-The implementations are timed round-robin (see ``_time_interleaved``).
+The implementations are timed round-robin (see ``time_interleaved``).
 
 Usage: python benchmarks/throughput.py [--repeats 5] [--threads 2]
 """
@@ -166,10 +166,10 @@ class _Threads:
 
 
 def _time(fn, repeats):
-    return _time_interleaved({"fn": fn}, repeats)["fn"]
+    return time_interleaved({"fn": fn}, repeats)["fn"]
 
 
-def _time_interleaved(fns, repeats):
+def time_interleaved(fns, repeats):
     """Median seconds of each callable, timed round-robin.
 
     Interleaving the runs (a, b, c, a, b, c, ...) exposes every
@@ -323,7 +323,7 @@ def main(argv=None):
                 fns["auto"] = lambda: _ours(meta, stacked, steps,
                                             batched=auto_batching == "grouped", precision=auto)
             rates = {name: META_BATCH / t
-                     for name, t in _time_interleaved(fns, args.repeats).items()}
+                     for name, t in time_interleaved(fns, args.repeats).items()}
             if auto == "float32":
                 rates["auto"] = rates[{"loop": "loop32", "threads": "thr32",
                                        "grouped": "group32"}[auto_batching]]
