@@ -30,10 +30,12 @@ WAYS, META_BATCH = 5, 32
 ONE_PASS = TaskRunner.start_with_head_graph
 
 
-def two_passes(runner, x_support, y_support, n_classes, with_loss=False):
+def two_passes(runner, x_support, y_support, n_classes, with_loss=False,
+               with_graph=True):
     """The sequence ``start_with_head_graph`` replaced."""
     head, first = runner.start(x_support, y_support, n_classes, with_loss=with_loss)
-    return head, first, runner.prototype_head_graph(x_support, y_support, n_classes)
+    graph = runner.prototype_head_graph(x_support, y_support, n_classes) if with_graph else None
+    return head, first, graph
 
 
 def main(argv=None):

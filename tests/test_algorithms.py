@@ -296,11 +296,13 @@ def test_every_algorithm_beats_random_init_on_an_omniglot_slice(omniglot_slice, 
 
 
 # ------------------------------------------- one support pass at theta
-def _two_support_passes(runner, x_support, y_support, n_classes, with_loss=False):
+def _two_support_passes(runner, x_support, y_support, n_classes, with_loss=False,
+                        with_graph=True):
     """What TaskRunner.start_with_head_graph replaces: the head and first
     support loss from one forward pass, the prototypes' graph from another."""
     head, first = runner.start(x_support, y_support, n_classes, with_loss=with_loss)
-    return head, first, runner.prototype_head_graph(x_support, y_support, n_classes)
+    graph = runner.prototype_head_graph(x_support, y_support, n_classes) if with_graph else None
+    return head, first, graph
 
 
 @pytest.mark.parametrize("rule", [FOMAML(), IMAML(), MetaSGD(first_order=True)],

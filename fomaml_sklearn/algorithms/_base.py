@@ -262,12 +262,9 @@ class PrototypeGradientOption:
             :meth:`add_through_prototypes`.
         """
         n_steps = runner.config.n_inner_steps
-        if self.through_prototypes(runner.meta_model):
-            head, first, head_graph = runner.start_with_head_graph(
-                x_support, y_support, n_classes, with_loss=n_steps > 0)
-        else:
-            head, first = runner.start(x_support, y_support, n_classes, with_loss=n_steps > 0)
-            head_graph = None
+        head, first, head_graph = runner.start_with_head_graph(
+            x_support, y_support, n_classes, with_loss=n_steps > 0,
+            with_graph=self.through_prototypes(runner.meta_model))
         runner.adapt_from(head, x_support, y_support, n_steps, proximal=proximal,
                           first_loss=first)
         return head, head_graph

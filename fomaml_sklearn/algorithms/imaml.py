@@ -492,12 +492,9 @@ class IMAML(PrototypeGradientOption, MetaAlgorithm):
         anchors : list of torch.Tensor
             ``theta``: the body's meta-parameters and the initial head.
         """
-        if self.through_prototypes(runner.meta_model):
-            head, first, head_graph = runner.start_with_head_graph(
-                x_support, y_support, n_classes, with_loss=n_steps > 0)
-        else:
-            head, first = runner.start(x_support, y_support, n_classes, with_loss=n_steps > 0)
-            head_graph = None
+        head, first, head_graph = runner.start_with_head_graph(
+            x_support, y_support, n_classes, with_loss=n_steps > 0,
+            with_graph=self.through_prototypes(runner.meta_model))
         anchors = runner.meta_params + [h.detach().clone() for h in head]
         inner = self._descend(runner, head, x_support, y_support, lam, n_steps, first)
         return head, head_graph, anchors, inner

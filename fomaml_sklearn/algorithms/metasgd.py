@@ -149,12 +149,9 @@ class MetaSGD(PrototypeGradientOption, MetaAlgorithm):
         rates = self.rates(runner)
         at_step = self._at_step(rates, detach=True)
         n_steps = runner.config.n_inner_steps
-        if self.through_prototypes(runner.meta_model):
-            head, first, head0 = runner.start_with_head_graph(
-                x_support, y_support, n_classes, with_loss=n_steps > 0)
-        else:
-            head, first = runner.start(x_support, y_support, n_classes, with_loss=n_steps > 0)
-            head0 = None
+        head, first, head0 = runner.start_with_head_graph(
+            x_support, y_support, n_classes, with_loss=n_steps > 0,
+            with_graph=self.through_prototypes(runner.meta_model))
         params = runner.params + head
         support_loss = runner.support_loss(x_support, y_support)
         support_grads = []

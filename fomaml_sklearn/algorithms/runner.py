@@ -553,8 +553,11 @@ class TaskRunner:
                                   buffers=stats)
             return self.meta_model.head_with_graph(feats, y_support, n_classes)
 
-    def start_with_head_graph(self, x_support, y_support, n_classes, with_loss=False):
-        """:meth:`start` and :meth:`prototype_head_graph` in one.
+    def start_with_head_graph(self, x_support, y_support, n_classes, with_loss=False,
+                              with_graph=True):
+        """:meth:`start` and :meth:`prototype_head_graph` in one (with
+        ``with_graph``, the rule's answer to going through the prototypes;
+        False: :meth:`start` alone, and None for the graph).
 
         With :attr:`statistics_gradient` both run the same forward pass (the
         support set at ``theta`` in training mode), so it runs once, on the
@@ -573,9 +576,11 @@ class TaskRunner:
         loss : torch.Tensor, tuple or None
             The first support loss (with ``with_loss``), for
             :func:`inner_loop`'s ``first_loss``.
-        head_graph : tuple of torch.Tensor
+        head_graph : tuple of torch.Tensor or None
             As :meth:`prototype_head_graph`'s.
         """
+        if not with_graph:
+            return (*self.start(x_support, y_support, n_classes, with_loss=with_loss), None)
         if not self.statistics_gradient:
             head, first = self.start(x_support, y_support, n_classes, with_loss=with_loss)
             return head, first, self.prototype_head_graph(x_support, y_support, n_classes)
