@@ -153,11 +153,13 @@ def _batched_meta_gradient(runner, batch, through_prototypes):
                      params_batched=False), ys, n_classes)
     inner_loop(lambda params: summed_loss(features(params[:-2], xs, True), params[-2:], ys)[0],
                phi + head, n_steps, config.inner_lr, first_loss=first)
-    if n_steps > 0:
-        with torch.no_grad():  # support statistics at the adapted weights
-            features(phi, xs, True)
-    if config.transductive or not runner.statistics_gradient:
-        feats_q = features(phi, xq, config.transductive)
+    if config.transductive:
+        feats_q = features(phi, xq, True)
+    elif not runner.statistics_gradient:
+        if n_steps > 0:
+            with torch.no_grad():  # record the support statistics at the adapted weights
+                features(phi, xs, True)
+        feats_q = features(phi, xq, False)
     else:  # support statistics inside the graph (TaskRunner.query_features)
         n = xs.shape[1]
         with support_rows(body, n):
