@@ -65,7 +65,7 @@ def known_alphabets(data_home):
     return {name: (a["first"], a["last"]) for name, a in spec["alphabets"].items()}
 
 
-def load(data_home, offline, image_size, rotations=True):
+def load(data_home, offline, image_size, rotations=True, mirror=False):
     """Meta-training images and the held-out alphabets' images.
 
     Returns ``(X_train, y_train, held_out)`` where ``held_out`` maps an
@@ -86,7 +86,7 @@ def load(data_home, offline, image_size, rotations=True):
     train = ~held[char]
     X_train, y_train = X[train], char[train]
     if rotations:
-        X_train, y_train = rotate_classes(X_train, y_train)
+        X_train, y_train = rotate_classes(X_train, y_train, mirror=mirror)
     return X_train, y_train, held_out
 
 
@@ -189,13 +189,14 @@ class ProbeConv4(torch.nn.Module):
         return feats
 
 
-def block_groups(y_train, width):
+def block_groups(y_train, width, n_variants=4):
     """``fit``'s ``groups`` for harder tasks: the characters in blocks of
     ``width`` consecutive character numbers, at one rotation (class codes are
-    ``character * 4 + rotation``, :func:`rotate_classes`). The upstream files
-    number characters alphabet by alphabet (the 8 known alphabets are
-    contiguous ranges), so a block is mostly one alphabet."""
-    return (y_train // 4 // width) * 4 + y_train % 4
+    ``character * n_variants + variant``, :func:`rotate_classes`: 4
+    rotations, 8 with their mirror images). The upstream files number
+    characters alphabet by alphabet (the 8 known alphabets are contiguous
+    ranges), so a block is mostly one alphabet."""
+    return (y_train // n_variants // width) * n_variants + y_train % n_variants
 
 
 def build_parser():
@@ -215,6 +216,9 @@ def build_parser():
     parser.add_argument("--precision", default="float32")
     parser.add_argument("--image-size", type=int, default=28)
     parser.add_argument("--no-rotations", action="store_true")
+    parser.add_argument("--mirror", action="store_true",
+                        help="also the rotations' mirror images as classes (rotate_classes' "
+                             "mirror=True: 5776 classes)")
     parser.add_argument("--test-shift", type=int, default=None,
                         help="also score with this test_shift (default: the preset's)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -272,7 +276,8 @@ def fit_and_save(args, clf, X_train, y_train):
     if args.groups:
         if args.no_rotations:
             raise SystemExit("--groups assumes the four rotations of each character")
-        clf.fit(X_train, y_train, groups=block_groups(y_train, args.groups))
+        n_variants = 8 if args.mirror else 4
+        clf.fit(X_train, y_train, groups=block_groups(y_train, args.groups, n_variants))
     else:
         clf.fit(X_train, y_train)
     minutes = (time.perf_counter() - t0) / 60
@@ -308,8 +313,11 @@ def run(args):
     params.pop("test_shift", None)
     print(machine_line(), flush=True)
     t0 = time.perf_counter()
+    if args.mirror and args.no_rotations:
+        raise SystemExit("--mirror adds the mirror images of the four rotations; "
+                         "drop --no-rotations")
     X_train, y_train, held_out = load(args.data_home, args.offline, args.image_size,
-                                      rotations=not args.no_rotations)
+                                      rotations=not args.no_rotations, mirror=args.mirror)
     eps = episodes(held_out, args.episodes, args.eval_seed)
     print(f"Meta-training: {len(np.unique(y_train))} classes ({len(y_train)} images, "
           f"{args.image_size}x{args.image_size}); held out: "

@@ -175,12 +175,22 @@ def test_within_alphabet_groups_are_blocks_of_characters_at_one_rotation(
         members = y[groups == g]
         assert len(members) == 20 and len(set(members % 4)) == 1
         assert np.ptp(members // 4) == 19  # 20 consecutive characters
+    y = np.arange(800)  # with mirror images: 8 variants of each character
+    groups = wa.block_groups(y, 20, n_variants=8)
+    for g in np.unique(groups):
+        members = y[groups == g]
+        assert len(members) == 20 and len(set(members % 8)) == 1
+        assert np.ptp(members // 8) == 19
     monkeypatch.setattr(wa, "machine_line", lambda: "Machine: test")
     out = wa.main(["--data-home", str(background_only_home), "--offline", "--episodes", "2",
                    "--threads", "1", "--image-size", "15", "--steps", "2", "--groups", "20",
+                   "--mirror",
                    "--set", "n_filters=4", "--set", "meta_batch_size=2",
                    "--set", "meta_batches_per_epoch=2"])
     assert out["n_steps"] == 2 and "2 meta-steps in" in capsys.readouterr().out
+    X4, y4, _ = wa.load(str(background_only_home), True, 15)
+    X8, y8, _ = wa.load(str(background_only_home), True, 15, mirror=True)
+    assert len(np.unique(y8)) == 2 * len(np.unique(y4)) and len(X8) == 2 * len(X4)
 
 
 def test_presets_are_valid_estimator_configurations():

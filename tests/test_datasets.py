@@ -77,6 +77,18 @@ def test_rotations_make_distinct_classes():
     np.testing.assert_array_equal(y_rot[6:12], y * 4 + 1)
 
 
+
+def test_mirror_adds_the_mirrored_rotations_as_classes():
+    X = np.random.default_rng(0).random((6, 1, 5, 5)).astype(np.float32)
+    y = np.array([0, 0, 1, 1, 2, 2])
+    X_m, y_m = rotate_classes(X, y, rotations=(0, 90), mirror=True)
+    assert X_m.shape == (24, 1, 5, 5) and len(np.unique(y_m)) == 12
+    np.testing.assert_array_equal(X_m[:12], rotate_classes(X, y, rotations=(0, 90))[0])
+    np.testing.assert_array_equal(X_m[18:24], np.rot90(X, 1, axes=(2, 3))[..., ::-1])
+    np.testing.assert_array_equal(y_m[18:24], y * 4 + 3)
+    assert not set(y_m[12:]) & set(y_m[:12])  # mirrored images are new classes
+    assert np.array_equal(rotate_classes(X, y, mirror=False)[1], rotate_classes(X, y)[1])
+
 def _drawn_labels(X):
     """The character each fake Omniglot image draws (see conftest)."""
     bits = X[:, 0, 0, :FAKE_OMNIGLOT_BITS] > 0.5

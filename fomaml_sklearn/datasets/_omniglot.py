@@ -285,7 +285,7 @@ def omniglot_split(y, *, protocol="maml", n_train=1200, n_val=0, subset_of=None,
     return train, val, ~(train | val)
 
 
-def rotate_classes(X, y, rotations=(0, 90, 180, 270)):
+def rotate_classes(X, y, rotations=(0, 90, 180, 270), *, mirror=False):
     """Each (class, rotation) becomes its own class (MAML paper augmentation).
 
     Parameters
@@ -296,12 +296,20 @@ def rotate_classes(X, y, rotations=(0, 90, 180, 270)):
         Labels.
     rotations : tuple of {0, 90, 180, 270}
         Counter-clockwise rotations.
+    mirror : bool, default=False
+        Also the left-right mirror image of each rotation, as classes of
+        their own (twice the classes: a mirrored character is a new
+        character). The within-alphabet preset's measurement uses it
+        (``presets.OMNIGLOT_WITHIN_ALPHABET``).
 
     Returns
     -------
-    X_rot : ndarray of shape (n * len(rotations), C, H, W)
-    y_rot : ndarray of shape (n * len(rotations),)
-        Label ``y * len(rotations) + k`` for rotation number ``k``.
+    X_rot : ndarray of shape (n * n_variants, C, H, W)
+        ``n_variants = len(rotations)``, twice that with ``mirror``; the
+        variants one after the other, the mirrored ones last.
+    y_rot : ndarray of shape (n * n_variants,)
+        Label ``y * n_variants + k`` for variant number ``k`` (rotation
+        number ``k``, or ``k - len(rotations)`` mirrored).
 
     Examples
     --------
@@ -311,12 +319,17 @@ def rotate_classes(X, y, rotations=(0, 90, 180, 270)):
     >>> X_rot, y_rot = rotate_classes(X, y)
     >>> X_rot.shape, y_rot
     ((8, 1, 28, 28), array([0, 4, 1, 5, 2, 6, 3, 7]))
+    >>> rotate_classes(X, y, rotations=(0,), mirror=True)[1]
+    array([0, 2, 1, 3])
     """
     y = np.asarray(y)
     if any(r % 90 for r in rotations):
         raise ValueError(f"rotations must be multiples of 90 degrees; got {rotations}.")
-    X_rot = np.concatenate([np.rot90(X, r // 90, axes=(2, 3)) for r in rotations])
-    y_rot = np.concatenate([y * len(rotations) + k for k in range(len(rotations))])
+    variants = [np.rot90(X, r // 90, axes=(2, 3)) for r in rotations]
+    if mirror:
+        variants += [v[..., ::-1] for v in variants]
+    X_rot = np.concatenate(variants)
+    y_rot = np.concatenate([y * len(variants) + k for k in range(len(variants))])
     return np.ascontiguousarray(X_rot), y_rot
 
 
