@@ -455,7 +455,8 @@ class MetaEstimatorBase(BaseEstimator):
         return dict(zip(("torch", "episodes", "split", "valid", "adapt"), seeds))
 
     def _meta_train(self, *, X, image_shape, train_mask, fit_labels, shape, valid, n_rows,
-                    warm, device, seeds, optimizer_cls, targets=None, class_groups=None):
+                    warm, device, seeds, optimizer_cls, targets=None, class_groups=None,
+                    valid_class_groups=None):
         """Build (or continue) the skorch net and meta-train it; set the
         fitted attributes every estimator has.
 
@@ -490,6 +491,9 @@ class MetaEstimatorBase(BaseEstimator):
         class_groups : ndarray of int or None
             A group per training class code: each task takes its classes
             from one group (a classifier's ``fit(X, y, groups)``).
+        valid_class_groups : ndarray of int or None
+            The same for the validation classes (``validation_fraction``
+            with ``groups``).
 
         Returns
         -------
@@ -514,6 +518,8 @@ class MetaEstimatorBase(BaseEstimator):
             )
             if valid_targets is not None:
                 valid_params["iterator_valid__targets"] = self._to_tensor(valid_targets, device)
+            if valid_class_groups is not None:
+                valid_params["iterator_valid__class_groups"] = valid_class_groups
         net_params = self._net_params(shape, train_split=train_split, **valid_params)
         if targets is not None:
             net_params["iterator_train__targets"] = self._to_tensor(targets, device)
@@ -552,7 +558,7 @@ class MetaEstimatorBase(BaseEstimator):
         # Neither the validation data nor the targets are kept in the fitted estimator.
         net.train_split = None
         for name in ("iterator_train__targets", "iterator_valid__targets",
-                     "iterator_train__class_groups"):
+                     "iterator_train__class_groups", "iterator_valid__class_groups"):
             if hasattr(net, name):
                 setattr(net, name, None)
         if net.interrupted_:

@@ -161,8 +161,10 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         as ``valid_acc`` (few-shot accuracy) and ``valid_loss`` in
         ``history_``, so skorch's ``EarlyStopping(monitor="valid_acc",
         lower_is_better=False)`` or ``Checkpoint(monitor="valid_acc_best",
-        load_best=True)`` can use them. Ignored when ``fit`` gets explicit
-        ``X_val, y_val``. ``None``: no validation.
+        load_best=True)`` can use them. With ``fit``'s ``groups``, whole
+        groups are held out (at least one), and a validation task takes its
+        classes from one group, as the training tasks do. Ignored when
+        ``fit`` gets explicit ``X_val, y_val``. ``None``: no validation.
     transductive : bool, default=False
         If True, BatchNorm normalises queries with their own batch statistics,
         as in the MAML paper's experiments; predictions then depend on the
@@ -479,21 +481,23 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         self._check_input_shape(X, image_shape)
         seeds = self._draw_seeds(self.random_state)
         train_mask, valid = self._validation_data(
-            codes, classes, X, X_val, y_val, np.random.default_rng(seeds["split"])
-        )
+            codes, classes, X, X_val, y_val, np.random.default_rng(seeds["split"]),
+            class_groups)
         self._check_validation_callbacks(valid is not None)
         train_classes, train_codes = np.unique(codes[train_mask], return_inverse=True)
         shape = self._episode_shape(train_codes, classes[train_classes])
+        valid_groups = None
         if valid is not None:
-            X_valid, valid_codes, valid_names = valid
-            valid = (X_valid, valid_codes, self._episode_shape(
-                valid_codes, valid_names, "in the validation episodes"), None)
+            X_valid, valid_codes, valid_names, valid_groups = valid
+            valid = (X_valid, valid_codes, self._validation_shape(
+                valid_codes, valid_names, valid_groups), None)
         X_t = self._meta_train(X=X, image_shape=image_shape, train_mask=train_mask,
                                fit_labels=train_codes, shape=shape, valid=valid,
                                n_rows=shape.n_ways, warm=warm, device=device, seeds=seeds,
                                optimizer_cls=optimizer_cls,
                                class_groups=(None if class_groups is None
-                                             else class_groups[train_classes]))
+                                             else class_groups[train_classes]),
+                               valid_class_groups=valid_groups)
         self.classes_ = classes
         if self.adapt_on_fit:
             self._adapt_on_fit(X_t, codes, classes, np.random.default_rng(seeds["adapt"]))
@@ -536,17 +540,36 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
 
         self._adapt_safely(adapt, f"the {n_classes} classes of y")
 
-    def _episode_shape(self, codes, class_names, what=None):
-        """The estimator's episode shape, shrunk (with a warning) to fit ``codes``."""
+    def _episode_shape(self, codes, class_names, what=None, n_ways=None):
+        """The estimator's episode shape (``n_ways`` in place of the
+        estimator's if given), shrunk (with a warning) to fit ``codes``."""
         counts = np.bincount(codes, minlength=len(class_names))
         shape, message = resolve_episode_shape(
-            counts, self.n_ways, self.k_shot, self.n_query, class_names=class_names
+            counts, self.n_ways if n_ways is None else n_ways, self.k_shot, self.n_query,
+            class_names=class_names
         )
         self._warn_smaller_episodes(message, what)
         return shape
 
-    def _validation_data(self, codes, classes, X, X_val, y_val, rng):
-        """Training mask and validation ``(X, codes, class names)`` or None."""
+    def _validation_shape(self, codes, class_names, class_groups):
+        """The validation episodes' shape; with groups, at most as many ways
+        as the largest held-out group has classes (a task stays in a group)."""
+        what = "in the validation episodes"
+        if class_groups is None:
+            return self._episode_shape(codes, class_names, what)
+        largest = int(np.bincount(class_groups).max())
+        shape = self._episode_shape(codes, class_names, what, n_ways=min(self.n_ways, largest))
+        if largest < self.n_ways:
+            self._warn_smaller_episodes(
+                f"n_ways={self.n_ways} shrunk to {shape.n_ways}: the largest group held out "
+                f"for validation has {largest} classes, and a validation task takes its "
+                "classes from one group, as the training tasks do.", what)
+        return shape
+
+    def _validation_data(self, codes, classes, X, X_val, y_val, rng, class_groups=None):
+        """Training mask and validation ``(X, codes, class names, class groups
+        or None)`` or None. With ``class_groups`` (fit's ``groups``),
+        ``validation_fraction`` holds out whole groups."""
         if (X_val is None) != (y_val is None):
             missing = "y_val" if y_val is None else "X_val"
             raise ValueError(
@@ -561,10 +584,21 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
                     f"y_val has {len(val_classes)} class; validation episodes need at "
                     "least 2 classes."
                 )
-            return train_mask, (Xv, val_codes, val_classes)
+            return train_mask, (Xv, val_codes, val_classes, None)
         if self.validation_fraction is None:
             return train_mask, None
-        n_classes = len(classes)
+        if class_groups is None:
+            held_out = self._held_out_classes(len(classes), rng)
+            valid_groups = None
+        else:
+            held_out = self._held_out_groups(class_groups, rng)
+            valid_groups = np.unique(class_groups[held_out], return_inverse=True)[1]
+        valid_mask = held_out[codes]
+        val_codes = np.unique(codes[valid_mask], return_inverse=True)[1]
+        return ~valid_mask, (X[valid_mask], val_codes, classes[held_out], valid_groups)
+
+    def _held_out_classes(self, n_classes, rng):
+        """``validation_fraction`` of the classes (at least 2), as a mask."""
         n_valid = max(2, int(round(self.validation_fraction * n_classes)))
         if n_classes - n_valid < 2:
             raise ValueError(
@@ -574,9 +608,30 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
             )
         held_out = np.zeros(n_classes, dtype=bool)
         held_out[rng.permutation(n_classes)[:n_valid]] = True
-        valid_mask = held_out[codes]
-        val_codes = np.unique(codes[valid_mask], return_inverse=True)[1]
-        return ~valid_mask, (X[valid_mask], val_codes, classes[held_out])
+        return held_out
+
+    def _held_out_groups(self, class_groups, rng):
+        """``validation_fraction`` of the groups (at least 1), whole, as a
+        mask over the classes: validation then scores families of classes
+        that meta-training never saw."""
+        groups = np.unique(class_groups)
+        n_valid = max(1, int(round(self.validation_fraction * len(groups))))
+        held_out = np.isin(class_groups, rng.permutation(groups)[:n_valid])
+        problem = None
+        if n_valid >= len(groups):
+            problem = f"all {len(groups)} groups, leaving none to meta-train on"
+        elif held_out.sum() < 2:
+            problem = (f"{n_valid} of the {len(groups)} groups, with {held_out.sum()} class; "
+                       "validation episodes need at least 2 classes")
+        elif (~held_out).sum() < 2:
+            problem = (f"{n_valid} of the {len(groups)} groups, leaving "
+                       f"{(~held_out).sum()} class to meta-train on")
+        if problem:
+            raise ValueError(
+                f"validation_fraction={self.validation_fraction!r} with groups holds out "
+                f"whole groups: {problem}. Change validation_fraction, pass X_val and y_val, "
+                "or set it to None.")
+        return held_out
 
     # ------------------------------------------------------------------- adapt
     def adapt(self, X_support, y_support):

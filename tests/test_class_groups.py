@@ -1,9 +1,12 @@
 """fit(X, y, groups) of the classifier: each meta-training task takes its
 classes from one group (harder tasks, issue #27's within-alphabet lever)."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
+from skorch.callbacks import Callback
 
 from fomaml_sklearn import FOMAMLClassifier
 from fomaml_sklearn.episodes import EpisodeSampler, EpisodeShape
@@ -147,3 +150,81 @@ def test_a_class_in_two_groups_is_named_whatever_the_label_type(data):
     mixed[1] = "right"
     with pytest.raises(ValueError, match=r"groups puts class 'c0' in 2 groups"):
         FOMAMLClassifier(**FAST).fit(X, labels, mixed)
+
+
+class _ValidationSpy(Callback):
+    """Records the validation classes (the first feature of each row holds
+    its class here) and the validation sampler's groups and ways."""
+
+    def __init__(self):
+        self.classes, self.groups, self.n_ways = None, None, None
+
+    def on_epoch_end(self, net, dataset_valid=None, **kwargs):
+        self.classes = np.unique(dataset_valid.X[:, 0].cpu().numpy()).astype(int)
+        sampler = net.get_iterator(dataset_valid, training=False).sampler
+        self.groups, self.n_ways = sampler.class_groups, sampler.shape.n_ways
+
+
+def _spy_of(clf):
+    """The spy the fit used (fit works on a copy of the callbacks)."""
+    return next(cb for _, cb in clf.net_.callbacks_ if isinstance(cb, _ValidationSpy))
+
+
+def _class_rows(data):
+    X, y, _ = data
+    X = X.copy()
+    X[:, 0] = y  # each row names its class
+    return X, y
+
+
+def test_validation_fraction_with_groups_holds_out_whole_groups(data):
+    X, y = _class_rows(data)
+    groups = y // 5  # 8 groups of 5 classes
+    clf = FOMAMLClassifier(**{**FAST, "validation_fraction": 0.25},
+                           callbacks=[_ValidationSpy()])
+    spy = _spy_of(clf.fit(X, y, groups))
+    held = set(spy.classes.tolist())
+    held_groups = {c // 5 for c in held}
+    assert len(held_groups) == 2  # 0.25 of 8 groups
+    assert held == {c for c in range(40) if c // 5 in held_groups}  # whole groups
+    # Validation tasks take their classes from one held-out group.
+    np.testing.assert_array_equal(spy.groups, np.repeat([0, 1], 5))
+    assert np.isfinite(clf.history_[-1, "valid_acc"])
+    # Without groups, classes are held out one by one.
+    spy = _spy_of(FOMAMLClassifier(**{**FAST, "validation_fraction": 0.25},
+                                   callbacks=[_ValidationSpy()]).fit(X, y))
+    assert spy.groups is None and len(spy.classes) == 10
+    assert len({c // 5 for c in spy.classes}) > 2
+
+
+def test_validation_tasks_shrink_to_the_largest_held_out_group(data):
+    X, y = _class_rows(data)
+    # 5 groups of 4 classes and 4 of 5; n_ways=5 fits the groups of 5 only.
+    groups = np.where(y < 20, y // 4, 5 + (y - 20) // 5)
+    shrunk = 0
+    for seed in range(6):
+        clf = FOMAMLClassifier(**{**FAST, "n_ways": 5, "validation_fraction": 0.1,
+                                  "random_state": seed}, callbacks=[_ValidationSpy()])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            spy = _spy_of(clf.fit(X, y, groups))
+        said = [str(w.message) for w in caught if "held out for validation" in str(w.message)]
+        if spy.n_ways == 5:  # a group of 5 classes held out: no shrinking
+            assert len(spy.classes) == 5 and not said
+            continue
+        assert spy.n_ways == 4 and len(spy.classes) == 4
+        assert len(said) == 1 and "n_ways=5 shrunk to 4: the largest group held out for " \
+            "validation has 4 classes" in said[0]
+        shrunk += 1
+    assert 0 < shrunk < 6
+
+
+def test_validation_fraction_with_groups_names_what_cannot_be_held_out(data):
+    X, y, _ = data
+    clf = FOMAMLClassifier(**{**FAST, "validation_fraction": 0.9})
+    with pytest.raises(ValueError, match=r"validation_fraction=0.9 with groups holds out "
+                                         r"whole groups: all 2 groups, leaving none"):
+        clf.fit(X, y, y // 20)
+    with pytest.raises(ValueError, match=r"1 of the 40 groups, with 1 class; validation "
+                                         r"episodes need at least 2 classes"):
+        FOMAMLClassifier(**{**FAST, "validation_fraction": 0.01}).fit(X, y, y)

@@ -88,3 +88,27 @@ def test_each_accuracy_lever_still_learns_on_an_omniglot_slice(omniglot_slice, l
     learned = meta.evaluate(X_test, y_test, **shape).mean
     random_init = scratch.evaluate(X_test, y_test, **shape).mean
     assert learned > random_init + 0.15, (learned, random_init)
+
+
+def test_mirrored_classes_still_learn_on_an_omniglot_slice(omniglot_slice):
+    """The within-alphabet data lever (docs/performance.md): each character's
+    mirror image as a class of its own (``rotate_classes(..., mirror=True)``)
+    doubles the training classes and still learns."""
+    from fomaml_sklearn.datasets import rotate_classes
+
+    X, y = omniglot_slice
+    train = y < 60
+    X_m, y_m = rotate_classes(X[train], y[train], rotations=(0,), mirror=True)
+    assert len(set(y_m)) == 120
+
+    def make():
+        return FOMAMLClassifier("conv4", n_filters=32, n_ways=5, k_shot=1, n_query=5,
+                                meta_batch_size=4, max_epochs=5, meta_batches_per_epoch=50,
+                                device="cpu", adapt_on_fit=False, random_state=0)
+
+    meta = make().fit(X_m, y_m)
+    scratch = make().set_params(max_epochs=0).fit(X_m, y_m)
+    shape = dict(n_ways=5, k_shot=1, n_query=5, n_episodes=200, random_state=0)
+    learned = meta.evaluate(X[~train], y[~train], **shape).mean
+    random_init = scratch.evaluate(X[~train], y[~train], **shape).mean
+    assert learned > random_init + 0.15, (learned, random_init)
