@@ -274,8 +274,6 @@ def fit_and_save(args, clf, X_train, y_train):
     minutes the fit took."""
     t0 = time.perf_counter()
     if args.groups:
-        if args.no_rotations:
-            raise SystemExit("--groups assumes the four rotations of each character")
         n_variants = 8 if args.mirror else 4
         clf.fit(X_train, y_train, groups=block_groups(y_train, args.groups, n_variants))
     else:
@@ -307,15 +305,17 @@ def run(args):
         raise SystemExit("give exactly one of --steps and --minutes (or --load FILE)")
     if args.load and args.minutes is not None:
         raise SystemExit("--load continues for --steps N meta-steps, not --minutes")
+    if args.groups and args.no_rotations:
+        raise SystemExit("--groups assumes the four rotations of each character")
+    if args.mirror and args.no_rotations:
+        raise SystemExit("--mirror adds the mirror images of the four rotations; "
+                         "drop --no-rotations")
     changes = parse_set(args.set)  # parsed once, before the data are loaded
     params = {**presets.OMNIGLOT_WITHIN_ALPHABET, **changes}
     test_shift = params.pop("test_shift", 0) if args.test_shift is None else args.test_shift
     params.pop("test_shift", None)
     print(machine_line(), flush=True)
     t0 = time.perf_counter()
-    if args.mirror and args.no_rotations:
-        raise SystemExit("--mirror adds the mirror images of the four rotations; "
-                         "drop --no-rotations")
     X_train, y_train, held_out = load(args.data_home, args.offline, args.image_size,
                                       rotations=not args.no_rotations, mirror=args.mirror)
     eps = episodes(held_out, args.episodes, args.eval_seed)
