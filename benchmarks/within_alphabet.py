@@ -41,6 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fomaml_sklearn import FOMAMLClassifier, presets  # noqa: E402
+from fomaml_sklearn.augmentation import distorted_copies  # noqa: E402
 from fomaml_sklearn.backbones import Conv4Backbone  # noqa: E402
 from fomaml_sklearn.callbacks import TimeCosineLR, TimeLimit  # noqa: E402
 from fomaml_sklearn.datasets import fetch_omniglot, get_data_home, rotate_classes  # noqa: E402
@@ -65,8 +66,13 @@ def known_alphabets(data_home):
     return {name: (a["first"], a["last"]) for name, a in spec["alphabets"].items()}
 
 
-def load(data_home, offline, image_size, rotations=True, mirror=False):
+def load(data_home, offline, image_size, rotations=True, mirror=False, copies=0,
+         copy_strength=0.5, seed=0):
     """Meta-training images and the held-out alphabets' images.
+
+    With ``copies``, each meta-training drawing also gets that many randomly
+    distorted copies (``augmentation.distorted_copies`` at ``copy_strength``,
+    made at 105x105 and then resized), before the rotations.
 
     Returns ``(X_train, y_train, held_out)`` where ``held_out`` maps an
     alphabet name to an array of shape ``(n_characters, 20, 1, S, S)``
@@ -85,6 +91,14 @@ def load(data_home, offline, image_size, rotations=True, mirror=False):
         held_out[name] = np.stack([X[char == c] for c in chars])
     train = ~held[char]
     X_train, y_train = X[train], char[train]
+    if copies:
+        full = fetch_omniglot(data_home, subset="background", image_size=None,
+                              download_if_missing=not offline).images[train]
+        extra = distorted_copies(full, copies, strength=copy_strength,
+                                 image_size=image_size, random_state=seed)
+        del full
+        X_train = np.concatenate([X_train, extra])
+        y_train = np.concatenate([y_train, np.repeat(y_train, copies)])
     if rotations:
         X_train, y_train = rotate_classes(X_train, y_train, mirror=mirror)
     return X_train, y_train, held_out
@@ -219,6 +233,11 @@ def build_parser():
     parser.add_argument("--mirror", action="store_true",
                         help="also the rotations' mirror images as classes (rotate_classes' "
                              "mirror=True: 5776 classes)")
+    parser.add_argument("--copies", type=int, default=0, metavar="K",
+                        help="add K randomly distorted copies of each training drawing, "
+                             "made at 105x105 and resized (augmentation.distorted_copies)")
+    parser.add_argument("--copy-strength", type=float, default=0.5,
+                        help="the copies' distortion strength (1: Koch et al.'s ranges)")
     parser.add_argument("--test-shift", type=int, default=None,
                         help="also score with this test_shift (default: the preset's)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -307,6 +326,9 @@ def run(args):
         raise SystemExit("--load continues for --steps N meta-steps, not --minutes")
     if args.groups and args.no_rotations:
         raise SystemExit("--groups assumes the four rotations of each character")
+    if args.copies < 0:
+        raise SystemExit(f"--copies must be >= 0 (distorted copies of each drawing); "
+                         f"got {args.copies}")
     if args.mirror and args.no_rotations:
         raise SystemExit("--mirror adds the mirror images of the four rotations; "
                          "drop --no-rotations")
@@ -317,7 +339,9 @@ def run(args):
     print(machine_line(), flush=True)
     t0 = time.perf_counter()
     X_train, y_train, held_out = load(args.data_home, args.offline, args.image_size,
-                                      rotations=not args.no_rotations, mirror=args.mirror)
+                                      rotations=not args.no_rotations, mirror=args.mirror,
+                                      copies=args.copies, copy_strength=args.copy_strength,
+                                      seed=args.seed)
     eps = episodes(held_out, args.episodes, args.eval_seed)
     print(f"Meta-training: {len(np.unique(y_train))} classes ({len(y_train)} images, "
           f"{args.image_size}x{args.image_size}); held out: "

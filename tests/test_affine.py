@@ -1,10 +1,10 @@
-"""augmentation.RandomAffine: random affine distortions of meta-training images."""
+"""augmentation.RandomAffine and distorted_copies: random affine distortions."""
 
 import numpy as np
 import pytest
 import torch
 
-from fomaml_sklearn.augmentation import RandomAffine
+from fomaml_sklearn.augmentation import RandomAffine, distorted_copies
 
 
 def _fixed(matrix, image_shape):
@@ -69,3 +69,69 @@ def test_draws_come_from_the_given_generator_only():
     assert a.shape == x.shape
     torch.testing.assert_close(a, b)
     assert not torch.allclose(a, c)
+
+
+def _strokes(n, size=35, seed=0):
+    """``n`` images of random thin strokes (ink 1 on 0)."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, 1, size, size), dtype=np.float32)
+    for image in images:
+        for _ in range(3):
+            r, c = rng.integers(3, size - 3, 2)
+            if rng.random() < 0.5:
+                image[0, r, c - 3:c + 4] = 1
+            else:
+                image[0, r - 3:r + 4, c] = 1
+    return images
+
+
+def test_distorted_copies_at_strength_zero_are_the_area_resized_originals_in_order():
+    """Row i * n_copies + j is copy j of image i; without distortion each copy
+    is the original averaged down as fetch_omniglot averages 105 -> 28."""
+    images = _strokes(3)
+    out = distorted_copies(images, 2, strength=0.0, image_size=7, random_state=0)
+    expected = torch.nn.functional.interpolate(torch.as_tensor(images), size=(7, 7), mode="area")
+    assert out.shape == (6, 1, 7, 7) and out.dtype == np.float32
+    np.testing.assert_allclose(out, np.repeat(expected.numpy(), 2, axis=0), atol=1e-6)
+    same_size = distorted_copies(images, 1, strength=0.0)
+    np.testing.assert_allclose(same_size, images, atol=1e-6)
+
+
+def test_distorted_copies_are_distinct_distortions_of_their_own_image():
+    """Each copy differs from the original and from its sibling copies, and is
+    closer to its own image than to any other; the ink is kept (the scale
+    factors stay within 1 +- 0.1 at strength 0.5)."""
+    images = _strokes(4, seed=1)
+    out = distorted_copies(images, 3, strength=0.5, random_state=0).reshape(4, 3, -1)
+    flat = images.reshape(4, -1)
+    for i in range(4):
+        assert not np.allclose(out[i, 0], out[i, 1])
+        for j in range(3):
+            assert not np.allclose(out[i, j], flat[i])
+            distances = np.abs(flat - out[i, j]).sum(axis=1)
+            assert distances.argmin() == i
+            assert 0.7 < out[i, j].sum() / flat[i].sum() < 1.3
+
+
+def test_distorted_copies_are_seeded_without_global_state():
+    images = _strokes(5)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    a = distorted_copies(images, 2, random_state=7, image_size=10)
+    torch.manual_seed(1)
+    np.random.seed(1)
+    b = distorted_copies(images, 2, random_state=7, image_size=10)
+    c = distorted_copies(images, 2, random_state=8, image_size=10)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(images=np.zeros((2, 35, 35)), n_copies=1), "images must have shape"),
+    (dict(images=np.zeros((2, 1, 9, 9)), n_copies=0), "n_copies must be an integer >= 1"),
+    (dict(images=np.zeros((2, 1, 9, 9)), n_copies=2.0), "got 2.0"),
+    (dict(images=np.zeros((2, 1, 9, 9)), n_copies=1, strength=-1), "strength must be"),
+])
+def test_distorted_copies_errors_name_the_argument_and_value(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        distorted_copies(**kwargs)

@@ -107,6 +107,30 @@ def test_within_alphabet_episodes_stay_inside_one_held_out_alphabet(
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(eps, wa.episodes(held_out, 5, 0)))
 
 
+def test_within_alphabet_distorted_copies_add_drawings_of_training_characters_only(
+        background_only_home, monkeypatch, capsys):
+    """--copies K: every meta-training drawing gets K distorted copies (made
+    at 105x105, resized), under its own class; the held-out alphabets are
+    the same as without copies."""
+    wa = _load_benchmark("within_alphabet", monkeypatch)
+    X, y, held = wa.load(background_only_home, True, 15, rotations=False)
+    Xc, yc, held_c = wa.load(background_only_home, True, 15, rotations=False, copies=2,
+                             copy_strength=0.5)
+    assert len(Xc) == 3 * len(X) and Xc.shape[1:] == X.shape[1:]
+    np.testing.assert_array_equal(Xc[:len(X)], X)
+    np.testing.assert_array_equal(np.unique(yc, return_counts=True)[1],
+                                  3 * np.unique(y, return_counts=True)[1])
+    assert all(np.array_equal(held[n], held_c[n]) for n in held)
+    extra = Xc[len(X):].reshape(len(X), 2, -1)
+    assert not np.allclose(extra[:, 0], X.reshape(len(X), -1))
+    Xr, yr, _ = wa.load(background_only_home, True, 15, copies=1, mirror=True)
+    assert len(Xr) == 2 * 8 * len(X) and len(np.unique(yr)) == 8 * len(np.unique(y))
+    monkeypatch.setattr(wa, "machine_line", lambda: "Machine: test")
+    with pytest.raises(SystemExit, match="--copies must be >= 0"):
+        wa.main(["--data-home", str(background_only_home), "--offline", "--steps", "1",
+                 "--copies", "-1"])
+
+
 def test_within_alphabet_benchmark_runs_through_the_estimator(background_only_home,
                                                               monkeypatch, capsys):
     wa = _load_benchmark("within_alphabet", monkeypatch)
