@@ -78,22 +78,11 @@ def load(data_home, offline, image_size, rotations=True, mirror=False, copies=0,
     alphabet name to an array of shape ``(n_characters, 20, 1, S, S)``
     (character, drawer).
     """
-    data = fetch_omniglot(data_home, subset="background", image_size=image_size,
-                          download_if_missing=not offline)
-    X, char = data.images, data.character
-    ranges = known_alphabets(data_home)
-    held = np.zeros(char.max() + 1, dtype=bool)
-    held_out = {}
-    for name, (first, last) in sorted(ranges.items()):
-        held[first:last + 1] = True
-        chars = np.arange(first, last + 1)
-        # Each character's 20 drawers, in file order (the drawer is the position).
-        held_out[name] = np.stack([X[char == c] for c in chars])
-    train = ~held[char]
+    X, char = _background(data_home, offline, image_size)
+    held_out, train = split_held_out(X, char, known_alphabets(data_home))
     X_train, y_train = X[train], char[train]
     if copies:
-        full = fetch_omniglot(data_home, subset="background", image_size=None,
-                              download_if_missing=not offline).images[train]
+        full = _background(data_home, offline, None)[0][train]
         extra = distorted_copies(full, copies, strength=copy_strength,
                                  image_size=image_size, random_state=seed)
         del full
@@ -102,6 +91,33 @@ def load(data_home, offline, image_size, rotations=True, mirror=False, copies=0,
     if rotations:
         X_train, y_train = rotate_classes(X_train, y_train, mirror=mirror)
     return X_train, y_train, held_out
+
+
+def _background(data_home, offline, image_size):
+    """The background file's images at ``image_size`` (None: 105) and their
+    character numbers."""
+    data = fetch_omniglot(data_home, subset="background", image_size=image_size,
+                          download_if_missing=not offline)
+    return data.images, data.character
+
+
+def split_held_out(X, char, ranges):
+    """``({alphabet: (n_characters, 20, ...) images}, training row mask)``:
+    the alphabets of ``ranges`` held out, every other character's rows for
+    meta-training."""
+    held = np.zeros(char.max() + 1, dtype=bool)
+    held_out = {}
+    for name, (first, last) in sorted(ranges.items()):
+        held[first:last + 1] = True
+        # Each character's 20 drawers, in file order (the drawer is the position).
+        held_out[name] = np.stack([X[char == c] for c in range(first, last + 1)])
+    return held_out, ~held[char]
+
+
+def held_out_full_size(data_home, offline):
+    """The held-out alphabets' images at 105x105 (for test-time copies)."""
+    X, char = _background(data_home, offline, None)
+    return split_held_out(X, char, known_alphabets(data_home))[0]
 
 
 def episodes(held_out, n_episodes, seed):
@@ -119,14 +135,23 @@ def episodes(held_out, n_episodes, seed):
     return out
 
 
-def score(clf, held_out, eps):
+def score(clf, held_out, eps, full_size=None, copies=0, strength=0.5):
     """Per-episode accuracies of ``clf`` (adapt on the support, predict the
-    queries), and the alphabet of each episode."""
+    queries), and the alphabet of each episode. With ``copies``, the support
+    also holds that many distorted copies of each drawing, made from the
+    105x105 images of ``full_size`` (``distorted_copies``; episode ``i``'s
+    copies seeded by ``i``), so each prototype averages them."""
     accs, names = [], []
     labels = np.arange(WAYS)
-    for name, chars, d_s, d_q in eps:
+    for i, (name, chars, d_s, d_q) in enumerate(eps):
         images = held_out[name]
-        clf.adapt(images[chars, d_s], labels)
+        support, support_labels = images[chars, d_s], labels
+        if copies:
+            extra = distorted_copies(full_size[name][chars, d_s], copies, strength=strength,
+                                     image_size=support.shape[-1], random_state=i)
+            support = np.concatenate([support, extra])
+            support_labels = np.concatenate([labels, np.repeat(labels, copies)])
+        clf.adapt(support, support_labels)
         accs.append(float(np.mean(clf.predict(images[chars, d_q]) == labels)))
         names.append(name)
     return np.array(accs), np.array(names)
@@ -238,6 +263,9 @@ def build_parser():
                              "made at 105x105 and resized (augmentation.distorted_copies)")
     parser.add_argument("--copy-strength", type=float, default=0.5,
                         help="the copies' distortion strength (1: Koch et al.'s ranges)")
+    parser.add_argument("--test-copies", type=int, default=0, metavar="K",
+                        help="also score with K distorted copies of each support drawing "
+                             "(made at 105x105, --copy-strength) in the support set")
     parser.add_argument("--test-shift", type=int, default=None,
                         help="also score with this test_shift (default: the preset's)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -326,9 +354,10 @@ def run(args):
         raise SystemExit("--load continues for --steps N meta-steps, not --minutes")
     if args.groups and args.no_rotations:
         raise SystemExit("--groups assumes the four rotations of each character")
-    if args.copies < 0:
-        raise SystemExit(f"--copies must be >= 0 (distorted copies of each drawing); "
-                         f"got {args.copies}")
+    for flag, value in (("--copies", args.copies), ("--test-copies", args.test_copies)):
+        if value < 0:
+            raise SystemExit(f"{flag} must be >= 0 (distorted copies of each drawing); "
+                             f"got {value}")
     if args.mirror and args.no_rotations:
         raise SystemExit("--mirror adds the mirror images of the four rotations; "
                          "drop --no-rotations")
@@ -359,16 +388,19 @@ def run(args):
     else:
         clf, minutes = train(args, params, X_train, y_train)
     results = {}
-    for shift in sorted({0, test_shift}):
-        clf.set_params(test_shift=shift)
-        t0 = time.perf_counter()
-        accs, names = score(clf, held_out, eps)
-        mean, ci_ep, ci_alpha, per = summary(accs, names)
-        results[shift] = mean
-        print(f"within-alphabet {WAYS}-way 1-shot, test_shift={shift}: {100 * mean:.2f} % "
-              f"+- {100 * ci_ep:.2f} (episodes) +- {100 * ci_alpha:.2f} (alphabets); "
-              f"{time.perf_counter() - t0:.0f} s")
-        print("  per alphabet: " + ", ".join(f"{n} {100 * a:.1f}" for n, a in per.items()))
+    full_size = held_out_full_size(args.data_home, args.offline) if args.test_copies else None
+    for copies in sorted({0, args.test_copies}):
+        for shift in sorted({0, test_shift}):
+            clf.set_params(test_shift=shift)
+            t0 = time.perf_counter()
+            accs, names = score(clf, held_out, eps, full_size, copies, args.copy_strength)
+            mean, ci_ep, ci_alpha, per = summary(accs, names)
+            results[(shift, copies) if args.test_copies else shift] = mean
+            with_copies = f", {copies} test copies" if copies else ""
+            print(f"within-alphabet {WAYS}-way 1-shot, test_shift={shift}{with_copies}: "
+                  f"{100 * mean:.2f} % +- {100 * ci_ep:.2f} (episodes) +- "
+                  f"{100 * ci_alpha:.2f} (alphabets); {time.perf_counter() - t0:.0f} s")
+            print("  per alphabet: " + ", ".join(f"{n} {100 * a:.1f}" for n, a in per.items()))
     return dict(n_steps=clf.n_meta_steps_, minutes=minutes, accuracy=results)
 
 

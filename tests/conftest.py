@@ -41,19 +41,26 @@ def subspace_data():
 
 
 @pytest.fixture(scope="session")
-def omniglot_slice():
-    """40 characters x 20 drawers of Omniglot at 28x28 (ink = 1), or skip."""
+def omniglot_slice_105():
+    """The first 80 characters x 20 drawers of Omniglot at 105x105, float32
+    (ink = 1), and their labels; or skip."""
     path = SHARED_OMNIGLOT / "images_background.npz"
     if not path.exists():
         pytest.skip(f"Omniglot copy not found at {SHARED_OMNIGLOT} (set FOMAML_TEST_OMNIGLOT)")
+    with np.load(path) as data:
+        images = data["images"][:80]
+    ink = (~images).astype(np.float32).reshape(-1, 1, 105, 105)
+    return ink, np.repeat(np.arange(80), 20)
+
+
+@pytest.fixture(scope="session")
+def omniglot_slice(omniglot_slice_105):
+    """80 characters x 20 drawers of Omniglot at 28x28 (ink = 1), or skip."""
     import torch
     from torch.nn import functional as F
 
-    with np.load(path) as data:
-        images = data["images"][:80]
-    ink = torch.from_numpy(~images).float().reshape(-1, 1, 105, 105)
-    X = F.interpolate(ink, size=(28, 28), mode="area").numpy()
-    y = np.repeat(np.arange(80), 20)
+    ink, y = omniglot_slice_105
+    X = F.interpolate(torch.from_numpy(ink), size=(28, 28), mode="area").numpy()
     return X, y
 
 

@@ -126,9 +126,26 @@ def test_within_alphabet_distorted_copies_add_drawings_of_training_characters_on
     Xr, yr, _ = wa.load(background_only_home, True, 15, copies=1, mirror=True)
     assert len(Xr) == 2 * 8 * len(X) and len(np.unique(yr)) == 8 * len(np.unique(y))
     monkeypatch.setattr(wa, "machine_line", lambda: "Machine: test")
-    with pytest.raises(SystemExit, match="--copies must be >= 0"):
-        wa.main(["--data-home", str(background_only_home), "--offline", "--steps", "1",
-                 "--copies", "-1"])
+    for flag in ("--copies", "--test-copies"):
+        with pytest.raises(SystemExit, match=f"{flag} must be >= 0"):
+            wa.main(["--data-home", str(background_only_home), "--offline", "--steps", "1",
+                     flag, "-1"])
+    # --test-copies K: every support drawing's K copies join the support set.
+    out = wa.main(["--data-home", str(background_only_home), "--offline", "--episodes", "2",
+                   "--threads", "1", "--image-size", "15", "--steps", "2", "--copies", "1",
+                   "--test-copies", "2", "--test-shift", "1", "--set", "n_filters=4",
+                   "--set", "meta_batch_size=2", "--set", "meta_batches_per_epoch=2"])
+    assert set(out["accuracy"]) == {(0, 0), (1, 0), (0, 2), (1, 2)}
+    assert "test_shift=1, 2 test copies:" in capsys.readouterr().out
+    adapted = []
+    monkeypatch.setattr(wa.FOMAMLClassifier, "adapt",
+                        lambda self, X, y: adapted.append((X.shape, np.bincount(y))) or self)
+    monkeypatch.setattr(wa.FOMAMLClassifier, "predict", lambda self, X: np.arange(len(X)))
+    eps = wa.episodes(held, 1, seed=0)
+    full = wa.held_out_full_size(background_only_home, True)
+    accs, _ = wa.score(wa.FOMAMLClassifier(), held, eps, full, copies=3)
+    assert accs.tolist() == [1.0, 1.0]
+    assert adapted[0][0] == (80, 1, 15, 15) and adapted[0][1].tolist() == [4] * 20
 
 
 def test_within_alphabet_benchmark_runs_through_the_estimator(background_only_home,
