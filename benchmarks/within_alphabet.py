@@ -42,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fomaml_sklearn import FOMAMLClassifier, presets  # noqa: E402
 from fomaml_sklearn.augmentation import distorted_copies  # noqa: E402
-from fomaml_sklearn.backbones import Conv4Backbone  # noqa: E402
+from fomaml_sklearn.backbones import SupportBatchNorm  # noqa: E402
 from fomaml_sklearn.callbacks import TimeCosineLR, TimeLimit  # noqa: E402
 from fomaml_sklearn.datasets import fetch_omniglot, get_data_home, rotate_classes  # noqa: E402
 
@@ -203,26 +203,47 @@ def _with_affine(strength):
 
 
 class ProbeConv4(torch.nn.Module):
-    """An experiment's backbone (``--feature-norm``, ``--no-last-pool``): the
-    built-in Conv-4, optionally without its last max-pool (3x3 maps of 64
-    filters at 28x28: 576 features instead of 64), with its features scaled
+    """An experiment's backbone (``--feature-norm``, ``--no-last-pool``,
+    ``--blocks``, ``--first-pool``): the built-in Conv-4's blocks
+    (``[conv 3x3, SupportBatchNorm, max-pool, ReLU]``), ``n_blocks`` of them
+    (a fifth block takes 56x56 images down to 1x1 as four do 28x28), the
+    first one pooling by ``first_pool`` (4: a 56x56 image's first maps go
+    straight to 14x14, so only the first convolution runs at the higher
+    resolution), its convolution ``first_kernel`` wide at ``first_stride``
+    (2: a learnt downsampling of 56x56 images to 28x28 maps, after which the
+    blocks cost what they do at 28x28), optionally without the last max-pool (3x3 maps of 64
+    filters at 28x28: 576 features instead of 64), with the features scaled
     to the norm ``feature_norm`` (0: as they are). With normalised features
     the prototype head ranks classes by cosine similarity, at a fixed scale
     (the logit gap grows with ``feature_norm ** 2``). A user module, so
     ``task_batching="auto"`` keeps the loop; it draws no random numbers, so
     the benchmark asks for ``"threads"``."""
 
-    def __init__(self, input_shape, n_filters=64, feature_norm=0.0, last_pool=True):
+    def __init__(self, input_shape, n_filters=64, feature_norm=0.0, last_pool=True,
+                 n_blocks=4, first_pool=2, first_stride=1, first_kernel=3):
         super().__init__()
-        self.net = Conv4Backbone(input_shape, n_filters)
-        if not last_pool:
-            blocks = list(self.net.blocks)
-            last = max(i for i, b in enumerate(blocks) if isinstance(b, torch.nn.MaxPool2d))
-            self.net.blocks = torch.nn.Sequential(*blocks[:last], *blocks[last + 1:])
+        self.input_shape = tuple(int(s) for s in input_shape)
+        channels, height, _ = self.input_shape
+        blocks = []
+        for i in range(n_blocks):
+            kernel, stride = (first_kernel, first_stride) if i == 0 else (3, 1)
+            blocks += [torch.nn.Conv2d(channels, n_filters, kernel, stride=stride,
+                                       padding=kernel // 2),
+                       SupportBatchNorm(n_filters)]
+            height = (height + 2 * (kernel // 2) - kernel) // stride + 1
+            pool = first_pool if i == 0 else 2
+            if height >= pool and (last_pool or i < n_blocks - 1):
+                blocks.append(torch.nn.MaxPool2d(pool))
+                height //= pool
+            blocks.append(torch.nn.ReLU())
+            channels = n_filters
+        self.blocks = torch.nn.Sequential(*blocks).to(memory_format=torch.channels_last)
         self.feature_norm = float(feature_norm)
 
     def forward(self, x):
-        feats = self.net(x)
+        x = x.reshape((x.shape[0],) + self.input_shape)
+        x = x.contiguous(memory_format=torch.channels_last)
+        feats = self.blocks(x).flatten(1)
         if self.feature_norm:
             feats = torch.nn.functional.normalize(feats, dim=1) * self.feature_norm
         return feats
@@ -281,6 +302,17 @@ def build_parser():
                              "prototypes at a fixed scale; ProbeConv4)")
     parser.add_argument("--no-last-pool", action="store_true",
                         help="experiment: Conv-4 without its last max-pool (ProbeConv4)")
+    parser.add_argument("--blocks", type=int, default=4,
+                        help="experiment: this many convolution blocks (ProbeConv4; 5 "
+                             "takes 56x56 down to 1x1)")
+    parser.add_argument("--first-stride", type=int, default=1,
+                        help="experiment: the first convolution's stride (ProbeConv4; 2 "
+                             "takes 56x56 images to 28x28 maps)")
+    parser.add_argument("--first-kernel", type=int, default=3,
+                        help="experiment: the first convolution's width (ProbeConv4)")
+    parser.add_argument("--first-pool", type=int, default=2,
+                        help="experiment: the first block's max-pool size (ProbeConv4; 4 "
+                             "runs only the first convolution at 56x56)")
     parser.add_argument("--save", default=None, help="save the meta-trained model here")
     parser.add_argument("--load", default=None,
                         help="score this saved model instead of meta-training one (--set "
@@ -299,11 +331,14 @@ def train(args, params, X_train, y_train):
     else:
         params.update(max_epochs=100_000, lr_schedule="constant")
         callbacks = [TimeLimit(args.minutes), TimeCosineLR(args.minutes)]
-    if args.feature_norm or args.no_last_pool:
+    probe = dict(n_blocks=args.blocks, first_pool=args.first_pool,
+                 first_stride=args.first_stride, first_kernel=args.first_kernel)
+    if args.feature_norm or args.no_last_pool or probe != dict(
+            n_blocks=4, first_pool=2, first_stride=1, first_kernel=3):
         size = (1, args.image_size, args.image_size)
         params.update(module=ProbeConv4, task_batching="threads", module_params=dict(
             input_shape=size, n_filters=params.pop("n_filters", 64),
-            feature_norm=args.feature_norm, last_pool=not args.no_last_pool))
+            feature_norm=args.feature_norm, last_pool=not args.no_last_pool, **probe))
     cls = FOMAMLClassifier
     if args.affine:
         cls = _with_affine(args.affine)

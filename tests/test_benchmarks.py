@@ -192,6 +192,21 @@ def test_within_alphabet_probe_backbone_normalises_and_keeps_the_last_maps(
     plain = wa.ProbeConv4((1, 28, 28), n_filters=8)
     probe = wa.ProbeConv4((1, 28, 28), n_filters=8, feature_norm=3.0, last_pool=False)
     assert plain(x).shape == (5, 8)  # 28 -> 14 -> 7 -> 3 -> 1
+    # The same network as the built-in Conv-4 (layer for layer, same weights).
+    from fomaml_sklearn.backbones import Conv4Backbone
+
+    reference = Conv4Backbone((1, 28, 28), n_filters=8)
+    reference.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(plain.eval()(x), reference.eval()(x))
+    # At 56x56: a fifth block, a first pool of 4, or a first stride of 2 all
+    # end at 1x1 maps; the strided one runs its second block on 14x14 maps.
+    big = torch.rand(5, 1, 56, 56)
+    for options in (dict(n_blocks=5), dict(first_pool=4),
+                    dict(first_stride=2, first_kernel=5)):
+        assert wa.ProbeConv4((1, 56, 56), n_filters=8, **options)(big).shape == (5, 8)
+    strided = wa.ProbeConv4((1, 56, 56), n_filters=8, first_stride=2, first_kernel=5)
+    assert strided.blocks[:3](big.contiguous(memory_format=torch.channels_last)).shape \
+        == (5, 8, 14, 14)
     feats = probe(x)
     assert feats.shape == (5, 8 * 3 * 3)
     torch.testing.assert_close(feats.norm(dim=1), torch.full((5,), 3.0))
