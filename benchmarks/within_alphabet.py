@@ -24,6 +24,8 @@ python benchmarks/within_alphabet.py --data-home ../shared/data --steps 500 --th
 python benchmarks/within_alphabet.py --data-home ../shared/data --steps 200 \
     --image-size 56 --feature-norm 3
 python benchmarks/within_alphabet.py --data-home ../shared/data --minutes 59.5 --threads 2
+python benchmarks/within_alphabet.py --data-home ../shared/data --steps 500 --groups 20 \
+    --image-size 56 --first-stride 2 --first-kernel 5 --set augment_shift=4
 python benchmarks/within_alphabet.py --data-home ../shared/data --load wa55.fomaml --steps 300 \
     --groups 20 --set n_ways=20 --set lr=3e-4
 """
@@ -132,6 +134,46 @@ def episodes(held_out, n_episodes, seed):
             chars = rng.choice(len(images), WAYS, replace=False)
             d_support, d_query = rng.choice(images.shape[1], 2, replace=False)
             out.append((name, chars, int(d_support), int(d_query)))
+    return out
+
+
+def drawer_pair_episodes(held_out, seed):
+    """One episode per ordered pair of drawers (support, query) of each
+    alphabet with at least 20 characters, each with its own random 20
+    characters: ``[(alphabet, characters, support drawer, query drawer)]``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for name, images in sorted(held_out.items()):
+        if len(images) < WAYS:
+            continue
+        n_drawers = images.shape[1]
+        for d_support in range(n_drawers):
+            for d_query in range(n_drawers):
+                if d_support != d_query:
+                    chars = rng.choice(len(images), WAYS, replace=False)
+                    out.append((name, chars, d_support, d_query))
+    return out
+
+
+def drawer_summary(accs, eps, n_worst=3):
+    """Per alphabet: ``(mean, drawers from worst, each drawer's mean,
+    [mean without the k worst drawers for k = 1 .. n_worst])`` (k up to
+    two drawers fewer than there are). A drawer's
+    mean averages its episodes as support and as query; without a drawer,
+    every episode it draws for is dropped."""
+    out = {}
+    for name in sorted({e[0] for e in eps}):
+        rows = [(e[2], e[3], a) for e, a in zip(eps, accs) if e[0] == name]
+        n = 1 + max(max(d_s, d_q) for d_s, d_q, _ in rows)
+        per = np.array([np.mean([a for d_s, d_q, a in rows if d in (d_s, d_q)])
+                        for d in range(n)])
+        order = [int(d) for d in np.argsort(per, kind="stable")]
+        without = []
+        for k in range(1, min(n_worst, n - 2) + 1):  # at least two drawers left
+            gone = set(order[:k])
+            without.append(float(np.mean([a for d_s, d_q, a in rows
+                                          if d_s not in gone and d_q not in gone])))
+        out[name] = (float(np.mean([a for *_, a in rows])), order, per, without)
     return out
 
 
@@ -287,6 +329,10 @@ def build_parser():
     parser.add_argument("--test-copies", type=int, default=0, metavar="K",
                         help="also score with K distorted copies of each support drawing "
                              "(made at 105x105, --copy-strength) in the support set")
+    parser.add_argument("--drawer-pairs", action="store_true",
+                        help="also score one episode per ordered pair of drawers of each "
+                             "alphabet (test_shift=0) and print each alphabet's worst drawers "
+                             "and its accuracy without them")
     parser.add_argument("--test-shift", type=int, default=None,
                         help="also score with this test_shift (default: the preset's)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -436,7 +482,32 @@ def run(args):
                   f"{100 * mean:.2f} % +- {100 * ci_ep:.2f} (episodes) +- "
                   f"{100 * ci_alpha:.2f} (alphabets); {time.perf_counter() - t0:.0f} s")
             print("  per alphabet: " + ", ".join(f"{n} {100 * a:.1f}" for n, a in per.items()))
-    return dict(n_steps=clf.n_meta_steps_, minutes=minutes, accuracy=results)
+    out = dict(n_steps=clf.n_meta_steps_, minutes=minutes, accuracy=results)
+    if args.drawer_pairs:
+        out["drawers"] = score_drawer_pairs(clf, held_out, args.eval_seed)
+    return out
+
+
+def score_drawer_pairs(clf, held_out, seed):
+    """``--drawer-pairs``: score every ordered pair of drawers (no test-time
+    shifts) and print, per alphabet, the accuracy, the three worst drawers
+    and the accuracy without them."""
+    clf.set_params(test_shift=0)
+    eps = drawer_pair_episodes(held_out, seed)
+    t0 = time.perf_counter()
+    accs, _ = score(clf, held_out, eps)
+    table = drawer_summary(accs, eps)
+    without_worst = [t[3][0] for t in table.values() if t[3]]
+    print(f"Every ordered pair of drawers ({len(eps)} episodes, test_shift=0, "
+          f"{time.perf_counter() - t0:.0f} s): {100 * accs.mean():.2f} %"
+          + (f"; without each alphabet's worst drawer: {100 * np.mean(without_worst):.2f} %"
+             if without_worst else ""))
+    for name, (mean, order, per, without) in table.items():
+        print(f"  {name}: {100 * mean:.1f}; worst drawers "
+              + ", ".join(f"{d} ({100 * per[d]:.0f})" for d in order[:3])
+              + f", best {100 * per.max():.0f}; without the 1 / 2 / 3 worst: "
+              + " / ".join(f"{100 * w:.1f}" for w in without))
+    return table
 
 
 def main(argv=None):

@@ -181,6 +181,27 @@ def test_within_alphabet_benchmark_runs_through_the_estimator(background_only_ho
     assert reloaded.n_meta_steps_ == 6 and reloaded.lr == 0.0003
     with pytest.raises(SystemExit, match="not --minutes"):
         wa.main([*common, "--load", str(model), "--minutes", "1"])
+    # --drawer-pairs scores one episode per ordered pair of drawers (2 here).
+    pairs = wa.main([*common, "--load", str(model), "--test-shift", "0", "--drawer-pairs"])
+    assert sorted(pairs["drawers"]) == ["A", "B"]
+    assert "Every ordered pair of drawers (4 episodes" in capsys.readouterr().out
+
+
+def test_within_alphabet_drawer_summary_finds_the_drawer_that_spoils_episodes(
+        background_only_home, monkeypatch):
+    wa = _load_benchmark("within_alphabet", monkeypatch)
+    held_out = {"A": np.zeros((24, 5, 1, 4, 4)), "Short": np.zeros((17, 5, 1, 4, 4))}
+    eps = wa.drawer_pair_episodes(held_out, seed=0)
+    assert len(eps) == 5 * 4 and {e[0] for e in eps} == {"A"}
+    assert {(e[2], e[3]) for e in eps} == {(a, b) for a in range(5) for b in range(5) if a != b}
+    # Every episode drawn by drawer 3 fails, drawer 1's as support half fail.
+    accs = np.array([0.0 if 3 in (d_s, d_q) else 0.5 if d_s == 1 else 1.0
+                     for _, _, d_s, d_q in eps])
+    mean, order, per, without = wa.drawer_summary(accs, eps)["A"]
+    assert mean == pytest.approx(accs.mean())
+    assert order[:2] == [3, 1] and per[3] == 0.0
+    assert without[0] == pytest.approx(np.mean([0.5] * 3 + [1.0] * 9))  # drawers 0, 1, 2, 4
+    assert without[1] == 1.0 and len(without) == 3
 
 
 def test_within_alphabet_probe_backbone_normalises_and_keeps_the_last_maps(
