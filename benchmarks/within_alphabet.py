@@ -359,7 +359,9 @@ def build_parser():
     parser.add_argument("--first-pool", type=int, default=2,
                         help="experiment: the first block's max-pool size (ProbeConv4; 4 "
                              "runs only the first convolution at 56x56)")
-    parser.add_argument("--save", default=None, help="save the meta-trained model here")
+    parser.add_argument("--save", default=None,
+                        help="save the meta-trained model here (a .joblib name pickles it, "
+                             "as the experiment's backbones need)")
     parser.add_argument("--load", default=None,
                         help="score this saved model instead of meta-training one (--set "
                              "then changes test-time parameters, e.g. n_inner_steps_test=10); "
@@ -377,10 +379,9 @@ def train(args, params, X_train, y_train):
     else:
         params.update(max_epochs=100_000, lr_schedule="constant")
         callbacks = [TimeLimit(args.minutes), TimeCosineLR(args.minutes)]
-    probe = dict(n_blocks=args.blocks, first_pool=args.first_pool,
-                 first_stride=args.first_stride, first_kernel=args.first_kernel)
-    if args.feature_norm or args.no_last_pool or probe != dict(
-            n_blocks=4, first_pool=2, first_stride=1, first_kernel=3):
+    if uses_probe_backbone(args):
+        probe = dict(n_blocks=args.blocks, first_pool=args.first_pool,
+                     first_stride=args.first_stride, first_kernel=args.first_kernel)
         size = (1, args.image_size, args.image_size)
         params.update(module=ProbeConv4, task_batching="threads", module_params=dict(
             input_shape=size, n_filters=params.pop("n_filters", 64),
@@ -397,6 +398,34 @@ def train(args, params, X_train, y_train):
     return clf, minutes
 
 
+def uses_probe_backbone(args):
+    """Whether the options ask for the experiment's backbone, ProbeConv4."""
+    return bool(args.feature_norm or args.no_last_pool or args.blocks != 4
+                or args.first_pool != 2 or args.first_stride != 1 or args.first_kernel != 3)
+
+
+def save_model(clf, path):
+    """``--save``: the estimator's safe format for the built-in backbones; a
+    pickle (joblib) for ProbeConv4, user code the safe format cannot rebuild
+    (``run`` asks for a ``.joblib`` name then, before meta-training)."""
+    if str(path).endswith(".joblib"):
+        import joblib
+
+        joblib.dump(clf, path)
+    else:
+        clf.save(path)
+
+
+def load_model(path):
+    """``--load``: a ``.joblib`` pickle of :func:`save_model` (trusted: this
+    benchmark's own files) or the estimator's safe format."""
+    if str(path).endswith(".joblib"):
+        import joblib
+
+        return joblib.load(path)
+    return FOMAMLClassifier.load(path)
+
+
 def fit_and_save(args, clf, X_train, y_train):
     """``clf.fit`` (with ``--groups``' blocks if given), then ``--save``; the
     minutes the fit took."""
@@ -408,7 +437,7 @@ def fit_and_save(args, clf, X_train, y_train):
         clf.fit(X_train, y_train)
     minutes = (time.perf_counter() - t0) / 60
     if args.save:
-        clf.save(args.save)
+        save_model(clf, args.save)
     return minutes
 
 
@@ -442,6 +471,10 @@ def run(args):
     if args.mirror and args.no_rotations:
         raise SystemExit("--mirror adds the mirror images of the four rotations; "
                          "drop --no-rotations")
+    if args.save and uses_probe_backbone(args) and not args.save.endswith(".joblib"):
+        raise SystemExit(f"--save {args.save}: the experiment's backbone (ProbeConv4) is "
+                         "user code, which the estimator's safe format cannot rebuild; give "
+                         "a .joblib file name to pickle the model instead")
     changes = parse_set(args.set)  # parsed once, before the data are loaded
     params = {**presets.OMNIGLOT_WITHIN_ALPHABET, **changes}
     test_shift = params.pop("test_shift", 0) if args.test_shift is None else args.test_shift
@@ -460,7 +493,7 @@ def run(args):
           f"{time.perf_counter() - t0:.1f} s", flush=True)
     minutes = None
     if args.load:
-        clf = FOMAMLClassifier.load(args.load)
+        clf = load_model(args.load)
         clf.set_params(**changes)
         print(f"Loaded {args.load}: {clf.n_meta_steps_} meta-steps; parameters set "
               + ", ".join(f"{k}={v!r}" for k, v in sorted(changes.items())))

@@ -205,7 +205,7 @@ def test_within_alphabet_drawer_summary_finds_the_drawer_that_spoils_episodes(
 
 
 def test_within_alphabet_probe_backbone_normalises_and_keeps_the_last_maps(
-        background_only_home, monkeypatch, capsys):
+        background_only_home, monkeypatch, capsys, tmp_path):
     import torch
 
     wa = _load_benchmark("within_alphabet", monkeypatch)
@@ -241,6 +241,20 @@ def test_within_alphabet_probe_backbone_normalises_and_keeps_the_last_maps(
     assert out["n_steps"] == 2
     text = capsys.readouterr().out
     assert "ProbeConv4" in text and "'feature_norm': 3.0" in text
+    # The estimator's safe format cannot rebuild the probe (user code): --save
+    # asks for a .joblib name before meta-training, and a pickle loads again.
+    probe_args = ["--data-home", str(background_only_home), "--offline", "--episodes", "2",
+                  "--threads", "1", "--image-size", "15", "--set", "meta_batch_size=2",
+                  "--set", "meta_batches_per_epoch=2", "--set", "n_filters=4",
+                  "--test-shift", "0", "--first-stride", "2"]
+    with pytest.raises(SystemExit, match="give a .joblib file name"):
+        wa.main([*probe_args, "--steps", "2", "--save", str(tmp_path / "probe.fomaml")])
+    assert not (tmp_path / "probe.fomaml").exists()
+    monkeypatch.setitem(sys.modules, wa.__name__, wa)  # pickles find the class there
+    saved = tmp_path / "probe.joblib"
+    first = wa.main([*probe_args, "--steps", "2", "--save", str(saved)])
+    again = wa.main([*probe_args, "--load", str(saved)])
+    assert again["accuracy"] == first["accuracy"] and again["n_steps"] == 2
 
 
 def test_within_alphabet_groups_are_blocks_of_characters_at_one_rotation(
