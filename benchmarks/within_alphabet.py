@@ -244,20 +244,26 @@ def _with_affine(strength):
     return AffineClassifier
 
 
+# ProbeConv4's block options whose values give the built-in Conv-4 (the
+# command line's defaults; any other value asks for ProbeConv4).
+PROBE_DEFAULTS = dict(n_blocks=4, first_pool=2, first_stride=1, first_kernel=3)
+
+
 class ProbeConv4(torch.nn.Module):
     """An experiment's backbone (``--feature-norm``, ``--no-last-pool``,
-    ``--blocks``, ``--first-pool``): the built-in Conv-4's blocks
-    (``[conv 3x3, SupportBatchNorm, max-pool, ReLU]``), ``n_blocks`` of them
-    (a fifth block takes 56x56 images down to 1x1 as four do 28x28), the
-    first one pooling by ``first_pool`` (4: a 56x56 image's first maps go
-    straight to 14x14, so only the first convolution runs at the higher
-    resolution), its convolution ``first_kernel`` wide at ``first_stride``
-    (2: a learnt downsampling of 56x56 images to 28x28 maps, after which the
-    blocks cost what they do at 28x28), optionally without the last max-pool (3x3 maps of 64
-    filters at 28x28: 576 features instead of 64), with the features scaled
-    to the norm ``feature_norm`` (0: as they are). With normalised features
-    the prototype head ranks classes by cosine similarity, at a fixed scale
-    (the logit gap grows with ``feature_norm ** 2``). A user module, so
+    ``--blocks``, ``--first-pool``, ``--first-stride``, ``--first-kernel``):
+    the built-in Conv-4's blocks (``[conv 3x3, SupportBatchNorm, max-pool,
+    ReLU]``), ``n_blocks`` of them (a fifth block takes 56x56 images down to
+    1x1 as four do 28x28), the first one pooling by ``first_pool`` (4: a
+    56x56 image's first maps go straight to 14x14, so only the first
+    convolution runs at the higher resolution), its convolution
+    ``first_kernel`` wide at ``first_stride`` (2: a learnt downsampling of
+    56x56 images to 28x28 maps, after which the blocks cost what they do at
+    28x28), optionally without the last max-pool (3x3 maps of 64 filters at
+    28x28: 576 features instead of 64), with the features scaled to the norm
+    ``feature_norm`` (0: as they are). With normalised features the
+    prototype head ranks classes by cosine similarity, at a fixed scale (the
+    logit gap grows with ``feature_norm ** 2``). A user module, so
     ``task_batching="auto"`` keeps the loop; it draws no random numbers, so
     the benchmark asks for ``"threads"``."""
 
@@ -348,15 +354,15 @@ def build_parser():
                              "prototypes at a fixed scale; ProbeConv4)")
     parser.add_argument("--no-last-pool", action="store_true",
                         help="experiment: Conv-4 without its last max-pool (ProbeConv4)")
-    parser.add_argument("--blocks", type=int, default=4,
+    parser.add_argument("--blocks", type=int, default=PROBE_DEFAULTS["n_blocks"],
                         help="experiment: this many convolution blocks (ProbeConv4; 5 "
                              "takes 56x56 down to 1x1)")
-    parser.add_argument("--first-stride", type=int, default=1,
+    parser.add_argument("--first-stride", type=int, default=PROBE_DEFAULTS["first_stride"],
                         help="experiment: the first convolution's stride (ProbeConv4; 2 "
                              "takes 56x56 images to 28x28 maps)")
-    parser.add_argument("--first-kernel", type=int, default=3,
+    parser.add_argument("--first-kernel", type=int, default=PROBE_DEFAULTS["first_kernel"],
                         help="experiment: the first convolution's width (ProbeConv4)")
-    parser.add_argument("--first-pool", type=int, default=2,
+    parser.add_argument("--first-pool", type=int, default=PROBE_DEFAULTS["first_pool"],
                         help="experiment: the first block's max-pool size (ProbeConv4; 4 "
                              "runs only the first convolution at 56x56)")
     parser.add_argument("--save", default=None,
@@ -380,12 +386,11 @@ def train(args, params, X_train, y_train):
         params.update(max_epochs=100_000, lr_schedule="constant")
         callbacks = [TimeLimit(args.minutes), TimeCosineLR(args.minutes)]
     if uses_probe_backbone(args):
-        probe = dict(n_blocks=args.blocks, first_pool=args.first_pool,
-                     first_stride=args.first_stride, first_kernel=args.first_kernel)
         size = (1, args.image_size, args.image_size)
         params.update(module=ProbeConv4, task_batching="threads", module_params=dict(
             input_shape=size, n_filters=params.pop("n_filters", 64),
-            feature_norm=args.feature_norm, last_pool=not args.no_last_pool, **probe))
+            feature_norm=args.feature_norm, last_pool=not args.no_last_pool,
+            **probe_options(args)))
     cls = FOMAMLClassifier
     if args.affine:
         cls = _with_affine(args.affine)
@@ -398,10 +403,16 @@ def train(args, params, X_train, y_train):
     return clf, minutes
 
 
+def probe_options(args):
+    """ProbeConv4's block options from the command line (``PROBE_DEFAULTS``' keys)."""
+    return dict(n_blocks=args.blocks, first_pool=args.first_pool,
+                first_stride=args.first_stride, first_kernel=args.first_kernel)
+
+
 def uses_probe_backbone(args):
     """Whether the options ask for the experiment's backbone, ProbeConv4."""
-    return bool(args.feature_norm or args.no_last_pool or args.blocks != 4
-                or args.first_pool != 2 or args.first_stride != 1 or args.first_kernel != 3)
+    return bool(args.feature_norm or args.no_last_pool
+                or probe_options(args) != PROBE_DEFAULTS)
 
 
 def save_model(clf, path):
