@@ -33,6 +33,7 @@ python benchmarks/within_alphabet.py --data-home ../shared/data --load wa55.foma
 import argparse
 import ast
 import json
+import math
 import os
 import sys
 import time
@@ -263,12 +264,14 @@ class ProbeConv4(torch.nn.Module):
     28x28: 576 features instead of 64), with the features scaled to the norm
     ``feature_norm`` (0: as they are). With normalised features the
     prototype head ranks classes by cosine similarity, at a fixed scale (the
-    logit gap grows with ``feature_norm ** 2``). A user module, so
+    logit gap grows with ``feature_norm ** 2``), or with ``learn_scale``
+    at a learnt scale that starts at ``feature_norm`` (a meta-parameter,
+    ``log_scale``, which the inner loop adapts too). A user module, so
     ``task_batching="auto"`` keeps the loop; it draws no random numbers, so
     the benchmark asks for ``"threads"``."""
 
     def __init__(self, input_shape, n_filters=64, feature_norm=0.0, last_pool=True,
-                 n_blocks=4, first_pool=2, first_stride=1, first_kernel=3):
+                 n_blocks=4, first_pool=2, first_stride=1, first_kernel=3, learn_scale=False):
         super().__init__()
         self.input_shape = tuple(int(s) for s in input_shape)
         channels, height, _ = self.input_shape
@@ -287,12 +290,18 @@ class ProbeConv4(torch.nn.Module):
             channels = n_filters
         self.blocks = torch.nn.Sequential(*blocks).to(memory_format=torch.channels_last)
         self.feature_norm = float(feature_norm)
+        if learn_scale and not self.feature_norm:
+            raise ValueError("learn_scale=True needs feature_norm > 0, the scale it starts at")
+        self.log_scale = (torch.nn.Parameter(torch.tensor(math.log(self.feature_norm)))
+                          if learn_scale else None)
 
     def forward(self, x):
         x = x.reshape((x.shape[0],) + self.input_shape)
         x = x.contiguous(memory_format=torch.channels_last)
         feats = self.blocks(x).flatten(1)
-        if self.feature_norm:
+        if self.log_scale is not None:
+            feats = torch.nn.functional.normalize(feats, dim=1) * self.log_scale.exp()
+        elif self.feature_norm:
             feats = torch.nn.functional.normalize(feats, dim=1) * self.feature_norm
         return feats
 
@@ -352,6 +361,9 @@ def build_parser():
     parser.add_argument("--feature-norm", type=float, default=0.0, metavar="SCALE",
                         help="experiment: Conv-4 features scaled to this norm (cosine "
                              "prototypes at a fixed scale; ProbeConv4)")
+    parser.add_argument("--learn-scale", action="store_true",
+                        help="experiment: with --feature-norm, a learnt scale starting there "
+                             "(cosine prototypes with a learned scale; ProbeConv4)")
     parser.add_argument("--no-last-pool", action="store_true",
                         help="experiment: Conv-4 without its last max-pool (ProbeConv4)")
     parser.add_argument("--blocks", type=int, default=PROBE_DEFAULTS["n_blocks"],
@@ -390,7 +402,7 @@ def train(args, params, X_train, y_train):
         params.update(module=ProbeConv4, task_batching="threads", module_params=dict(
             input_shape=size, n_filters=params.pop("n_filters", 64),
             feature_norm=args.feature_norm, last_pool=not args.no_last_pool,
-            **probe_options(args)))
+            learn_scale=args.learn_scale, **probe_options(args)))
     cls = FOMAMLClassifier
     if args.affine:
         cls = _with_affine(args.affine)
@@ -482,6 +494,9 @@ def run(args):
     if args.mirror and args.no_rotations:
         raise SystemExit("--mirror adds the mirror images of the four rotations; "
                          "drop --no-rotations")
+    if args.learn_scale and not args.feature_norm > 0:
+        raise SystemExit("--learn-scale learns the scale of normalised features: give the "
+                         "scale it starts at with --feature-norm SCALE (e.g. 3)")
     if args.save and uses_probe_backbone(args) and not args.save.endswith(".joblib"):
         raise SystemExit(f"--save {args.save}: the experiment's backbone (ProbeConv4) is "
                          "user code, which the estimator's safe format cannot rebuild; give "

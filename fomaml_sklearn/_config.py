@@ -226,9 +226,10 @@ def resolve_task_batching(task_batching, algorithm, meta_model, device, precisio
 
 
 def resolve_inner_lr(inner_lr, head):
-    """``"auto"``: 0.01 with the prototype head, 0.4 (the MAML paper's) otherwise."""
+    """``"auto"``: 0.01 with a prototype head (``"prototype"``, ``"cosine"``),
+    0.4 (the MAML paper's) otherwise."""
     if isinstance(inner_lr, str):
-        return 0.01 if head == "prototype" else 0.4
+        return 0.01 if head in names.PROTOTYPE_HEADS else 0.4
     return float(inner_lr)
 
 

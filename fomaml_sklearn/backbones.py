@@ -38,6 +38,7 @@ __all__ = [
     "statistics_gradient_auto",
     "MLPBackbone",
     "Conv4Backbone",
+    "ScaledUnitFeatures",
     "build_backbone",
     "convert_batchnorm",
     "image_shape",
@@ -290,10 +291,50 @@ class Conv4Backbone(nn.Module):
         return self.blocks(x).flatten(1)
 
 
+class ScaledUnitFeatures(nn.Module):
+    """A backbone whose features are scaled to a learnt norm.
+
+    ``forward(x) = s * body(x) / |body(x)|`` with ``s = exp(log_scale)``, a
+    parameter like the body's (so the inner loop adapts it too, and every
+    rule meta-learns it). The prototype head on such features ranks the
+    classes by cosine similarity at the scale ``s``: the logit gap between
+    two classes is ``2 s^2`` times their gap in cosine similarity to the
+    support drawing (in 1-shot exactly; with more shots the prototypes'
+    norms also count). The head ``"cosine"`` builds this around the
+    backbone (:class:`~fomaml_sklearn.heads.MetaModel`).
+
+    Parameters
+    ----------
+    body : torch.nn.Module
+        The feature extractor whose output is normalised.
+    scale : float, default=3.0
+        The norm at the start.
+    """
+
+    def __init__(self, body, scale=3.0):
+        super().__init__()
+        if not scale > 0:
+            raise ValueError(f"scale must be > 0 (the features' norm at the start); got {scale!r}")
+        self.body = body
+        param = next(body.parameters(), None)
+        self.log_scale = nn.Parameter(torch.tensor(
+            math.log(scale), dtype=param.dtype if param is not None else torch.float32,
+            device=param.device if param is not None else None))
+        if hasattr(body, "out_features"):
+            self.out_features = body.out_features
+
+    def forward(self, x):
+        feats = self.body(x)
+        return F.normalize(feats, dim=-1) * self.log_scale.exp().to(feats.dtype)
+
+
 def is_built_in(module):
     """Whether ``module`` is one of the package's own backbones (exactly, not
-    a subclass): their forward passes draw no random numbers and keep no
-    state but the BatchNorm statistics."""
+    a subclass), possibly with its features scaled to a learnt norm
+    (:class:`ScaledUnitFeatures`): their forward passes draw no random
+    numbers and keep no state but the BatchNorm statistics."""
+    if type(module) is ScaledUnitFeatures:
+        module = module.body
     return type(module) in (MLPBackbone, Conv4Backbone)
 
 

@@ -13,6 +13,13 @@ meta-learned head initialisation provides them:
 - ``"prototype"``: rows built from the support embeddings at ``theta``
   (``w_j = 2 mu_j``, ``b_j = -|mu_j|^2``, as in Proto-MAML), no head
   meta-parameters.
+- ``"cosine"``: the same rows, built from features scaled to a learnt norm
+  ``s`` (:class:`~fomaml_sklearn.backbones.ScaledUnitFeatures` around the
+  backbone, starting at ``COSINE_SCALE``), so that classes are ranked by
+  cosine similarity at a learnt scale (Gidaris & Komodakis 2018; Oreshkin et
+  al. 2018). ``s`` is a parameter of the backbone: the inner loop adapts it
+  and every rule meta-learns it. Measured on Omniglot's within-alphabet
+  task in ``docs/performance.md``.
 
 Every head is a plain ``(weight, bias)`` pair: logits are
 ``features @ weight.T + bias``.
@@ -21,10 +28,11 @@ Every head is a plain ``(weight, bias)`` pair: logits are
 import torch
 from torch import nn
 
-from .backbones import init_parameters, normalises_flat_features
-from .names import HEADS
+from .backbones import ScaledUnitFeatures, init_parameters, normalises_flat_features
+from .names import HEADS, PROTOTYPE_HEADS
 
 __all__ = [
+    "COSINE_SCALE",
     "HEADS",
     "MetaModel",
     "TaskModel",
@@ -33,6 +41,10 @@ __all__ = [
 ]
 
 # HEADS: the names of the heads below, from fomaml_sklearn.names (torch-free).
+
+#: The features' norm at the start with ``head="cosine"`` (the scale that was
+#: measured: ``docs/performance.md``, issue #27).
+COSINE_SCALE = 3.0
 
 
 def _feature_dim(backbone, n_features):
@@ -137,8 +149,11 @@ class MetaModel(nn.Module):
     n_features : int
         Flattened input size (used to infer ``d`` when the backbone does not
         say it in ``out_features``).
-    head : {"prototype", "shared", "fixed"}, default="shared"
-        How task heads are initialised (see the module docstring).
+    head : {"prototype", "cosine", "shared", "fixed"}, default="shared"
+        How task heads are initialised (see the module docstring). With
+        ``"cosine"`` the backbone is wrapped in
+        :class:`~fomaml_sklearn.backbones.ScaledUnitFeatures`, and
+        ``self.backbone`` is the wrapper.
     n_rows : int, default=1
         Number of meta-learned head rows for ``head="fixed"``.
     generator : torch.Generator or None, default=None
@@ -150,10 +165,12 @@ class MetaModel(nn.Module):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head={head!r} is not one of {HEADS}.")
+        if head == "cosine":
+            backbone = ScaledUnitFeatures(backbone, COSINE_SCALE)
         self.backbone = backbone
         self.head = head
         self.feature_dim = _feature_dim(backbone, n_features)
-        if head == "prototype":
+        if head in PROTOTYPE_HEADS:
             self.head_weight = None
             self.head_bias = None
         else:
@@ -178,7 +195,7 @@ class MetaModel(nn.Module):
     @property
     def has_head_parameters(self):
         """Whether the head initialisation has meta-parameters of its own."""
-        return self.head != "prototype"
+        return self.head not in PROTOTYPE_HEADS
 
     def head_rows(self, n_classes):
         """Row of the meta-head that initialises each of ``n_classes`` classes."""
@@ -191,7 +208,7 @@ class MetaModel(nn.Module):
         ``support_features`` is ``(..., n, d)``: with leading task axes, every
         task gets its own head, ``(..., n_classes, d)`` and ``(..., n_classes)``.
         """
-        if self.head == "prototype":
+        if self.head in PROTOTYPE_HEADS:
             return prototype_head(support_features, y_support, n_classes)
         rows = self.head_rows(n_classes)
         lead = support_features.shape[:-2]
@@ -216,7 +233,7 @@ class MetaModel(nn.Module):
         grads : dict
             ``{head_weight: ..., head_bias: ...}``.
         """
-        if self.head == "prototype":
+        if self.head in PROTOTYPE_HEADS:
             return {}
         rows = self.head_rows(n_classes)
         return {

@@ -13,7 +13,7 @@ Examples
 --------
 >>> from fomaml_sklearn import names
 >>> names.HEADS
-('prototype', 'shared', 'fixed')
+('prototype', 'cosine', 'shared', 'fixed')
 >>> "conv4" in names.BACKBONES
 True
 """
@@ -25,6 +25,7 @@ __all__ = [
     "LR_SCHEDULES",
     "OPTIMIZERS",
     "PRECISIONS",
+    "PROTOTYPE_HEADS",
     "TASK_BATCHING",
     "backbone_name",
     "quoted",
@@ -37,8 +38,12 @@ BACKBONES = ("mlp", "conv4")
 #: Other spellings accepted for a built-in backbone.
 BACKBONE_ALIASES = {"conv-4": "conv4"}
 
+#: The heads whose rows are built from the support set's class means
+#: (prototypes) rather than meta-learned (:mod:`fomaml_sklearn.heads`).
+PROTOTYPE_HEADS = ("prototype", "cosine")
+
 #: The task heads (``head=``, :mod:`fomaml_sklearn.heads`).
-HEADS = ("prototype", "shared", "fixed")
+HEADS = PROTOTYPE_HEADS + ("shared", "fixed")
 
 #: The meta-optimizers by name (``optimizer=``, any case): the class of
 #: ``torch.optim`` each name stands for. A model file stores these only.

@@ -29,6 +29,24 @@ def test_conv4_is_the_maml_network():
     torch.testing.assert_close(net(images), net(images.reshape(5, -1)))
 
 
+def test_scaled_unit_features_have_the_learnt_norm():
+    from fomaml_sklearn.backbones import ScaledUnitFeatures, is_built_in
+
+    body = MLPBackbone(6, (8, 5), batch_norm=False)
+    net = ScaledUnitFeatures(body, scale=2.0)
+    x = torch.randn(4, 6)
+    torch.testing.assert_close(net(x).norm(dim=1), torch.full((4,), 2.0))
+    # The same direction as the body's features; the norm follows log_scale.
+    torch.testing.assert_close(torch.cosine_similarity(net(x), body(x)), torch.ones(4))
+    with torch.no_grad():
+        net.log_scale.fill_(0.0)
+    torch.testing.assert_close(net(x).norm(dim=1), torch.ones(4))
+    assert net.out_features == 5 and is_built_in(net)
+    assert not is_built_in(ScaledUnitFeatures(nn.Linear(6, 3)))
+    with pytest.raises(ValueError, match="scale must be > 0.*got 0"):
+        ScaledUnitFeatures(body, scale=0)
+
+
 def test_conv4_on_small_images_stops_pooling():
     net = Conv4Backbone((1, 8, 8), 16)
     assert net(torch.rand(3, 64)).shape == (3, 16 * 1 * 1)

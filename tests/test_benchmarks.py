@@ -231,6 +231,23 @@ def test_within_alphabet_probe_backbone_normalises_and_keeps_the_last_maps(
     feats = probe(x)
     assert feats.shape == (5, 8 * 3 * 3)
     torch.testing.assert_close(feats.norm(dim=1), torch.full((5,), 3.0))
+    # A learnt scale starts at feature_norm and is a parameter the loss moves.
+    learnt = wa.ProbeConv4((1, 28, 28), n_filters=8, feature_norm=3.0, learn_scale=True)
+    assert [n for n, _ in learnt.named_parameters()].count("log_scale") == 1
+    out = learnt(x)
+    torch.testing.assert_close(out.norm(dim=1), torch.full((5,), 3.0))
+    out.norm(dim=1).sum().backward()
+    assert learnt.log_scale.grad == pytest.approx(15.0)  # d(5 * 3 e^s)/ds at e^s = 3
+    with pytest.raises(ValueError, match="needs feature_norm"):
+        wa.ProbeConv4((1, 28, 28), learn_scale=True)
+    # ... and is the estimator's head="cosine" around Conv-4, layer for layer.
+    from fomaml_sklearn.backbones import ScaledUnitFeatures
+
+    cosine = ScaledUnitFeatures(Conv4Backbone((1, 28, 28), n_filters=8), 3.0)
+    state = {("log_scale" if k == "log_scale" else "body." + k): v
+             for k, v in learnt.state_dict().items()}
+    cosine.load_state_dict(state)
+    torch.testing.assert_close(cosine.eval()(x), learnt.eval()(x))
     # Through the benchmark: the estimator gets the probe as a user module.
     monkeypatch.setattr(wa, "machine_line", lambda: "Machine: test")
     out = wa.main(["--data-home", str(background_only_home), "--offline", "--episodes", "2",
@@ -247,6 +264,8 @@ def test_within_alphabet_probe_backbone_normalises_and_keeps_the_last_maps(
                   "--threads", "1", "--image-size", "15", "--set", "meta_batch_size=2",
                   "--set", "meta_batches_per_epoch=2", "--set", "n_filters=4",
                   "--test-shift", "0", "--first-stride", "2"]
+    with pytest.raises(SystemExit, match="--feature-norm SCALE"):
+        wa.main([*probe_args, "--steps", "2", "--learn-scale"])
     with pytest.raises(SystemExit, match="give a .joblib file name"):
         wa.main([*probe_args, "--steps", "2", "--save", str(tmp_path / "probe.fomaml")])
     assert not (tmp_path / "probe.fomaml").exists()

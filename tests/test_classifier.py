@@ -308,7 +308,8 @@ def test_fit_errors_name_the_problem(fitted, digits):
         clf.fit(X[lonely], y[lonely])
     with pytest.raises(ValueError, match="n_ways must be an integer >= 2; got 1"):
         clone(clf).set_params(n_ways=1).fit(X, y)
-    with pytest.raises(ValueError, match="head must be one of 'prototype', 'shared', 'fixed'"):
+    with pytest.raises(ValueError,
+                       match="head must be one of 'prototype', 'cosine', 'shared', 'fixed'"):
         clone(clf).set_params(head="wide").fit(X, y)
     with pytest.raises(ValueError, match="prototype_gradient='yes' is not supported by FOMAML"):
         clone(clf).set_params(algorithm=FOMAML(prototype_gradient="yes")).fit(X, y)
@@ -523,7 +524,39 @@ def test_the_lists_of_names_load_without_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "('prototype', 'shared', 'fixed')"
+    assert out.stdout.strip() == "('prototype', 'cosine', 'shared', 'fixed')"
+
+
+def test_cosine_head_learns_its_scale_runs_on_task_threads_and_saves(digits, tmp_path):
+    """head="cosine": the features reach the head at a learnt norm (a
+    parameter that starts at heads.COSINE_SCALE and that fit moves); the
+    wrapped built-in Conv-4 still takes the task-threads path, which gives
+    the loop's model; a saved model predicts as it did."""
+    from fomaml_sklearn.backbones import ScaledUnitFeatures, is_built_in
+    from fomaml_sklearn.heads import COSINE_SCALE
+
+    X, y = digits
+    base, new = y < 7, y >= 7
+    params = dict(module="conv4", input_shape=(1, 8, 8), n_filters=4, n_ways=3, head="cosine",
+                  max_epochs=1, meta_batches_per_epoch=4, meta_batch_size=2,
+                  precision="float32", adapt_on_fit=False, device="cpu", random_state=0)
+    untrained = FOMAMLClassifier(**{**params, "max_epochs": 0}).fit(X[base], y[base])
+    body = untrained.meta_model_.backbone
+    assert isinstance(body, ScaledUnitFeatures) and is_built_in(body)
+    feats = body.eval()(torch.as_tensor(X[:5], dtype=torch.float32))
+    torch.testing.assert_close(feats.norm(dim=1), torch.full((5,), COSINE_SCALE))
+    threads = FOMAMLClassifier(**params).fit(X[base], y[base])
+    loop = FOMAMLClassifier(**params, task_batching="loop").fit(X[base], y[base])
+    assert threads.task_batching_ == "threads"
+    scale = threads.meta_model_.backbone.log_scale.exp().item()
+    assert scale != pytest.approx(COSINE_SCALE, abs=1e-4)
+    for a, b in zip(threads.meta_model_.parameters(), loop.meta_model_.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    threads.adapt(X[new][::4], y[new][::4])
+    threads.save(tmp_path / "cosine.fomaml")
+    again = FOMAMLClassifier.load(tmp_path / "cosine.fomaml")
+    assert again.meta_model_.backbone.log_scale.exp().item() == pytest.approx(scale)
+    np.testing.assert_array_equal(again.predict(X[new]), threads.predict(X[new]))
 
 
 def test_statistics_gradient_parameter(digits):

@@ -12,6 +12,7 @@ from fomaml_sklearn._config import MetaConfig
 from fomaml_sklearn.algorithms import FOMAML, TaskRunner, meta_gradient
 from fomaml_sklearn.backbones import MLPBackbone, SupportBatchNorm, build_backbone
 from fomaml_sklearn.heads import MetaModel, resolve_prototype_gradient
+from fomaml_sklearn.names import PROTOTYPE_HEADS
 
 from conftest import make_tasks
 
@@ -37,7 +38,7 @@ def _reference_meta_gradient(meta, tasks, n_ways, alpha, steps, transductive=Fal
         body = copy.deepcopy(meta.backbone).train()
         head = nn.Linear(meta.feature_dim, n_ways)
         with torch.no_grad():
-            if meta.head == "prototype":
+            if meta.head in PROTOTYPE_HEADS:
                 body(xs)  # records the support statistics at theta
                 at_theta = copy.deepcopy(body).train(statistics)
                 with torch.enable_grad():
@@ -67,12 +68,12 @@ def _reference_meta_gradient(meta, tasks, n_ways, alpha, steps, transductive=Fal
         F.cross_entropy(head(feats), yq).backward()
         for (name, _), p in zip(meta.backbone.named_parameters(), body.parameters()):
             total["backbone." + name] += p.grad
-        if meta.head == "prototype" and through_prototypes:
+        if meta.head in PROTOTYPE_HEADS and through_prototypes:
             through = torch.autograd.grad((w0, b0), list(at_theta.parameters()),
                                           (head.weight.grad, head.bias.grad))
             for (name, _), gp in zip(meta.backbone.named_parameters(), through):
                 total["backbone." + name] += gp
-        elif meta.head != "prototype":
+        elif meta.head not in PROTOTYPE_HEADS:
             rows = torch.arange(n_ways) % meta.head_weight.shape[0]
             total["head_weight"].index_add_(0, rows, head.weight.grad)
             total["head_bias"].index_add_(0, rows, head.bias.grad)
@@ -118,6 +119,29 @@ def test_meta_gradient_matches_per_task_copies(steps, head, transductive, statis
     assert all(g.abs().sum() > 0 for n, g in zip(names, grads)
                if n.startswith("backbone") and (n.endswith("weight") or not statistics))
     assert 0.0 <= acc <= 1.0 and loss > 0
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("transductive", [False, True])
+def test_cosine_head_meta_gradient_matches_per_task_copies(steps, transductive):
+    """head="cosine": the prototype head on features scaled to a learnt norm.
+    The scale is one more parameter of the body, adapted in the inner loop and
+    meta-learnt, with the gradient through the prototypes at theta."""
+    torch.manual_seed(0)
+    meta = MetaModel(MLPBackbone(6, (8, 5)), 6, head="cosine")
+    assert meta.backbone.log_scale.item() == pytest.approx(np.log(3.0))
+    with torch.no_grad():
+        meta.backbone.log_scale.fill_(0.4)  # not the default, so that the scale matters
+    tasks = _tasks(3, 4, 2, 3, 6, seed=1)
+    grads, _, _ = meta_gradient(meta, tasks, 4, FOMAML(prototype_gradient=True), inner_lr=0.3,
+                                n_inner_steps=steps, transductive=transductive,
+                                statistics_gradient=False)
+    expected = _reference_meta_gradient(meta, tasks, 4, 0.3, steps, transductive)
+    names = [name for name, _ in meta.named_parameters()]
+    assert "backbone.log_scale" in names and len(grads) == len(names)
+    for name, g in zip(names, grads):
+        torch.testing.assert_close(g, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert abs(grads[names.index("backbone.log_scale")]) > 1e-4
 
 
 @pytest.mark.parametrize("through", [True, False])

@@ -35,7 +35,7 @@ def _model(kind, head, ways):
 
 
 @pytest.mark.parametrize("kind", ["conv4", "mlp"])
-@pytest.mark.parametrize("head", ["prototype", "shared", "fixed"])
+@pytest.mark.parametrize("head", ["prototype", "cosine", "shared", "fixed"])
 @pytest.mark.parametrize("n_steps, transductive", [(0, False), (1, False), (3, False),
                                                    (2, True)])
 def test_grouped_meta_gradient_equals_the_task_loop(kind, head, n_steps, transductive):

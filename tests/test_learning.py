@@ -61,6 +61,7 @@ def test_meta_training_beats_baselines_on_an_omniglot_slice(omniglot_slice, seed
 # The accuracy levers of issue #15 that are estimator options: each, switched
 # on, still learns (docs/performance.md has what each is worth).
 LEVERS = {
+    "cosine-head": dict(head="cosine"),
     "cosine-lr": dict(lr_schedule="cosine", lr=3e-3),
     "more-ways-in-training": dict(n_ways=10),
     "no-test-time-steps": dict(n_inner_steps_test=0),

@@ -20,6 +20,7 @@ from sklearn.base import BaseEstimator
 
 from .._config import MetaConfig
 from ..heads import resolve_prototype_gradient
+from ..names import PROTOTYPE_HEADS
 from .runner import MetaBatch, TaskRunner, attach_rule_parameters
 
 __all__ = [
@@ -245,7 +246,7 @@ class PrototypeGradientOption:
 
     def through_prototypes(self, meta_model):
         """Whether the meta-gradient goes through the prototypes of this model."""
-        return meta_model.head == "prototype" and resolve_prototype_gradient(
+        return meta_model.head in PROTOTYPE_HEADS and resolve_prototype_gradient(
             self.prototype_gradient, meta_model.backbone)
 
     def adapt_with_head_graph(self, runner, x_support, y_support, n_classes, proximal=None):
