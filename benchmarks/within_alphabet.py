@@ -21,8 +21,8 @@ A lever's effect is measured at a fixed number of meta-steps (``--steps``);
 Examples
 --------
 python benchmarks/within_alphabet.py --data-home ../shared/data --steps 500 --threads 2
-python benchmarks/within_alphabet.py --data-home ../shared/data --steps 200 \
-    --image-size 56 --feature-norm 3
+python benchmarks/within_alphabet.py --data-home ../shared/data --steps 500 --groups 20 \
+    --mirror --set head=prototype --feature-norm 3 --learn-scale
 python benchmarks/within_alphabet.py --data-home ../shared/data --minutes 59.5 --threads 2
 python benchmarks/within_alphabet.py --data-home ../shared/data --steps 500 --groups 20 \
     --image-size 56 --first-stride 2 --first-kernel 5 --set augment_shift=4
@@ -360,7 +360,8 @@ def build_parser():
                              "consecutive characters at one rotation (block_groups)")
     parser.add_argument("--feature-norm", type=float, default=0.0, metavar="SCALE",
                         help="experiment: Conv-4 features scaled to this norm (cosine "
-                             "prototypes at a fixed scale; ProbeConv4)")
+                             "prototypes at a fixed scale; ProbeConv4; with --set "
+                             "head=prototype, as the preset's head is 'cosine')")
     parser.add_argument("--learn-scale", action="store_true",
                         help="experiment: with --feature-norm, a learnt scale starting there "
                              "(cosine prototypes with a learned scale; ProbeConv4)")
@@ -503,6 +504,10 @@ def run(args):
                          "a .joblib file name to pickle the model instead")
     changes = parse_set(args.set)  # parsed once, before the data are loaded
     params = {**presets.OMNIGLOT_WITHIN_ALPHABET, **changes}
+    if args.feature_norm and params.get("head") == "cosine":
+        raise SystemExit("--feature-norm normalises the features in the experiment's backbone, "
+                         "and head='cosine' normalises them again: add --set head=prototype "
+                         "(the probe with --learn-scale is head='cosine')")
     test_shift = params.pop("test_shift", 0) if args.test_shift is None else args.test_shift
     params.pop("test_shift", None)
     print(machine_line(), flush=True)

@@ -254,7 +254,7 @@ def test_within_alphabet_probe_backbone_normalises_and_keeps_the_last_maps(
                    "--threads", "1", "--image-size", "15", "--steps", "2",
                    "--set", "meta_batch_size=2", "--set", "meta_batches_per_epoch=2",
                    "--set", "n_filters=4", "--test-shift", "0",
-                   "--feature-norm", "3", "--no-last-pool"])
+                   "--feature-norm", "3", "--no-last-pool", "--set", "head=prototype"])
     assert out["n_steps"] == 2
     text = capsys.readouterr().out
     assert "ProbeConv4" in text and "'feature_norm': 3.0" in text
@@ -266,6 +266,9 @@ def test_within_alphabet_probe_backbone_normalises_and_keeps_the_last_maps(
                   "--test-shift", "0", "--first-stride", "2"]
     with pytest.raises(SystemExit, match="--feature-norm SCALE"):
         wa.main([*probe_args, "--steps", "2", "--learn-scale"])
+    # The preset's head="cosine" normalises already: not twice.
+    with pytest.raises(SystemExit, match="--set head=prototype"):
+        wa.main([*probe_args, "--steps", "2", "--feature-norm", "3"])
     with pytest.raises(SystemExit, match="give a .joblib file name"):
         wa.main([*probe_args, "--steps", "2", "--save", str(tmp_path / "probe.fomaml")])
     assert not (tmp_path / "probe.fomaml").exists()
