@@ -36,6 +36,7 @@ from fomaml_sklearn.evaluation import (
     confidence_interval,
     sample_episodes,
 )
+from fomaml_sklearn.names import PROTOTYPE_HEADS
 
 # Published Omniglot accuracies (%, mean +- 95% CI) by (ways, shots).
 PUBLISHED = {
@@ -124,7 +125,7 @@ def build_parser():
     parser.add_argument("--algorithm", default="fomaml",
                         help="fomaml, maml, reptile, anil or fo-anil (default: fomaml)")
     parser.add_argument("--head", default=None,
-                        help="prototype, shared or fixed (the MAML paper's) head "
+                        help="prototype, cosine, shared or fixed (the MAML paper's) head "
                              "(default: the preset's)")
     parser.add_argument("--inner-lr", default=None, help="alpha (default: the preset's)")
     parser.add_argument("--inner-steps", type=int, default=None)
@@ -237,7 +238,7 @@ def run(args, data=None):
     if schedule != "constant":
         schedule += f" over {args.minutes:g} min" if over_time else f" over {args.steps} steps"
     through = (getattr(clf.algorithm_, "prototype_gradient", "n/a")
-               if args.head == "prototype" else "n/a")
+               if args.head in PROTOTYPE_HEADS else "n/a")
     print(f"\n{ways}-way {args.shots}-shot accuracy on {args.episodes} episodes of "
           f"unseen classes ({shape.n_query} queries per class), 95% CI; "
           f"meta-training: {n_steps} meta-steps of {args.meta_batch_size} {train_ways}-way "
