@@ -531,7 +531,8 @@ def test_cosine_head_learns_its_scale_runs_on_task_threads_and_saves(digits, tmp
     """head="cosine": the features reach the head at a learnt norm (a
     parameter that starts at heads.COSINE_SCALE and that fit moves); the
     wrapped built-in Conv-4 still takes the task-threads path, which gives
-    the loop's model; a saved model predicts as it did."""
+    the model of the loop on one intra-op thread; a saved model predicts as
+    it did."""
     from fomaml_sklearn.backbones import ScaledUnitFeatures, is_built_in
     from fomaml_sklearn.heads import COSINE_SCALE
 
@@ -546,7 +547,13 @@ def test_cosine_head_learns_its_scale_runs_on_task_threads_and_saves(digits, tmp
     feats = body.eval()(torch.as_tensor(X[:5], dtype=torch.float32))
     torch.testing.assert_close(feats.norm(dim=1), torch.full((5,), COSINE_SCALE))
     threads = FOMAMLClassifier(**params).fit(X[base], y[base])
-    loop = FOMAMLClassifier(**params, task_batching="loop").fit(X[base], y[base])
+    # Task threads run one intra-op thread each: the loop's steps on one thread.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        loop = FOMAMLClassifier(**params, task_batching="loop").fit(X[base], y[base])
+    finally:
+        torch.set_num_threads(before)
     assert threads.task_batching_ == "threads"
     scale = threads.meta_model_.backbone.log_scale.exp().item()
     assert scale != pytest.approx(COSINE_SCALE, abs=1e-4)
