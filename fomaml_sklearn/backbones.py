@@ -35,6 +35,7 @@ __all__ = [
     "SupportBatchNorm",
     "support_rows",
     "normalises_flat_features",
+    "placement",
     "statistics_gradient_auto",
     "MLPBackbone",
     "Conv4Backbone",
@@ -291,6 +292,16 @@ class Conv4Backbone(nn.Module):
         return self.blocks(x).flatten(1)
 
 
+def placement(module):
+    """``{"dtype": ..., "device": ...}`` of ``module``'s first parameter
+    (float32 on the CPU for a module without parameters): where new tensors
+    that go with it belong."""
+    param = next(module.parameters(), None)
+    if param is None:
+        return {"dtype": torch.float32, "device": torch.device("cpu")}
+    return {"dtype": param.dtype, "device": param.device}
+
+
 class ScaledUnitFeatures(nn.Module):
     """A backbone whose features are scaled to a learnt norm.
 
@@ -316,10 +327,7 @@ class ScaledUnitFeatures(nn.Module):
         if not scale > 0:
             raise ValueError(f"scale must be > 0 (the features' norm at the start); got {scale!r}")
         self.body = body
-        param = next(body.parameters(), None)
-        self.log_scale = nn.Parameter(torch.tensor(
-            math.log(scale), dtype=param.dtype if param is not None else torch.float32,
-            device=param.device if param is not None else None))
+        self.log_scale = nn.Parameter(torch.tensor(math.log(scale), **placement(body)))
         if hasattr(body, "out_features"):
             self.out_features = body.out_features
 

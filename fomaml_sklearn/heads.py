@@ -28,7 +28,12 @@ Every head is a plain ``(weight, bias)`` pair: logits are
 import torch
 from torch import nn
 
-from .backbones import ScaledUnitFeatures, init_parameters, normalises_flat_features
+from .backbones import (
+    ScaledUnitFeatures,
+    init_parameters,
+    normalises_flat_features,
+    placement,
+)
 from .names import HEADS, PROTOTYPE_HEADS
 
 __all__ = [
@@ -54,11 +59,8 @@ def _feature_dim(backbone, n_features):
     backbone.eval()
     try:
         with torch.no_grad():
-            param = next(backbone.parameters(), None)
-            device = param.device if param is not None else "cpu"
-            dtype = param.dtype if param is not None else torch.float32
             try:
-                z = backbone(torch.zeros(2, n_features, device=device, dtype=dtype))
+                z = backbone(torch.zeros(2, n_features, **placement(backbone)))
             except (RuntimeError, ValueError, TypeError) as exc:
                 raise ValueError(
                     f"The backbone module {type(backbone).__name__} does not accept rows of "
@@ -175,12 +177,9 @@ class MetaModel(nn.Module):
             self.head_bias = None
         else:
             rows = 1 if head == "shared" else int(n_rows)
-            param = next(backbone.parameters(), None)
-            dtype = param.dtype if param is not None else torch.float32
-            device = param.device if param is not None else torch.device("cpu")
             # skip_init: no random draw; the rows are set explicitly below.
-            linear = torch.nn.utils.skip_init(nn.Linear, self.feature_dim, rows, dtype=dtype,
-                                              device=device)
+            linear = torch.nn.utils.skip_init(nn.Linear, self.feature_dim, rows,
+                                              **placement(backbone))
             with torch.no_grad():
                 if head == "shared":
                     linear.weight.zero_()
