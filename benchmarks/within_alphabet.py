@@ -299,10 +299,9 @@ class ProbeConv4(torch.nn.Module):
         x = x.reshape((x.shape[0],) + self.input_shape)
         x = x.contiguous(memory_format=torch.channels_last)
         feats = self.blocks(x).flatten(1)
-        if self.log_scale is not None:
-            feats = torch.nn.functional.normalize(feats, dim=1) * self.log_scale.exp()
-        elif self.feature_norm:
-            feats = torch.nn.functional.normalize(feats, dim=1) * self.feature_norm
+        if self.feature_norm:  # also set with learn_scale: the scale it starts at
+            scale = self.feature_norm if self.log_scale is None else self.log_scale.exp()
+            feats = torch.nn.functional.normalize(feats, dim=1) * scale
         return feats
 
 

@@ -32,6 +32,7 @@ BACKBONE_CHOICES = (", ".join(repr(n) for n in BACKBONES)
 
 __all__ = [
     "BACKBONE_CHOICES",
+    "COSINE_SCALE",
     "SupportBatchNorm",
     "support_rows",
     "normalises_flat_features",
@@ -302,6 +303,12 @@ def placement(module):
     return {"dtype": param.dtype, "device": param.device}
 
 
+#: The features' norm at the start of :class:`ScaledUnitFeatures`, and so of
+#: ``head="cosine"`` (the scale that was measured: ``docs/performance.md``,
+#: issue #27).
+COSINE_SCALE = 3.0
+
+
 class ScaledUnitFeatures(nn.Module):
     """A backbone whose features are scaled to a learnt norm.
 
@@ -318,11 +325,11 @@ class ScaledUnitFeatures(nn.Module):
     ----------
     body : torch.nn.Module
         The feature extractor whose output is normalised.
-    scale : float, default=3.0
+    scale : float, default=COSINE_SCALE (3.0)
         The norm at the start.
     """
 
-    def __init__(self, body, scale=3.0):
+    def __init__(self, body, scale=COSINE_SCALE):
         super().__init__()
         if not scale > 0:
             raise ValueError(f"scale must be > 0 (the features' norm at the start); got {scale!r}")

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .backbones import (
+    COSINE_SCALE,
     ScaledUnitFeatures,
     init_parameters,
     normalises_flat_features,
@@ -46,10 +47,7 @@ __all__ = [
 ]
 
 # HEADS: the names of the heads below, from fomaml_sklearn.names (torch-free).
-
-#: The features' norm at the start with ``head="cosine"`` (the scale that was
-#: measured: ``docs/performance.md``, issue #27).
-COSINE_SCALE = 3.0
+# COSINE_SCALE: the norm head="cosine" starts at, from fomaml_sklearn.backbones.
 
 
 def _feature_dim(backbone, n_features):
@@ -168,7 +166,7 @@ class MetaModel(nn.Module):
         if head not in HEADS:
             raise ValueError(f"head={head!r} is not one of {HEADS}.")
         if head == "cosine":
-            backbone = ScaledUnitFeatures(backbone, COSINE_SCALE)
+            backbone = ScaledUnitFeatures(backbone)  # starts at COSINE_SCALE
         self.backbone = backbone
         self.head = head
         self.feature_dim = _feature_dim(backbone, n_features)
