@@ -28,6 +28,9 @@ python benchmarks/within_alphabet.py --data-home ../shared/data --steps 500 --gr
     --image-size 56 --first-stride 2 --first-kernel 5 --set augment_shift=4
 python benchmarks/within_alphabet.py --data-home ../shared/data --load wa55.fomaml --steps 300 \
     --groups 20 --set n_ways=20 --set lr=3e-4
+python benchmarks/within_alphabet.py --data-home ../shared/data --load a.fomaml --ensemble b.fomaml
+python benchmarks/within_alphabet.py --data-home ../shared/data --minutes 24 --pretrain-minutes 8 \
+    --groups 20 --mirror
 """
 
 import argparse
@@ -178,12 +181,15 @@ def drawer_summary(accs, eps, n_worst=3):
     return out
 
 
-def score(clf, held_out, eps, full_size=None, copies=0, strength=0.5):
+def score(clf, held_out, eps, full_size=None, copies=0, strength=0.5, members=()):
     """Per-episode accuracies of ``clf`` (adapt on the support, predict the
     queries), and the alphabet of each episode. With ``copies``, the support
     also holds that many distorted copies of each drawing, made from the
     105x105 images of ``full_size`` (``distorted_copies``; episode ``i``'s
-    copies seeded by ``i``), so each prototype averages them."""
+    copies seeded by ``i``), so each prototype averages them. With
+    ``members`` (more fitted estimators), an ensemble: each model adapts on
+    the support, and the queries go to the class of highest mean
+    probability over ``clf`` and the members."""
     accs, names = [], []
     labels = np.arange(WAYS)
     for i, (name, chars, d_s, d_q) in enumerate(eps):
@@ -194,8 +200,16 @@ def score(clf, held_out, eps, full_size=None, copies=0, strength=0.5):
                                      image_size=support.shape[-1], random_state=i)
             support = np.concatenate([support, extra])
             support_labels = np.concatenate([labels, np.repeat(labels, copies)])
-        clf.adapt(support, support_labels)
-        accs.append(float(np.mean(clf.predict(images[chars, d_q]) == labels)))
+        if members:
+            proba = 0.0
+            for model in (clf, *members):
+                model.adapt(support, support_labels)
+                proba = proba + model.predict_proba(images[chars, d_q])
+            predicted = clf.classes_[np.argmax(proba, axis=1)]
+        else:
+            clf.adapt(support, support_labels)
+            predicted = clf.predict(images[chars, d_q])
+        accs.append(float(np.mean(predicted == labels)))
         names.append(name)
     return np.array(accs), np.array(names)
 
@@ -377,6 +391,15 @@ def build_parser():
     parser.add_argument("--first-pool", type=int, default=PROBE_DEFAULTS["first_pool"],
                         help="experiment: the first block's max-pool size (ProbeConv4; 4 "
                              "runs only the first convolution at 56x56)")
+    parser.add_argument("--pretrain-minutes", type=float, default=0.0, metavar="MINUTES",
+                        help="experiment: first train a Conv-4 on all meta-training classes "
+                             "at once (a cosine classifier, shifts of up to augment_shift "
+                             "px) for this many minutes, then meta-train from its weights; "
+                             "with --minutes, counted inside that budget")
+    parser.add_argument("--ensemble", action="append", default=[], metavar="FILE",
+                        help="with --load: also load this saved model (repeatable) and score "
+                             "the ensemble, each query's probabilities averaged over the "
+                             "models (--set applies to every model)")
     parser.add_argument("--save", default=None,
                         help="save the meta-trained model here (a .joblib name pickles it, "
                              "as the experiment's backbones need)")
@@ -403,6 +426,12 @@ def train(args, params, X_train, y_train):
             input_shape=size, n_filters=params.pop("n_filters", 64),
             feature_norm=args.feature_norm, last_pool=not args.no_last_pool,
             learn_scale=args.learn_scale, **probe_options(args)))
+    if args.pretrain_minutes:
+        body = pretrain_backbone(args, params, X_train, y_train)
+        params.update(module=body, task_batching="threads")
+        if args.minutes is not None:
+            left = args.minutes - args.pretrain_minutes
+            callbacks = [TimeLimit(left), TimeCosineLR(left)]
     cls = FOMAMLClassifier
     if args.affine:
         cls = _with_affine(args.affine)
@@ -413,6 +442,62 @@ def train(args, params, X_train, y_train):
     print(f"\n{clf.n_meta_steps_} meta-steps in {minutes:.1f} min ({clf.precision_}, "
           f"{args.threads} threads)")
     return clf, minutes
+
+
+def pretrain_backbone(args, params, X_train, y_train, batch_size=256, lr=3e-3,
+                      scale=10.0):
+    """``--pretrain-minutes``: a Conv-4 (the estimator's ``Conv4Backbone``,
+    ``n_filters`` of ``params``) trained as one classifier over every
+    meta-training class for ``args.pretrain_minutes`` minutes: features and
+    class weights normalised, logits their cosine similarity times a learnt
+    scale; Adam from ``lr`` annealed to 0 along a cosine over the minutes;
+    every image shifted by up to ``augment_shift`` pixels (border pixels fill
+    the gap), as in meta-training. Returns the trained body."""
+    from fomaml_sklearn.backbones import build_backbone
+
+    gen = torch.Generator().manual_seed(args.seed)
+    size = args.image_size
+    X = torch.as_tensor(np.asarray(X_train, dtype=np.float32)).reshape(-1, 1, size, size)
+    classes, y = np.unique(y_train, return_inverse=True)
+    y = torch.as_tensor(y)
+    body = build_backbone("conv4", size * size, input_shape=(1, size, size),
+                          n_filters=params.get("n_filters", 64), generator=gen)
+    # Small rows, so that Adam's steps (about lr per entry) turn them quickly.
+    weights = torch.nn.Parameter(0.01 * torch.randn(len(classes), body.out_features,
+                                                    generator=gen))
+    log_scale = torch.nn.Parameter(torch.tensor(math.log(scale)))
+    opt = torch.optim.Adam([*body.parameters(), weights, log_scale], lr=lr)
+    shift = int(params.get("augment_shift", 0))
+    padded = torch.nn.functional.pad(X, (shift,) * 4, mode="replicate") if shift else X
+    body.train()
+    t0, seconds, steps, loss_sum = time.perf_counter(), 60 * args.pretrain_minutes, 0, 0.0
+    while (elapsed := time.perf_counter() - t0) < seconds:
+        for group in opt.param_groups:
+            group["lr"] = lr * (1 + math.cos(math.pi * elapsed / seconds)) / 2
+        idx = torch.randint(len(y), (batch_size,), generator=gen)
+        if shift:
+            dy, dx = (torch.randint(2 * shift + 1, (2, batch_size), generator=gen))
+            rows = (dy[:, None] + torch.arange(size))[:, :, None]
+            cols = (dx[:, None] + torch.arange(size))[:, None, :]
+            xb = padded[idx[:, None, None], 0, rows, cols][:, None]
+        else:
+            xb = X[idx]
+        feats = torch.nn.functional.normalize(body(xb), dim=1)
+        logits = log_scale.exp() * feats @ torch.nn.functional.normalize(weights, dim=1).T
+        loss = torch.nn.functional.cross_entropy(logits, y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        steps, loss_sum = steps + 1, loss_sum + loss.item()
+        if steps % 200 == 0:
+            print(f"pretraining: {steps} steps of {batch_size} images, loss "
+                  f"{loss_sum / 200:.3f}, scale {log_scale.exp().item():.2f}, "
+                  f"{elapsed / 60:.1f} min", flush=True)
+            loss_sum = 0.0
+    print(f"pretrained {steps} steps of {batch_size} images ({steps * batch_size / len(y):.1f} "
+          f"epochs of {len(classes)} classes) in {(time.perf_counter() - t0) / 60:.1f} min",
+          flush=True)
+    return body
 
 
 def probe_options(args):
@@ -483,6 +568,15 @@ def run(args):
     torch.set_num_threads(args.threads)
     if args.load is None and (args.steps is None) == (args.minutes is None):
         raise SystemExit("give exactly one of --steps and --minutes (or --load FILE)")
+    if args.pretrain_minutes < 0 or (args.minutes is not None
+                                     and args.pretrain_minutes >= args.minutes):
+        raise SystemExit(f"--pretrain-minutes {args.pretrain_minutes:g}: give 0 or more minutes, "
+                         "fewer than --minutes (pretraining counts inside that budget)")
+    if args.pretrain_minutes and args.load:
+        raise SystemExit("--pretrain-minutes trains a new Conv-4; it does not apply to --load")
+    if args.ensemble and not args.load:
+        raise SystemExit("--ensemble FILE scores saved models together: give the first one "
+                         "with --load FILE")
     if args.load and args.minutes is not None:
         raise SystemExit("--load continues for --steps N meta-steps, not --minutes")
     if args.groups and args.no_rotations:
@@ -521,7 +615,7 @@ def run(args):
           + ", ".join(f"{n} ({len(v)})" for n, v in sorted(held_out.items()))
           + f"; {len(eps)} within-alphabet {WAYS}-way 1-shot episodes; loaded in "
           f"{time.perf_counter() - t0:.1f} s", flush=True)
-    minutes = None
+    minutes, members = None, []
     if args.load:
         clf = load_model(args.load)
         clf.set_params(**changes)
@@ -529,6 +623,9 @@ def run(args):
               + ", ".join(f"{k}={v!r}" for k, v in sorted(changes.items())))
         if args.steps:
             clf, minutes = carry_on(args, clf, X_train, y_train)
+        for path in args.ensemble:
+            members.append(load_model(path).set_params(**changes))
+            print(f"Ensemble member {path}: {members[-1].n_meta_steps_} meta-steps")
     else:
         clf, minutes = train(args, params, X_train, y_train)
     results = {}
@@ -537,7 +634,10 @@ def run(args):
         for shift in sorted({0, test_shift}):
             clf.set_params(test_shift=shift)
             t0 = time.perf_counter()
-            accs, names = score(clf, held_out, eps, full_size, copies, args.copy_strength)
+            for model in members:
+                model.set_params(test_shift=shift)
+            accs, names = score(clf, held_out, eps, full_size, copies, args.copy_strength,
+                                members)
             mean, ci_ep, ci_alpha, per = summary(accs, names)
             results[(shift, copies) if args.test_copies else shift] = mean
             with_copies = f", {copies} test copies" if copies else ""
@@ -547,18 +647,20 @@ def run(args):
             print("  per alphabet: " + ", ".join(f"{n} {100 * a:.1f}" for n, a in per.items()))
     out = dict(n_steps=clf.n_meta_steps_, minutes=minutes, accuracy=results)
     if args.drawer_pairs:
-        out["drawers"] = score_drawer_pairs(clf, held_out, args.eval_seed)
+        out["drawers"] = score_drawer_pairs(clf, held_out, args.eval_seed, members)
     return out
 
 
-def score_drawer_pairs(clf, held_out, seed):
+def score_drawer_pairs(clf, held_out, seed, members=()):
     """``--drawer-pairs``: score every ordered pair of drawers (no test-time
     shifts) and print, per alphabet, the accuracy, the three worst drawers
     and the accuracy without them."""
     clf.set_params(test_shift=0)
     eps = drawer_pair_episodes(held_out, seed)
     t0 = time.perf_counter()
-    accs, _ = score(clf, held_out, eps)
+    for model in members:
+        model.set_params(test_shift=0)
+    accs, _ = score(clf, held_out, eps, members=members)
     table = drawer_summary(accs, eps)
     without_worst = [t[3][0] for t in table.values() if t[3]]
     print(f"Every ordered pair of drawers ({len(eps)} episodes, test_shift=0, "

@@ -185,6 +185,51 @@ def test_within_alphabet_benchmark_runs_through_the_estimator(background_only_ho
     pairs = wa.main([*common, "--load", str(model), "--test-shift", "0", "--drawer-pairs"])
     assert sorted(pairs["drawers"]) == ["A", "B"]
     assert "Every ordered pair of drawers (4 episodes" in capsys.readouterr().out
+    # --ensemble averages the models' probabilities: a model with itself
+    # scores as it does alone; with another model it loads and scores both.
+    same = wa.main([*common, "--load", str(model), "--ensemble", str(model),
+                    "--test-shift", "1"])
+    assert same["accuracy"] == out["accuracy"]
+    both = wa.main([*common, "--load", str(model), "--ensemble", str(more),
+                    "--test-shift", "0", "--drawer-pairs"])
+    text = capsys.readouterr().out
+    assert f"Ensemble member {more}: 6 meta-steps" in text
+    assert 0.0 <= both["accuracy"][0] <= 1.0 and sorted(both["drawers"]) == ["A", "B"]
+    with pytest.raises(SystemExit, match="--load FILE"):
+        wa.main([*common, "--steps", "2", "--ensemble", str(model)])
+
+
+def test_within_alphabet_pretraining_starts_meta_training_from_its_weights(
+        background_only_home, monkeypatch, capsys):
+    wa = _load_benchmark("within_alphabet", monkeypatch)
+    monkeypatch.setattr(wa, "machine_line", lambda: "Machine: test")
+    rng = np.random.default_rng(0)
+    X = rng.random((60, 1, 15, 15), dtype=np.float32)
+    y = np.repeat(np.arange(0, 30, 3), 6)  # 10 classes, not numbered 0..9
+    args = wa.build_parser().parse_args(["--image-size", "15", "--pretrain-minutes", "0.002"])
+    fresh = wa.pretrain_backbone(args, {"n_filters": 4}, X, y, batch_size=8,
+                                 lr=0.0)  # no step moves it: the initialisation
+    body = wa.pretrain_backbone(args, {"n_filters": 4, "augment_shift": 2}, X, y,
+                                batch_size=8)
+    assert "pretrained" in capsys.readouterr().out
+    assert type(body).__name__ == "Conv4Backbone" and body.out_features == 4
+    moved = [not torch.equal(a, b) for a, b in zip(fresh.parameters(), body.parameters())]
+    assert all(moved)
+    # Through main: the estimator meta-trains the pretrained Conv-4, with the
+    # preset's cosine head around it.
+    seen = []
+    real_fit = wa.FOMAMLClassifier.fit
+    monkeypatch.setattr(wa.FOMAMLClassifier, "fit",
+                        lambda self, *a, **k: seen.append(self.module) or real_fit(self, *a, **k))
+    out = wa.main(["--data-home", str(background_only_home), "--offline", "--episodes", "1",
+                   "--threads", "1", "--image-size", "15", "--steps", "2",
+                   "--pretrain-minutes", "0.002", "--set", "n_filters=4",
+                   "--set", "meta_batch_size=2", "--set", "meta_batches_per_epoch=2",
+                   "--test-shift", "0"])
+    assert out["n_steps"] == 2 and type(seen[0]).__name__ == "Conv4Backbone"
+    assert "pretrained" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="fewer than --minutes"):
+        wa.main(["--minutes", "1", "--pretrain-minutes", "1"])
 
 
 def test_within_alphabet_drawer_summary_finds_the_drawer_that_spoils_episodes(
