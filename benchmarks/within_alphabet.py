@@ -572,8 +572,13 @@ def run(args):
                                      and args.pretrain_minutes >= args.minutes):
         raise SystemExit(f"--pretrain-minutes {args.pretrain_minutes:g}: give 0 or more minutes, "
                          "fewer than --minutes (pretraining counts inside that budget)")
-    if args.pretrain_minutes and args.load:
-        raise SystemExit("--pretrain-minutes trains a new Conv-4; it does not apply to --load")
+    if args.pretrain_minutes and (args.load or uses_probe_backbone(args)):
+        raise SystemExit("--pretrain-minutes trains a new built-in Conv-4; it does not apply "
+                         "to --load or to the experiment's backbone (ProbeConv4) options")
+    if args.pretrain_minutes and args.save and not args.save.endswith(".joblib"):
+        raise SystemExit(f"--save {args.save}: a pretrained Conv-4 is passed to the estimator "
+                         "as a module instance, which the estimator's safe format cannot "
+                         "rebuild; give a .joblib file name to pickle the model instead")
     if args.ensemble and not args.load:
         raise SystemExit("--ensemble FILE scores saved models together: give the first one "
                          "with --load FILE")

@@ -230,6 +230,10 @@ def test_within_alphabet_pretraining_starts_meta_training_from_its_weights(
     assert "pretrained" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="fewer than --minutes"):
         wa.main(["--minutes", "1", "--pretrain-minutes", "1"])
+    with pytest.raises(SystemExit, match="give a .joblib file name"):
+        wa.main(["--steps", "50", "--pretrain-minutes", "1", "--save", "m.fomaml"])
+    with pytest.raises(SystemExit, match="experiment's backbone"):
+        wa.main(["--steps", "50", "--pretrain-minutes", "1", "--no-last-pool"])
 
 
 def test_within_alphabet_drawer_summary_finds_the_drawer_that_spoils_episodes(
