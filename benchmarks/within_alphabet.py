@@ -47,7 +47,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fomaml_sklearn import FOMAMLClassifier, presets  # noqa: E402
-from fomaml_sklearn.augmentation import distorted_copies  # noqa: E402
+from fomaml_sklearn.augmentation import RandomShift, distorted_copies  # noqa: E402
 from fomaml_sklearn.backbones import SupportBatchNorm  # noqa: E402
 from fomaml_sklearn.callbacks import TimeCosineLR, TimeLimit  # noqa: E402
 from fomaml_sklearn.datasets import fetch_omniglot, get_data_home, rotate_classes  # noqa: E402
@@ -456,8 +456,9 @@ def pretrain_backbone(args, params, X_train, y_train, batch_size=256, lr=3e-3,
     from fomaml_sklearn.backbones import build_backbone
 
     gen = torch.Generator().manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
     size = args.image_size
-    X = torch.as_tensor(np.asarray(X_train, dtype=np.float32)).reshape(-1, 1, size, size)
+    X = torch.as_tensor(np.asarray(X_train, dtype=np.float32)).reshape(len(y_train), -1)
     classes, y = np.unique(y_train, return_inverse=True)
     y = torch.as_tensor(y)
     body = build_backbone("conv4", size * size, input_shape=(1, size, size),
@@ -467,21 +468,14 @@ def pretrain_backbone(args, params, X_train, y_train, batch_size=256, lr=3e-3,
                                                     generator=gen))
     log_scale = torch.nn.Parameter(torch.tensor(math.log(scale)))
     opt = torch.optim.Adam([*body.parameters(), weights, log_scale], lr=lr)
-    shift = int(params.get("augment_shift", 0))
-    padded = torch.nn.functional.pad(X, (shift,) * 4, mode="replicate") if shift else X
+    shift = RandomShift(int(params.get("augment_shift", 0)), (1, size, size))
     body.train()
     t0, seconds, steps, loss_sum = time.perf_counter(), 60 * args.pretrain_minutes, 0, 0.0
     while (elapsed := time.perf_counter() - t0) < seconds:
         for group in opt.param_groups:
             group["lr"] = lr * (1 + math.cos(math.pi * elapsed / seconds)) / 2
         idx = torch.randint(len(y), (batch_size,), generator=gen)
-        if shift:
-            dy, dx = (torch.randint(2 * shift + 1, (2, batch_size), generator=gen))
-            rows = (dy[:, None] + torch.arange(size))[:, :, None]
-            cols = (dx[:, None] + torch.arange(size))[:, None, :]
-            xb = padded[idx[:, None, None], 0, rows, cols][:, None]
-        else:
-            xb = X[idx]
+        xb = shift(X[idx], rng)
         feats = torch.nn.functional.normalize(body(xb), dim=1)
         logits = log_scale.exp() * feats @ torch.nn.functional.normalize(weights, dim=1).T
         loss = torch.nn.functional.cross_entropy(logits, y[idx])
