@@ -188,8 +188,10 @@ def score(clf, held_out, eps, full_size=None, copies=0, strength=0.5, members=()
     105x105 images of ``full_size`` (``distorted_copies``; episode ``i``'s
     copies seeded by ``i``), so each prototype averages them. With
     ``members`` (more fitted estimators), an ensemble: each model adapts on
-    the support, and the queries go to the class of highest mean
-    probability over ``clf`` and the members."""
+    the support (at ``clf``'s ``test_shift``), and the queries go to the
+    class of highest mean probability over ``clf`` and the members."""
+    for model in members:
+        model.set_params(test_shift=clf.test_shift)
     accs, names = [], []
     labels = np.arange(WAYS)
     for i, (name, chars, d_s, d_q) in enumerate(eps):
@@ -418,8 +420,10 @@ def train(args, params, X_train, y_train):
     if args.steps is not None:
         params.update(max_epochs=max(1, args.steps // params["meta_batches_per_epoch"]))
     else:
+        # Pretraining, if any, counts inside the budget.
+        minutes = args.minutes - args.pretrain_minutes
         params.update(max_epochs=100_000, lr_schedule="constant")
-        callbacks = [TimeLimit(args.minutes), TimeCosineLR(args.minutes)]
+        callbacks = [TimeLimit(minutes), TimeCosineLR(minutes)]
     if uses_probe_backbone(args):
         size = (1, args.image_size, args.image_size)
         params.update(module=ProbeConv4, task_batching="threads", module_params=dict(
@@ -427,11 +431,8 @@ def train(args, params, X_train, y_train):
             feature_norm=args.feature_norm, last_pool=not args.no_last_pool,
             learn_scale=args.learn_scale, **probe_options(args)))
     if args.pretrain_minutes:
-        body = pretrain_backbone(args, params, X_train, y_train)
-        params.update(module=body, task_batching="threads")
-        if args.minutes is not None:
-            left = args.minutes - args.pretrain_minutes
-            callbacks = [TimeLimit(left), TimeCosineLR(left)]
+        # A Conv4Backbone instance: task_batching="auto" still picks threads.
+        params.update(module=pretrain_backbone(args, params, X_train, y_train))
     cls = FOMAMLClassifier
     if args.affine:
         cls = _with_affine(args.affine)
@@ -633,8 +634,6 @@ def run(args):
         for shift in sorted({0, test_shift}):
             clf.set_params(test_shift=shift)
             t0 = time.perf_counter()
-            for model in members:
-                model.set_params(test_shift=shift)
             accs, names = score(clf, held_out, eps, full_size, copies, args.copy_strength,
                                 members)
             mean, ci_ep, ci_alpha, per = summary(accs, names)
@@ -657,8 +656,6 @@ def score_drawer_pairs(clf, held_out, seed, members=()):
     clf.set_params(test_shift=0)
     eps = drawer_pair_episodes(held_out, seed)
     t0 = time.perf_counter()
-    for model in members:
-        model.set_params(test_shift=0)
     accs, _ = score(clf, held_out, eps, members=members)
     table = drawer_summary(accs, eps)
     without_worst = [t[3][0] for t in table.values() if t[3]]
