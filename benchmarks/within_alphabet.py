@@ -60,6 +60,11 @@ KNOWN = "background_alphabets_known.json"
 T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31}
 
 
+#: Blocks of this many consecutive character numbers are the source of
+#: spliced characters (the width ``--groups 20`` groups by).
+SPLICE_WIDTH = 20
+
+
 def known_alphabets(data_home):
     """``{alphabet: (first, last)}`` character index ranges (inclusive) into
     ``images_background.npz``, from the data home's ``omniglot/`` folder."""
@@ -73,12 +78,15 @@ def known_alphabets(data_home):
 
 
 def load(data_home, offline, image_size, rotations=True, mirror=False, copies=0,
-         copy_strength=0.5, seed=0):
+         copy_strength=0.5, seed=0, splice=0, splice_width=SPLICE_WIDTH):
     """Meta-training images and the held-out alphabets' images.
 
     With ``copies``, each meta-training drawing also gets that many randomly
     distorted copies (``augmentation.distorted_copies`` at ``copy_strength``,
-    made at 105x105 and then resized), before the rotations.
+    made at 105x105 and then resized), before the rotations. With
+    ``splice``, that many spliced characters per block of ``splice_width``
+    character numbers become new classes (:func:`spliced_characters`),
+    also before the rotations.
 
     Returns ``(X_train, y_train, held_out)`` where ``held_out`` maps an
     alphabet name to an array of shape ``(n_characters, 20, 1, S, S)``
@@ -94,9 +102,62 @@ def load(data_home, offline, image_size, rotations=True, mirror=False, copies=0,
         del full
         X_train = np.concatenate([X_train, extra])
         y_train = np.concatenate([y_train, np.repeat(y_train, copies)])
+    if splice:
+        X_new, y_new = spliced_characters(X_train, y_train, splice, splice_width, seed)
+        X_train, y_train = np.concatenate([X_train, X_new]), np.concatenate([y_train, y_new])
     if rotations:
         X_train, y_train = rotate_classes(X_train, y_train, mirror=mirror)
     return X_train, y_train, held_out
+
+
+def spliced_characters(X, char, per_block, width=SPLICE_WIDTH, seed=0):
+    """New characters made of halves of two others, drawer by drawer.
+
+    For each block of ``width`` consecutive character numbers (mostly one
+    alphabet: the files number characters alphabet by alphabet) with at
+    least two characters in ``char``, ``per_block`` new characters (fewer
+    where the block has fewer distinct choices): two random characters A and
+    B of the block, and drawer ``d``'s drawing of the new character is A's
+    drawing by ``d`` with its right half (or, at random per character, its
+    bottom half) taken from B's drawing by ``d``; no two new characters have
+    the same A, B and half.
+    More training characters that look like the block's alphabet, for the
+    generalisation gap to new alphabets (issue #27; a task augmentation in
+    the spirit of creating classes by rotation). The new characters are
+    numbered from the first block above ``char``'s, in blocks of ``width``
+    per source block, so :func:`block_groups` keeps them among themselves.
+
+    Returns ``(X_new, char_new)`` with each new character's drawings in
+    drawer order.
+    """
+    if not 0 < per_block <= width:
+        raise SystemExit(f"--splice {per_block}: give 1 to {width} spliced characters "
+                         f"per block of {width}")
+    rng = np.random.default_rng(seed)
+    chars = np.unique(char)
+    drawings = {c: X[char == c] for c in chars}
+    base = (int(chars.max()) // width + 1) * width
+    half = X.shape[-1] // 2
+    X_new, char_new = [], []
+    k = 0  # the new block's number
+    for block in np.unique(chars // width):
+        members = chars[chars // width == block]
+        if len(members) < 2:
+            continue
+        combos = [(a, b, side) for a in members for b in members if a != b for side in (0, 1)]
+        picks = rng.choice(len(combos), min(per_block, len(combos)), replace=False)
+        for j, pick in enumerate(picks):
+            a, b, side = combos[pick]
+            n = min(len(drawings[a]), len(drawings[b]))
+            new = drawings[a][:n].copy()
+            if side:
+                new[..., :, half:] = drawings[b][:n, ..., :, half:]
+            else:
+                new[..., half:, :] = drawings[b][:n, ..., half:, :]
+            X_new.append(new)
+            char_new.append(np.full(n, base + k * width + j, dtype=char.dtype))
+        k += 1
+    return np.concatenate(X_new), np.concatenate(char_new)
 
 
 def _background(data_home, offline, image_size):
@@ -356,6 +417,10 @@ def build_parser():
                              "made at 105x105 and resized (augmentation.distorted_copies)")
     parser.add_argument("--copy-strength", type=float, default=0.5,
                         help="the copies' distortion strength (1: Koch et al.'s ranges)")
+    parser.add_argument("--splice", type=int, default=0, metavar="K",
+                        help="experiment: K new characters per block of 20 character numbers, "
+                             "each drawing two halves of two of the block's characters by "
+                             "the same drawer (spliced_characters), before the rotations")
     parser.add_argument("--test-copies", type=int, default=0, metavar="K",
                         help="also score with K distorted copies of each support drawing "
                              "(made at 105x105, --copy-strength) in the support set")
@@ -585,6 +650,12 @@ def run(args):
         if value < 0:
             raise SystemExit(f"{flag} must be >= 0 (distorted copies of each drawing); "
                              f"got {value}")
+    if not 0 <= args.splice <= SPLICE_WIDTH:
+        raise SystemExit(f"--splice {args.splice}: give 0 to {SPLICE_WIDTH} spliced characters "
+                         f"per block of {SPLICE_WIDTH}")
+    if args.splice and args.copies:
+        raise SystemExit("--splice pairs drawings drawer by drawer, and --copies adds drawings "
+                         "out of drawer order: give one of them")
     if args.mirror and args.no_rotations:
         raise SystemExit("--mirror adds the mirror images of the four rotations; "
                          "drop --no-rotations")
@@ -608,7 +679,7 @@ def run(args):
     X_train, y_train, held_out = load(args.data_home, args.offline, args.image_size,
                                       rotations=not args.no_rotations, mirror=args.mirror,
                                       copies=args.copies, copy_strength=args.copy_strength,
-                                      seed=args.seed)
+                                      seed=args.seed, splice=args.splice)
     eps = episodes(held_out, args.episodes, args.eval_seed)
     print(f"Meta-training: {len(np.unique(y_train))} classes ({len(y_train)} images, "
           f"{args.image_size}x{args.image_size}); held out: "

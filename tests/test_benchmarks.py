@@ -328,6 +328,58 @@ def test_within_alphabet_probe_backbone_normalises_and_keeps_the_last_maps(
     assert again["accuracy"] == first["accuracy"] and again["n_steps"] == 2
 
 
+def test_within_alphabet_spliced_characters_join_halves_of_one_block_by_one_drawer(
+        background_only_home, monkeypatch):
+    """--splice K: K new characters per block of 20 character numbers, each
+    drawing the left (or top) half of one of the block's characters and the
+    other half of another, by the same drawer; numbered in blocks of their
+    own above the originals, so block_groups keeps them among themselves."""
+    wa = _load_benchmark("within_alphabet", monkeypatch)
+    rng = np.random.default_rng(0)
+    char = np.repeat(np.r_[0:25, 40:41, 60:80], 3)  # block 2 has one character only
+    X = rng.random((len(char), 1, 6, 6)).astype(np.float32)
+    X_new, c_new = wa.spliced_characters(X, char, 4, width=20, seed=0)
+    new_chars = np.unique(c_new)
+    assert len(new_chars) == 3 * 4 and new_chars.min() >= 80  # blocks 0, 1 and 3
+    assert sorted(set(new_chars // 20)) == [4, 5, 6]  # one block per source block
+    drawings = {c: X[char == c] for c in np.unique(char)}
+    sources = []
+    for c in new_chars:
+        block = [k for k in drawings if k // 20 == [0, 1, 3][c // 20 - 4]]
+        new = X_new[c_new == c]
+        assert len(new) == 3
+        found = set()
+        for a in block:
+            for b in block:
+                for side, halves in enumerate(((np.s_[..., :3, :], np.s_[..., 3:, :]),
+                                               (np.s_[..., :, :3], np.s_[..., :, 3:]))):
+                    if a != b and np.array_equal(new[halves[0]], drawings[a][halves[0]]) \
+                            and np.array_equal(new[halves[1]], drawings[b][halves[1]]):
+                        found.add((a, b, side))
+        assert len(found) == 1, f"new character {c}: halves of {found}"
+        sources += found
+    assert len(set(sources)) == len(sources)  # no two alike
+    # A block of 2 characters has 4 distinct choices only.
+    pair = np.repeat([0, 1], 2)
+    assert len(np.unique(wa.spliced_characters(X[:4], pair, 6, width=20)[1])) == 4
+    again = wa.spliced_characters(X, char, 4, width=20, seed=0)
+    np.testing.assert_array_equal(again[0], X_new)
+    groups = wa.block_groups(np.r_[char, c_new] * 4, 20)
+    assert set(groups[len(char):]).isdisjoint(groups[:len(char)])
+    # Through load: new classes before the rotations, held-out alphabets unchanged.
+    X0, y0, held0 = wa.load(background_only_home, True, 15, rotations=False)
+    X1, y1, held1 = wa.load(background_only_home, True, 15, splice=2)
+    n_blocks = (np.unique(np.unique(y0) // 20, return_counts=True)[1] >= 2).sum()
+    assert len(np.unique(y1)) == 4 * (len(np.unique(y0)) + 2 * n_blocks)
+    assert all(np.array_equal(held0[n], held1[n]) for n in held0)
+    monkeypatch.setattr(wa, "machine_line", lambda: "Machine: test")
+    for flags, message in ((["--splice", "21"], "--splice 21: give 0 to 20"),
+                           (["--splice", "2", "--copies", "1"], "give one of them")):
+        with pytest.raises(SystemExit, match=message):
+            wa.main(["--data-home", str(background_only_home), "--offline", "--steps", "1",
+                     *flags])
+
+
 def test_within_alphabet_groups_are_blocks_of_characters_at_one_rotation(
         background_only_home, monkeypatch, capsys):
     wa = _load_benchmark("within_alphabet", monkeypatch)
