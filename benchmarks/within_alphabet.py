@@ -31,6 +31,8 @@ python benchmarks/within_alphabet.py --data-home ../shared/data --load wa55.foma
 python benchmarks/within_alphabet.py --data-home ../shared/data --load a.fomaml --ensemble b.fomaml
 python benchmarks/within_alphabet.py --data-home ../shared/data --minutes 24 --pretrain-minutes 8 \
     --groups 20 --mirror
+python benchmarks/within_alphabet.py --data-home ../shared/data --steps 1200 --groups 20 --mirror \
+    --splice 8          # or --block-fraction 0.5: half the training alphabets
 """
 
 import argparse
@@ -78,7 +80,7 @@ def known_alphabets(data_home):
 
 
 def load(data_home, offline, image_size, rotations=True, mirror=False, copies=0,
-         copy_strength=0.5, seed=0, splice=0, splice_width=SPLICE_WIDTH):
+         copy_strength=0.5, seed=0, splice=0, splice_width=SPLICE_WIDTH, block_fraction=1.0):
     """Meta-training images and the held-out alphabets' images.
 
     With ``copies``, each meta-training drawing also gets that many randomly
@@ -86,7 +88,9 @@ def load(data_home, offline, image_size, rotations=True, mirror=False, copies=0,
     made at 105x105 and then resized), before the rotations. With
     ``splice``, that many spliced characters per block of ``splice_width``
     character numbers become new classes (:func:`spliced_characters`),
-    also before the rotations.
+    also before the rotations. With ``block_fraction`` below 1, only that
+    fraction of the blocks of ``splice_width`` character numbers (mostly one
+    alphabet each) is meta-trained on (:func:`keep_blocks`).
 
     Returns ``(X_train, y_train, held_out)`` where ``held_out`` maps an
     alphabet name to an array of shape ``(n_characters, 20, 1, S, S)``
@@ -94,6 +98,8 @@ def load(data_home, offline, image_size, rotations=True, mirror=False, copies=0,
     """
     X, char = _background(data_home, offline, image_size)
     held_out, train = split_held_out(X, char, known_alphabets(data_home))
+    if block_fraction < 1:
+        train = keep_blocks(char, train, block_fraction, splice_width, seed)
     X_train, y_train = X[train], char[train]
     if copies:
         full = _background(data_home, offline, None)[0][train]
@@ -108,6 +114,17 @@ def load(data_home, offline, image_size, rotations=True, mirror=False, copies=0,
     if rotations:
         X_train, y_train = rotate_classes(X_train, y_train, mirror=mirror)
     return X_train, y_train, held_out
+
+
+def keep_blocks(char, rows, fraction, width=SPLICE_WIDTH, seed=0):
+    """``rows`` (a row mask) restricted to a random ``fraction`` of the
+    blocks of ``width`` consecutive character numbers among them (fewer
+    training alphabets, for how the accuracy grows with the training
+    characters)."""
+    blocks = np.unique(char[rows] // width)
+    rng = np.random.default_rng(seed)
+    kept = rng.choice(blocks, max(1, round(fraction * len(blocks))), replace=False)
+    return rows & np.isin(char // width, kept)
 
 
 def spliced_characters(X, char, per_block, width=SPLICE_WIDTH, seed=0):
@@ -421,6 +438,9 @@ def build_parser():
                         help="experiment: K new characters per block of 20 character numbers, "
                              "each drawing two halves of two of the block's characters by "
                              "the same drawer (spliced_characters), before the rotations")
+    parser.add_argument("--block-fraction", type=float, default=1.0, metavar="F",
+                        help="experiment: meta-train on a random fraction F of the blocks of "
+                             "20 character numbers only (keep_blocks; fewer alphabets)")
     parser.add_argument("--test-copies", type=int, default=0, metavar="K",
                         help="also score with K distorted copies of each support drawing "
                              "(made at 105x105, --copy-strength) in the support set")
@@ -653,6 +673,8 @@ def run(args):
     if not 0 <= args.splice <= SPLICE_WIDTH:
         raise SystemExit(f"--splice {args.splice}: give 0 to {SPLICE_WIDTH} spliced characters "
                          f"per block of {SPLICE_WIDTH}")
+    if not 0 < args.block_fraction <= 1:
+        raise SystemExit(f"--block-fraction {args.block_fraction:g}: give a fraction in (0, 1]")
     if args.splice and args.copies:
         raise SystemExit("--splice pairs drawings drawer by drawer, and --copies adds drawings "
                          "out of drawer order: give one of them")
@@ -672,6 +694,12 @@ def run(args):
         raise SystemExit("--feature-norm normalises the features in the experiment's backbone, "
                          "and head='cosine' normalises them again: add --set head=prototype "
                          "(the probe with --learn-scale is head='cosine')")
+    if args.splice and args.groups and args.splice < params["n_ways"]:
+        raise SystemExit(
+            f"--splice {args.splice} with --groups: each block's {args.splice} spliced "
+            f"characters form groups of their own, and groups of fewer than "
+            f"n_ways={params['n_ways']} classes are never drawn; give --splice "
+            f"{params['n_ways']} or more")
     test_shift = params.pop("test_shift", 0) if args.test_shift is None else args.test_shift
     params.pop("test_shift", None)
     print(machine_line(), flush=True)
@@ -679,7 +707,8 @@ def run(args):
     X_train, y_train, held_out = load(args.data_home, args.offline, args.image_size,
                                       rotations=not args.no_rotations, mirror=args.mirror,
                                       copies=args.copies, copy_strength=args.copy_strength,
-                                      seed=args.seed, splice=args.splice)
+                                      seed=args.seed, splice=args.splice,
+                                      block_fraction=args.block_fraction)
     eps = episodes(held_out, args.episodes, args.eval_seed)
     print(f"Meta-training: {len(np.unique(y_train))} classes ({len(y_train)} images, "
           f"{args.image_size}x{args.image_size}); held out: "

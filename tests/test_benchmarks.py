@@ -374,10 +374,38 @@ def test_within_alphabet_spliced_characters_join_halves_of_one_block_by_one_draw
     assert all(np.array_equal(held0[n], held1[n]) for n in held0)
     monkeypatch.setattr(wa, "machine_line", lambda: "Machine: test")
     for flags, message in ((["--splice", "21"], "--splice 21: give 0 to 20"),
-                           (["--splice", "2", "--copies", "1"], "give one of them")):
+                           (["--splice", "2", "--copies", "1"], "give one of them"),
+                           (["--splice", "8", "--groups", "20"], "never drawn; give --splice 10")):
         with pytest.raises(SystemExit, match=message):
             wa.main(["--data-home", str(background_only_home), "--offline", "--steps", "1",
                      *flags])
+
+
+def test_within_alphabet_block_fraction_keeps_whole_blocks_of_training_characters(
+        background_only_home, monkeypatch):
+    """--block-fraction F: meta-training on a random fraction F of the
+    training characters' blocks of 20, each block whole; nothing held out
+    comes back, and the held-out alphabets are the same."""
+    wa = _load_benchmark("within_alphabet", monkeypatch)
+    char = np.repeat(np.arange(100), 2)
+    rows = char // 20 != 1  # block 1 is not for training
+    kept = wa.keep_blocks(char, rows, 0.5, width=20, seed=0)
+    assert not (kept & ~rows).any()
+    blocks = np.unique(char[kept] // 20)
+    assert len(blocks) == 2 and 1 not in blocks
+    assert np.array_equal(kept, np.isin(char // 20, blocks))  # whole blocks
+    np.testing.assert_array_equal(kept, wa.keep_blocks(char, rows, 0.5, width=20, seed=0))
+    X, y, held = wa.load(background_only_home, True, 15, rotations=False)
+    Xh, yh, held_h = wa.load(background_only_home, True, 15, rotations=False,
+                             block_fraction=0.5)
+    n_blocks = len(np.unique(y // 20))
+    assert len(np.unique(yh // 20)) == round(0.5 * n_blocks)
+    assert set(np.unique(yh)) < set(np.unique(y))
+    assert all(np.array_equal(held[n], held_h[n]) for n in held)
+    monkeypatch.setattr(wa, "machine_line", lambda: "Machine: test")
+    with pytest.raises(SystemExit, match="--block-fraction 0: give a fraction in"):
+        wa.main(["--data-home", str(background_only_home), "--offline", "--steps", "1",
+                 "--block-fraction", "0"])
 
 
 def test_within_alphabet_groups_are_blocks_of_characters_at_one_rotation(
