@@ -434,7 +434,8 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
             Families of classes (the alphabet of each character, say): every
             class lies in one group, and each meta-training task takes all
             its classes from one group (drawn in proportion to its classes;
-            groups with fewer than ``n_ways`` classes are not drawn). Harder
+            groups with fewer than ``n_ways`` classes are not drawn, with a
+            warning that counts their classes). Harder
             tasks, for telling apart classes that look alike (on Omniglot's
             within-alphabet task, measured in ``docs/performance.md``).
             ``None``: tasks draw from all classes. Routed by scikit-learn's
@@ -490,6 +491,8 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         self._check_validation_callbacks(valid is not None)
         train_classes, train_codes = np.unique(codes[train_mask], return_inverse=True)
         shape = self._episode_shape(train_codes, classes[train_classes])
+        if class_groups is not None:
+            self._warn_small_groups(class_groups[train_classes], shape.n_ways)
         valid_groups = None
         if valid is not None:
             X_valid, valid_codes, valid_names, valid_groups = valid
@@ -523,6 +526,20 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         class_groups = np.empty(len(classes), dtype=np.int64)
         class_groups[pairs[0]] = pairs[1]
         return class_groups
+
+    @staticmethod
+    def _warn_small_groups(class_groups, n_ways):
+        """Warn when groups of fewer than ``n_ways`` meta-training classes
+        leave classes out of every task (the sampler never draws them)."""
+        sizes = np.bincount(class_groups)
+        small = (sizes > 0) & (sizes < n_ways)
+        if small.any() and (sizes >= n_ways).any():  # else the sampler refuses them all
+            warnings.warn(
+                f"groups: {small.sum()} of {(sizes > 0).sum()} groups hold fewer than "
+                f"n_ways={n_ways} of the meta-training classes, so their "
+                f"{sizes[small].sum()} classes (of {len(class_groups)}) are in no "
+                "meta-training task. Merge the small groups or lower n_ways to train on "
+                "them.", UserWarning, stacklevel=5)
 
     def _adapt_on_fit(self, X_t, codes, classes, rng):
         """Adapt to all the classes of ``y`` in bounded memory; never lose the

@@ -102,6 +102,18 @@ def test_bad_groups_are_clear_errors_and_change_nothing(data):
     assert all(torch.equal(u, v) for u, v in zip(before, clf.meta_model_.parameters()))
 
 
+def test_fit_warns_when_small_groups_leave_classes_out_of_every_task(data):
+    X, y, groups = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # groups of 20 classes: every class is drawn
+        FOMAMLClassifier(**FAST).fit(X, y, groups)
+    uneven = np.where(y < 3, "tiny", np.where(y < 5, "pair", groups))  # 3 and 2 classes
+    with pytest.warns(UserWarning, match=r"groups: 2 of 4 groups hold fewer than n_ways=4 "
+                                         r"of the meta-training classes, so their 5 classes "
+                                         r"\(of 40\) are in no meta-training task"):
+        FOMAMLClassifier(**FAST).fit(X, y, uneven)
+
+
 def test_groups_still_learn_on_an_omniglot_slice(omniglot_slice):
     """The within-alphabet lever (docs/performance.md) as an estimator
     option: tasks from groups of 10 consecutive characters still learn."""
