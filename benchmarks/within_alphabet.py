@@ -32,7 +32,7 @@ python benchmarks/within_alphabet.py --data-home ../shared/data --load a.fomaml 
 python benchmarks/within_alphabet.py --data-home ../shared/data --minutes 24 --pretrain-minutes 8 \
     --groups 20 --mirror
 python benchmarks/within_alphabet.py --data-home ../shared/data --steps 1200 --groups 20 --mirror \
-    --splice 8          # or --block-fraction 0.5: half the training alphabets
+    --splice 15         # or --block-fraction 0.5: half the training alphabets
 """
 
 import argparse
@@ -147,9 +147,8 @@ def spliced_characters(X, char, per_block, width=SPLICE_WIDTH, seed=0):
     Returns ``(X_new, char_new)`` with each new character's drawings in
     drawer order.
     """
-    if not 0 < per_block <= width:
-        raise SystemExit(f"--splice {per_block}: give 1 to {width} spliced characters "
-                         f"per block of {width}")
+    if not 0 < per_block <= width:  # run() checks --splice before loading the data
+        raise ValueError(f"per_block={per_block}: give 1 to width={width}")
     rng = np.random.default_rng(seed)
     chars = np.unique(char)
     drawings = {c: X[char == c] for c in chars}
