@@ -491,8 +491,9 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
         self._check_validation_callbacks(valid is not None)
         train_classes, train_codes = np.unique(codes[train_mask], return_inverse=True)
         shape = self._episode_shape(train_codes, classes[train_classes])
-        if class_groups is not None:
-            self._warn_small_groups(class_groups[train_classes], shape.n_ways)
+        train_groups = None if class_groups is None else class_groups[train_classes]
+        if train_groups is not None:
+            self._warn_small_groups(train_groups, shape.n_ways)
         valid_groups = None
         if valid is not None:
             X_valid, valid_codes, valid_names, valid_groups = valid
@@ -502,8 +503,7 @@ class FOMAMLClassifier(ClassifierMixin, MetaEstimatorBase):
                                fit_labels=train_codes, shape=shape, valid=valid,
                                n_rows=shape.n_ways, warm=warm, device=device, seeds=seeds,
                                optimizer_cls=optimizer_cls,
-                               class_groups=(None if class_groups is None
-                                             else class_groups[train_classes]),
+                               class_groups=train_groups,
                                valid_class_groups=valid_groups)
         self.classes_ = classes
         if self.adapt_on_fit:
